@@ -1,0 +1,1 @@
+"""The torch-free data layer: the Twitch log format, availability, the time split."""

@@ -1,0 +1,1 @@
+"""Dataset -> timeline of events -> Kafka producer."""

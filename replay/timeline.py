@@ -1,0 +1,172 @@
+"""The timeline: a loaded log turned into the ordered events a live platform would emit.
+
+Order within one step s:
+
+1. stops of streams whose last stop is s (a stream is off air during its stop step),
+2. starts of streams whose first start is s,
+3. the watermark for s (every stream event up to and including s has been sent),
+4. user events in file order, each watch preceded by its recommendation request.
+
+A watermark is emitted for every step, including steps with no other event, so consumers
+can advance event time. ``seq`` numbers the full timeline with a request slot before every
+watch, so seq and event ids are the same whichever request mode or step range is replayed.
+
+The timeline is columnar (numpy arrays, one entry per event) so the replay can stream
+millions of events; `Timeline.event` builds the typed record for one entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from liverank.model.data.availability import Broadcasts, broadcasts
+from liverank.model.data.twitch import Interactions
+from liverank.services import events as ev
+
+# Kind codes in the columnar timeline (the order of the phases within a step).
+STOP, START, WATERMARK, REQUEST, WATCH = 0, 1, 2, 3, 4
+_PHASE = np.array([0, 1, 2, 3, 3], dtype=np.int8)
+
+RequestMode = Literal["every-watch", "session-start", "none"]
+REQUEST_MODES: tuple[RequestMode, ...] = ("every-watch", "session-start", "none")
+DEFAULT_SESSION_GAP = 6  # steps (one hour) without a watch before a request counts as a login
+
+
+@dataclass(frozen=True)
+class Timeline:
+    kind: np.ndarray  # (E,) uint8, one of STOP..WATCH
+    step: np.ndarray  # (E,) int64
+    seq: np.ndarray  # (E,) int64, strictly increasing
+    ref: np.ndarray  # (E,) int64: broadcast index (stream events), row (user events), step
+    data: Interactions
+    casts: Broadcasts
+    epoch_ms: int = ev.DEFAULT_EPOCH_MS
+
+    def __len__(self) -> int:
+        return int(self.kind.shape[0])
+
+    @property
+    def last_step(self) -> int:
+        return int(self.step[-1]) if len(self) else 0
+
+    def counts(self) -> dict[str, int]:
+        names = ("stream_stop", "stream_start", "watermark", "rec_request", "watch")
+        bins = np.bincount(self.kind, minlength=5)
+        return {n: int(c) for n, c in zip(names, bins, strict=True)}
+
+    def event(self, i: int) -> ev.Event:
+        kind, step, seq, ref = (int(self.kind[i]), int(self.step[i]), int(self.seq[i]),
+                                int(self.ref[i]))
+        t = ev.event_time_ms(step, self.epoch_ms)
+        if kind in (STOP, START):
+            stream = int(self.casts.stream[ref])
+            name = str(self.data.streamer_names[self.casts.streamer[ref]])
+            if kind == START:
+                return ev.StreamStart(event_id=f"start:{stream}", seq=seq, step=step,
+                                      event_time_ms=t, stream=stream, streamer=name)
+            return ev.StreamStop(event_id=f"stop:{stream}", seq=seq, step=step,
+                                 event_time_ms=t, stream=stream, streamer=name)
+        if kind == WATERMARK:
+            return ev.Watermark(event_id=f"wm:{step}", seq=seq, step=step, event_time_ms=t)
+        user = int(self.data.user_ids[self.data.user[ref]])
+        if kind == REQUEST:
+            return ev.RecRequest(event_id=f"req:{ref}", seq=seq, step=step, event_time_ms=t,
+                                 user=user)
+        return ev.Watch(event_id=f"watch:{ref}", seq=seq, step=step, event_time_ms=t,
+                        user=user, stream=int(self.data.stream[ref]),
+                        streamer=str(self.data.streamer_names[self.data.streamer[ref]]))
+
+    def __iter__(self) -> Iterator[ev.Event]:
+        return (self.event(i) for i in range(len(self)))
+
+    def end_event(self) -> ev.End:
+        stream_events = int(np.count_nonzero(self.kind <= WATERMARK))
+        return ev.End(event_id="end", seq=int(self.seq[-1]) + 1 if len(self) else 0,
+                      step=self.last_step, event_time_ms=ev.event_time_ms(self.last_step,
+                                                                          self.epoch_ms),
+                      stream_events=stream_events, user_events=len(self) - stream_events)
+
+    def select(self, mask: np.ndarray) -> Timeline:
+        return Timeline(self.kind[mask], self.step[mask], self.seq[mask], self.ref[mask],
+                        self.data, self.casts, self.epoch_ms)
+
+
+def build_timeline(
+    data: Interactions,
+    requests: RequestMode = "every-watch",
+    requests_from: int | None = None,
+    session_gap: int = DEFAULT_SESSION_GAP,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    epoch_ms: int = ev.DEFAULT_EPOCH_MS,
+) -> Timeline:
+    """Order every event of ``data``; see the module docstring for the order.
+
+    ``requests`` picks which watches get a request before them (``session-start``: only when
+    the user had no watch in the previous ``session_gap`` steps); ``requests_from`` drops
+    requests before that step (earlier watches only fill windows). ``from_step``/``to_step``
+    keep events in that inclusive step range; streams that started before ``from_step``
+    and are still live at it (or stop at it) have their start sent first.
+    """
+    if requests not in REQUEST_MODES:
+        raise ValueError(f"unknown request mode {requests!r}: use one of {REQUEST_MODES}")
+    casts = broadcasts(data)
+    full = _full_order(data, casts, epoch_ms)
+    keep = np.ones(len(full), dtype=bool)
+    is_req = full.kind == REQUEST
+    if requests == "none":
+        keep &= ~is_req
+    elif requests == "session-start":
+        starts = _session_starts(data, session_gap)
+        keep &= ~is_req | starts[full.ref]
+    if requests_from is not None:
+        keep &= ~is_req | (full.step >= requests_from)
+    if from_step is not None or to_step is not None:
+        lo = from_step if from_step is not None else 0
+        hi = to_step if to_step is not None else full.last_step
+        in_range = (full.step >= lo) & (full.step <= hi)
+        carried = (full.kind == START) & (full.step < lo) & (casts.stop[full.ref] >= lo)
+        keep &= in_range | carried
+    return full.select(keep)
+
+
+def _full_order(data: Interactions, casts: Broadcasts, epoch_ms: int) -> Timeline:
+    n_b, n_rows = len(casts), len(data)
+    last = max(data.max_step, int(casts.stop.max()) if n_b else 0)
+    rows = np.arange(n_rows, dtype=np.int64)
+    b_idx = np.arange(n_b, dtype=np.int64)
+    kind = np.concatenate([
+        np.full(n_b, STOP), np.full(n_b, START), np.full(last + 1, WATERMARK),
+        np.full(n_rows, REQUEST), np.full(n_rows, WATCH),
+    ]).astype(np.uint8)
+    step = np.concatenate([
+        casts.stop.astype(np.int64), casts.start.astype(np.int64),
+        np.arange(last + 1, dtype=np.int64), data.start.astype(np.int64),
+        data.start.astype(np.int64),
+    ])
+    ref = np.concatenate([b_idx, b_idx, np.arange(last + 1, dtype=np.int64), rows, rows])
+    sub = np.concatenate([b_idx, b_idx, np.zeros(last + 1, dtype=np.int64), rows * 2,
+                          rows * 2 + 1])
+    order = np.lexsort((sub, _PHASE[kind], step))
+    seq = np.arange(order.shape[0], dtype=np.int64)
+    return Timeline(kind[order], step[order], seq, ref[order], data, casts, epoch_ms)
+
+
+def _session_starts(data: Interactions, gap: int) -> np.ndarray:
+    """Per row: True when the user had no watch in the ``gap`` steps before it."""
+    n = len(data)
+    order = np.lexsort((np.arange(n), data.start, data.user))
+    user, start = data.user[order], data.start[order].astype(np.int64)
+    first = np.ones(n, dtype=bool)
+    first[1:] = user[1:] != user[:-1]
+    prev = np.empty(n, dtype=np.int64)
+    prev[0] = -1
+    prev[1:] = start[:-1]
+    is_start = first | (prev < start - gap)
+    out = np.empty(n, dtype=bool)
+    out[order] = is_start
+    return out

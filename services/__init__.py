@@ -1,0 +1,1 @@
+"""The event contract, settings, the CLI and the streaming recommendation service."""

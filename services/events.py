@@ -1,0 +1,180 @@
+"""The event contract: every record on every liverank topic, shared by producer and consumer.
+
+Topics and their records (JSON on the wire, one object per message, ``kind`` tags the type):
+
+* ``stream-events`` (key: stream id; watermarks and ``end`` go to every partition):
+  `StreamStart`, `StreamStop`, `Watermark`, `End`
+* ``user-events`` (key: user id): `Watch`, `RecRequest`
+* ``recommendations`` (key: user id): `Recommendation`
+* ``dead-letters`` (key: none): `DeadLetter`
+
+Every record carries ``event_id`` (deterministic, stable across replays of one file),
+``seq`` (its position on the file's timeline, also stable), ``step`` (10-minute step) and
+``event_time_ms`` (``epoch_ms + step * 600_000``; the Kafka message timestamp too). A watch
+never carries its future: no stop time.
+
+Decoding validates types and raises `EventError` naming the bad field, e.g.
+``Expected `int`, got `str` - at `$.step```. This module imports neither faust nor torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+STEP_MS = 600_000
+# 2019-10-01T00:00:00Z: the Twitch logs were crawled in autumn 2019. Step 0 maps here unless
+# a run configures another epoch.
+DEFAULT_EPOCH_MS = 1_569_888_000_000
+
+# Kinds, as written in the ``kind`` field.
+STREAM_START = "stream_start"
+STREAM_STOP = "stream_stop"
+WATERMARK = "watermark"
+END = "end"
+WATCH = "watch"
+REC_REQUEST = "rec_request"
+RECOMMENDATION = "recommendation"
+DEAD_LETTER = "dead_letter"
+
+
+class EventError(ValueError):
+    """A record that does not decode: the message names the field and what was wrong."""
+
+
+def event_time_ms(step: int, epoch_ms: int = DEFAULT_EPOCH_MS) -> int:
+    return epoch_ms + step * STEP_MS
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    event_id: str
+    seq: int
+    step: int
+    event_time_ms: int
+
+
+class StreamStart(_Event, frozen=True, kw_only=True, tag=STREAM_START):
+    """A broadcast goes on air at ``step`` (its first start in the log)."""
+
+    stream: int
+    streamer: str
+
+
+class StreamStop(_Event, frozen=True, kw_only=True, tag=STREAM_STOP):
+    """A broadcast is off air from ``step`` on (its last stop in the log)."""
+
+    stream: int
+    streamer: str
+
+
+class Watermark(_Event, frozen=True, kw_only=True, tag=WATERMARK):
+    """Every stream event up to and including ``step`` has been sent (to this partition)."""
+
+    partition: int | None = None
+
+
+class End(_Event, frozen=True, kw_only=True, tag=END):
+    """The replay is over; totals let a consumer tell when it has read everything."""
+
+    stream_events: int = 0
+    user_events: int = 0
+    partition: int | None = None
+
+
+class Watch(_Event, frozen=True, kw_only=True, tag=WATCH):
+    """A user starts watching ``stream`` of ``streamer`` at ``step``."""
+
+    user: int
+    stream: int
+    streamer: str
+
+
+class RecRequest(_Event, frozen=True, kw_only=True, tag=REC_REQUEST):
+    """A user opens the page at ``step`` and asks what to watch now."""
+
+    user: int
+
+
+class RecItem(msgspec.Struct, frozen=True):
+    stream: int
+    streamer: str
+    score: float
+    rank: int
+
+
+class Recommendation(_Event, frozen=True, kw_only=True, tag=RECOMMENDATION):
+    """Top-k live streams for one request (``trigger`` "request") or watch ("watch").
+
+    ``event_id`` is ``rec:<request_id>``; ``seq`` is the triggering event's.
+    """
+
+    user: int
+    request_id: str
+    trigger: Literal["request", "watch"]
+    produced_ms: int | None
+    published_ms: int
+    model_version: str
+    fallback: bool
+    items: list[RecItem]
+    late: bool = False
+
+
+class DeadLetter(_Event, frozen=True, kw_only=True, tag=DEAD_LETTER):
+    """A record the service could not use. ``seq``/``step`` are -1 when unknown."""
+
+    original: bytes  # base64 in JSON
+    topic: str
+    reason: str
+
+
+StreamEvent = StreamStart | StreamStop | Watermark | End
+UserEvent = Watch | RecRequest
+Event = StreamStart | StreamStop | Watermark | End | Watch | RecRequest | Recommendation | DeadLetter
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[object, msgspec.json.Decoder] = {
+    t: msgspec.json.Decoder(t)  # type: ignore[arg-type]
+    for t in (Event, StreamEvent, UserEvent, Recommendation, DeadLetter)
+}
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | str, type_: object = Event) -> Event:
+    """Decode one record; ``type_`` narrows what is accepted (e.g. `UserEvent`)."""
+    try:
+        return _decoders[type_].decode(data)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise EventError(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise EventError(f"not a JSON record: {exc}") from exc
+
+
+def decode_stream_event(data: bytes | str) -> StreamEvent:
+    return decode(data, StreamEvent)  # type: ignore[return-value]
+
+
+def decode_user_event(data: bytes | str) -> UserEvent:
+    return decode(data, UserEvent)  # type: ignore[return-value]
+
+
+def user_key(user: int) -> bytes:
+    """The Kafka key of everything a user owns, on every topic and in the window table."""
+    return str(user).encode()
+
+
+def stream_key(stream: int) -> bytes:
+    return str(stream).encode()
+
+
+def json_schemas() -> dict[str, object]:
+    """JSON Schema per topic (for the docs)."""
+    return {
+        "stream-events": msgspec.json.schema(StreamEvent),
+        "user-events": msgspec.json.schema(UserEvent),
+        "recommendations": msgspec.json.schema(Recommendation),
+        "dead-letters": msgspec.json.schema(DeadLetter),
+    }

@@ -1,0 +1,99 @@
+"""One settings object per process, built once at the entry point.
+
+Values come from the environment (prefix ``LIVERANK_``) or a ``.env`` file; code below the
+entry point takes plain arguments. Unknown ``LIVERANK_*`` options are errors. The broker
+address has one source: ``LIVERANK_KAFKA_BOOTSTRAP``, else ``KAFKA_BOOTSTRAP_SERVERS``, else
+``127.0.0.1:9092``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from liverank.services.events import DEFAULT_EPOCH_MS
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LIVERANK_", env_file=".env", extra="forbid", frozen=True
+    )
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        DEFAULT_BOOTSTRAP,
+        validation_alias=AliasChoices("LIVERANK_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="Broker address (host:port[,host:port]).",
+    )
+    topic_prefix: str = Field("", description="Prefix for every topic name (tests, tenants).")
+    partitions: int = Field(8, ge=1, description="Partitions of every topic created.")
+    replication_factor: int = Field(1, ge=1, description="Replication of created topics.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: str | None = Field(None, description="SASL password.")
+    ssl_cafile: str | None = Field(None, description="CA file to verify the brokers.")
+    broker_kind: Literal["auto", "kafka", "tansu"] = Field(
+        "auto",
+        description="Which broker this is; 'auto' asks it. tansu turns on its workarounds.",
+    )
+
+    # --- time ----------------------------------------------------------------------------
+    epoch_ms: int = Field(DEFAULT_EPOCH_MS, description="Event time of step 0 (ms since 1970).")
+
+    # --- serving -------------------------------------------------------------------------
+    model_dir: str = Field("out/model", description="Exported model directory to serve.")
+    top_k: int = Field(10, ge=1, description="Items per recommendation.")
+    window_slack: int = Field(8, ge=0, description="Extra watches kept per user window.")
+    batch_size: int = Field(256, ge=1, description="Largest micro-batch of requests scored.")
+    batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a micro-batch.")
+    watermark_wait_ms: float = Field(
+        2000.0, ge=0, description="Longest wait for stream watermarks before answering late."
+    )
+    stopped_horizon: int = Field(
+        144, ge=0, description="Steps a stopped stream's interval is kept in the live index."
+    )
+    future_horizon: int = Field(
+        1008, ge=0, description="Steps beyond the newest seen after which an event is refused."
+    )
+    recommend_on_watch: bool = Field(False, description="Also answer after every watch.")
+    store: str = Field("rocksdb://", description="Faust table store (memory:// in tests).")
+    web_port: int = Field(6066, ge=0, description="Port of /health and /metrics.")
+    scorer_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
+    worker_id: str = Field("liverank-service", description="Faust app id / consumer group.")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("kafka_bootstrap must not be empty")
+        return v.strip()
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+def bootstrap_configured() -> bool:
+    """True when the environment names a broker (tests and the demo otherwise start tansu)."""
+    return bool(os.environ.get("LIVERANK_KAFKA_BOOTSTRAP") or
+                os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+
+
+def settings_reference() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting: for docs and --help."""
+    rows = []
+    for name, f in Settings.model_fields.items():
+        env = "LIVERANK_" + name.upper()
+        if name == "kafka_bootstrap":
+            env += " (or KAFKA_BOOTSTRAP_SERVERS)"
+        rows.append((env, repr(f.default), f.description or ""))
+    return rows
