@@ -122,14 +122,15 @@ def build_timeline(
         keep &= ~is_req
     elif requests == "session-start":
         starts = _session_starts(data, session_gap)
-        keep &= ~is_req | starts[full.ref]
+        keep[is_req] &= starts[full.ref[is_req]]
     if requests_from is not None:
         keep &= ~is_req | (full.step >= requests_from)
     if from_step is not None or to_step is not None:
         lo = from_step if from_step is not None else 0
         hi = to_step if to_step is not None else full.last_step
         in_range = (full.step >= lo) & (full.step <= hi)
-        carried = (full.kind == START) & (full.step < lo) & (casts.stop[full.ref] >= lo)
+        carried = (full.kind == START) & (full.step < lo)
+        carried[carried] = casts.stop[full.ref[carried]] >= lo
         keep &= in_range | carried
     return full.select(keep)
 

@@ -12,6 +12,7 @@ import os
 import typer
 
 from liverank.model.data.cli import app as data_app
+from liverank.services.bench import app as bench_app
 
 app = typer.Typer(
     help="liverank: recommend live streams that are on air now.\n\n"
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()

@@ -130,7 +130,7 @@ class DeadLetter(_Event, frozen=True, kw_only=True, tag=DEAD_LETTER):
 
 StreamEvent = StreamStart | StreamStop | Watermark | End
 UserEvent = Watch | RecRequest
-Event = StreamStart | StreamStop | Watermark | End | Watch | RecRequest | Recommendation | DeadLetter
+Event = StreamEvent | UserEvent | Recommendation | DeadLetter
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[object, msgspec.json.Decoder] = {

@@ -10,7 +10,8 @@
 
 Models rank streamers; an answer names the streamer's live stream. When a streamer has two
 overlapping live streams at a step (possible in a real file), the latest started wins
-(ties: the larger stream id); ``overlaps`` counts how often that happened.
+(by the stream's first start in the log, under both definitions; ties: the larger id);
+``overlaps`` counts how often that happened.
 
 ``streamers_at(s)`` costs O(live at s): the (step, streamer) pairs are stored sorted by
 step, then streamer index, with ``indptr[s]:indptr[s+1]`` delimiting step s.
@@ -111,12 +112,18 @@ def availability(ds: Interactions, definition: Definition = "broadcast") -> Avai
         b = broadcasts(ds)
         return _index(b.streamer, b.stream, b.start, b.stop, ds.max_step + 1, definition)
     if definition == "rows":
-        return _index(ds.streamer, ds.stream, ds.start, ds.end, ds.max_step + 1, definition)
+        # Rows rank overlapping streams by their broadcast start too, so both definitions
+        # name the same stream whenever both see it live.
+        b = broadcasts(ds)
+        first = b.start[np.searchsorted(b.stream, ds.stream)]
+        return _index(ds.streamer, ds.stream, ds.start, ds.end, ds.max_step + 1, definition,
+                      rank_start=first)
     raise ValueError(f"unknown availability definition {definition!r}: use broadcast or rows")
 
 
 def _index(streamer: np.ndarray, stream: np.ndarray, start: np.ndarray, stop: np.ndarray,
-           n_steps: int, definition: Definition) -> Availability:
+           n_steps: int, definition: Definition,
+           rank_start: np.ndarray | None = None) -> Availability:
     stop = np.minimum(stop.astype(np.int64), n_steps)
     start = start.astype(np.int64)
     length = np.maximum(stop - start, 0)
@@ -126,7 +133,7 @@ def _index(streamer: np.ndarray, stream: np.ndarray, start: np.ndarray, stop: np
     steps = np.repeat(start, length) + (np.arange(total, dtype=np.int64) - offsets)
     cell_streamer = np.repeat(streamer.astype(np.int32), length)
     cell_stream = np.repeat(stream.astype(np.int64), length)
-    cell_start = np.repeat(start, length)
+    cell_start = np.repeat(start if rank_start is None else rank_start.astype(np.int64), length)
     # Sort by step, streamer, then latest start first (then larger stream id first), so the
     # first cell of each (step, streamer) group is the stream that answers for it.
     order = np.lexsort((-cell_stream, -cell_start, cell_streamer, steps))

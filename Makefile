@@ -1,0 +1,38 @@
+# liverank: `make demo` runs the replay simulation end to end, `make test` runs the tests.
+# Both set up .venv first (once, through a stamp file), so each works alone on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp-setup
+
+.PHONY: setup test test-all lint demo bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned: torch==2.13.0 is a CPU wheel on these machines; a looser spec would
+# pull a multi-GB CUDA build through the `train` extra.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[all]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy model services replay
+
+demo: $(STAMP)
+	$(BIN)/liverank demo
+
+bench: $(STAMP)
+	$(BIN)/liverank bench all --out out/bench.json
+
+clean:
+	rm -rf out build *.egg-info .pytest_cache
