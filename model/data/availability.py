@@ -124,19 +124,22 @@ def availability(ds: Interactions, definition: Definition = "broadcast") -> Avai
 def _index(streamer: np.ndarray, stream: np.ndarray, start: np.ndarray, stop: np.ndarray,
            n_steps: int, definition: Definition,
            rank_start: np.ndarray | None = None) -> Availability:
-    stop = np.minimum(stop.astype(np.int64), n_steps)
-    start = start.astype(np.int64)
+    rank = (start if rank_start is None else rank_start).astype(np.int64)
+    # Order the intervals latest start first (then larger stream id first); a stable sort of
+    # the expanded cells by (step, streamer) keeps that order inside each group, so the first
+    # cell of each (step, streamer) group is the stream that answers for it. Sorting n
+    # intervals plus one stable integer sort of the cells is far cheaper than a 4-key lexsort.
+    pre = np.lexsort((-stream.astype(np.int64), -rank))
+    streamer, stream = streamer[pre].astype(np.int64), stream[pre].astype(np.int64)
+    start, stop = start[pre].astype(np.int64), np.minimum(stop[pre].astype(np.int64), n_steps)
     length = np.maximum(stop - start, 0)
     total = int(length.sum())
-    # Expand every interval into its (step, streamer, stream, start) cells.
+    # Expand every interval into its (step, streamer, stream) cells.
     offsets = np.repeat(np.cumsum(length) - length, length)
     steps = np.repeat(start, length) + (np.arange(total, dtype=np.int64) - offsets)
-    cell_streamer = np.repeat(streamer.astype(np.int32), length)
-    cell_stream = np.repeat(stream.astype(np.int64), length)
-    cell_start = np.repeat(start if rank_start is None else rank_start.astype(np.int64), length)
-    # Sort by step, streamer, then latest start first (then larger stream id first), so the
-    # first cell of each (step, streamer) group is the stream that answers for it.
-    order = np.lexsort((-cell_stream, -cell_start, cell_streamer, steps))
+    cell_streamer = np.repeat(streamer, length)
+    cell_stream = np.repeat(stream, length)
+    order = np.argsort(steps * (int(streamer.max(initial=0)) + 1) + cell_streamer, kind="stable")
     steps, cell_streamer, cell_stream = steps[order], cell_streamer[order], cell_stream[order]
     first = np.ones(total, dtype=bool)
     distinct = np.ones(total, dtype=bool)  # first cell of each (step, streamer, stream)
@@ -149,4 +152,5 @@ def _index(streamer: np.ndarray, stream: np.ndarray, start: np.ndarray, stop: np
     counts = np.bincount(steps, minlength=n_steps)[:n_steps]
     indptr = np.zeros(n_steps + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    return Availability(definition, indptr, cell_streamer, cell_stream, overlaps)
+    return Availability(definition, indptr, cell_streamer.astype(np.int32), cell_stream,
+                        overlaps)
