@@ -1,0 +1,43 @@
+"""The deployment manifests parse and only set settings that exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from liverank.services.settings import Settings
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is needed to parse the manifests")
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def manifests() -> list[dict]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_manifests_parse_with_kinds() -> None:
+    kinds = {d["kind"] for d in manifests()}
+    assert {"ConfigMap", "StatefulSet", "Service", "Job", "Kustomization"} <= kinds
+
+
+def test_every_liverank_variable_is_a_setting() -> None:
+    known = {"LIVERANK_" + name.upper() for name in Settings.model_fields}
+    text = "\n".join(p.read_text() for p in [*(DEPLOY / "k8s").glob("*.yaml"),
+                                               DEPLOY / "Dockerfile", DEPLOY / "README.md"])
+    used = set(re.findall(r"LIVERANK_[A-Z_]+", text))
+    assert used and used <= known, used - known
+
+
+def test_service_probes_and_commands() -> None:
+    sts = next(d for d in manifests() if d["kind"] == "StatefulSet")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["args"][0] == "serve"
+    job = next(d for d in manifests() if d["kind"] == "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "replay"
