@@ -21,7 +21,8 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="LIVERANK_", env_file=".env", extra="forbid", frozen=True
+        env_prefix="LIVERANK_", env_file=".env", extra="forbid", frozen=True,
+        populate_by_name=True,  # Settings(kafka_bootstrap=...) as well as the env aliases
     )
 
     # --- Kafka -------------------------------------------------------------------------
@@ -45,6 +46,12 @@ class Settings(BaseSettings):
     broker_kind: Literal["auto", "kafka", "tansu"] = Field(
         "auto",
         description="Which broker this is; 'auto' asks it. tansu turns on its workarounds.",
+    )
+    kafka_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the broker to answer before giving up."
+    )
+    delivery_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for one produced message to be acknowledged."
     )
 
     # --- time ----------------------------------------------------------------------------
@@ -70,6 +77,10 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=0, description="Port of /health and /metrics.")
     scorer_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
     worker_id: str = Field("liverank-service", description="Faust app id / consumer group.")
+    model_poll_s: float = Field(
+        2.0, ge=0, description="How often the worker checks the model directory for a new "
+        "version (rename or symlink flip); 0 turns the check off."
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -78,8 +89,25 @@ class Settings(BaseSettings):
             raise ValueError("kafka_bootstrap must not be empty")
         return v.strip()
 
+    def model_post_init(self, _context: object) -> None:
+        unknown = unknown_environment()
+        if unknown:
+            raise ValueError(
+                f"unknown liverank settings in the environment: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(_env_names()))})")
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+
+def _env_names() -> set[str]:
+    return {"LIVERANK_" + name.upper() for name in Settings.model_fields} | {
+        "LIVERANK_LOG_LEVEL"}  # read by the CLI before any Settings exists
+
+
+def unknown_environment() -> list[str]:
+    """``LIVERANK_*`` variables that name no setting (a typo must not pass silently)."""
+    return sorted(k for k in os.environ if k.startswith("LIVERANK_") and k not in _env_names())
 
 
 def bootstrap_configured() -> bool:
