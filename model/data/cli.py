@@ -99,3 +99,89 @@ def convert(
     write_twitch(ds, out)
     typer.echo(f"wrote {len(ds)} rows ({ds.n_users} users, {ds.n_streamers} streamers, "
                f"{ds.n_streams} streams) to {out}")
+
+
+@app.command()
+def synth(
+    scale: str = typer.Option("small", "--scale",
+                              help="tiny (300 users, 3 days, for unit tests), small (2,000 "
+                                   "users), medium (20,000) or twitch100k (100,000 users, "
+                                   "~3.05M rows); all but tiny span 6,148 steps."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same file."),
+    out: Path = typer.Option(..., "--out", help="Output in the Twitch format (.csv or .csv.gz)."),
+) -> None:
+    """Generate a synthetic Twitch log with the shape and signals of 100k_a.csv.
+
+    Streamers broadcast on daily schedules, users log in at habitual hours, come back to
+    favourites and move within communities of related streamers. Deterministic per seed.
+    """
+    from .synth import SCALES, write
+
+    if scale not in SCALES:
+        typer.echo(f"error: unknown scale {scale!r}: choose one of {', '.join(SCALES)}",
+                   err=True)
+        raise typer.Exit(2)
+    t0 = time.perf_counter()
+    ds = write(scale, seed, out)
+    typer.echo(f"wrote {len(ds)} rows ({ds.n_users} users, {ds.n_streamers} streamers, "
+               f"{ds.n_streams} streams, steps 0..{ds.max_step}) to {out} "
+               f"in {time.perf_counter() - t0:.1f}s")
+
+
+@app.command()
+def stats(
+    file: Path = typer.Argument(..., help="Log to describe (.csv or .csv.gz)."),
+    fmt: str = typer.Option("twitch", "--format", help=FORMAT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the JSON to this file."),
+    like_sample: bool = typer.Option(
+        False, "--like-sample",
+        help="First draw a subset the way the shared real sample was drawn (2,000 users in "
+             "proportion to their rows, streamers with >= 100 rows per 100k users), to "
+             "compare a synthetic file's timing with the real sample like for like."),
+) -> None:
+    """Statistics of FILE next to the published figures of 100k_a.csv and the real sample.
+
+    Counts and per-entity ratios (rows per user, per streamer, per stream id, repeat share,
+    row length), live streamers per step under both availability definitions, and the
+    temporal statistics of the real sample's README: gaps between a user's rows, repeat gaps,
+    next-row-same-streamer share, activity by hour and weekday, distinct streamers per user.
+    """
+    from .stats import file_stats, format_table, sample_like_real
+
+    ds = load_or_exit(file, fmt)  # type: ignore[arg-type]
+    if like_sample:
+        ds = sample_like_real(ds)
+    try:
+        info = file_stats(ds)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    text = json.dumps(info, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    typer.echo(text if as_json else format_table(info))
+
+
+@app.command()
+def report(
+    file: Path = typer.Argument(..., help="Log to illustrate (.csv or .csv.gz)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the PNG figures and summary.md."),
+    fmt: str = typer.Option("twitch", "--format", help=FORMAT_HELP),
+) -> None:
+    """The case for timing: PNG figures and a markdown summary for FILE.
+
+    Live streamers per step over the days, the live set as a share of the catalogue, row and
+    broadcast durations, time between repeats, how often a user's next streamer was off air
+    at their previous row, popularity among live streamers vs global popularity, activity
+    by hour.
+    """
+    from .report import write_report
+
+    ds = load_or_exit(file, fmt)  # type: ignore[arg-type]
+    if len(ds) == 0:
+        typer.echo(f"error: {file}: no rows to report on", err=True)
+        raise typer.Exit(2)
+    numbers = write_report(ds, out)
+    typer.echo(f"wrote {out / 'summary.md'} and figures for {numbers['rows']:,} rows")
