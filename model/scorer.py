@@ -8,13 +8,54 @@ steps), the request's step, and the streamers live at that step. A `Scorer` rank
 of requests at once (micro-batching) and returns, per request, the top-k streamers with
 their scores, best first. Ties are broken by the model's streamer index (then name), so
 the offline evaluation and the online service produce the same lists.
+
+Contract details:
+
+* only the last ``window_len`` window entries are used (callers may pass more);
+* duplicate candidate names count once; ``Ranked.streamers`` has exactly
+  ``min(k, number of distinct candidates)`` names;
+* an empty window gives ``fallback=True`` and the model's popularity prior (log of 1 + the
+  streamer's training rows; 0 for streamers the model does not know) as finite scores;
+* names the model does not know are scored as its out-of-vocabulary item, never an error.
+
+    >>> scorer = OnnxScorer("out/models/liverank")             # doctest: +SKIP
+    >>> scorer.rank([RankRequest([("alice", 10)], 12, ["bob", "alice"])], k=1)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .features import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    CandidateSet,
+    ItemIndex,
+    TimeEncoding,
+    candidate_set,
+    query_steps,
+    rank_of,
+    repeat_features_last,
+    time_features,
+    top_k,
+    window_arrays,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT = "liverank-model/1"
+MODEL_KEYS = ("format", "version", "arch", "config", "window_len", "time_encoding", "items",
+              "popularity", "inputs", "output", "metrics", "files")
 
 
 @dataclass(frozen=True)
@@ -35,3 +76,284 @@ class Scorer(Protocol):
     version: str
 
     def rank(self, requests: Sequence[RankRequest], k: int) -> list[Ranked]: ...
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Every candidate of one request with its score, in tie-break order (not sorted)."""
+
+    streamers: tuple[str, ...]
+    scores: np.ndarray  # (C,) float32, aligned with `streamers`
+    fallback: bool
+
+    def top(self, k: int) -> Ranked:
+        cols = top_k(self.scores, k)
+        return Ranked([self.streamers[c] for c in cols],
+                      [float(self.scores[c]) for c in cols], self.fallback)
+
+    def rank_of(self, name: str) -> int | None:
+        """1-based rank of ``name`` in the full ranking; None when it is not a candidate."""
+        try:
+            col = self.streamers.index(name)
+        except ValueError:
+            return None
+        return rank_of(self.scores, col)
+
+
+class ModelDirError(ValueError):
+    """An exported model directory that cannot be served: names the file and the problem."""
+
+
+class BaseScorer:
+    """Shared machinery: candidate sets in tie order (cached), fallback, `rank` = top of
+    `score_all`. Subclasses implement `_score_batch` for requests with a non-empty window."""
+
+    version: str = "base"
+    window_len: int = 16
+    max_batch: int = 256
+    _cache_size = 64
+
+    def __init__(self, index: ItemIndex) -> None:
+        self.index = index
+        self._prior = index.prior()
+        self._cands: OrderedDict[tuple[str, ...], CandidateSet] = OrderedDict()
+
+    def candidates(self, names: Sequence[str]) -> CandidateSet:
+        key = tuple(names)
+        found = self._cands.get(key)
+        if found is None:
+            found = candidate_set(key, self.index)
+            self._cands[key] = found
+            if len(self._cands) > self._cache_size:
+                self._cands.popitem(last=False)
+        return found
+
+    def rank(self, requests: Sequence[RankRequest], k: int) -> list[Ranked]:
+        return [s.top(k) for s in self.score_all(requests)]
+
+    def score_all(self, requests: Sequence[RankRequest]) -> list[Scored]:
+        # Requests of one step usually share one candidate object: look it up once per call.
+        by_object: dict[int, CandidateSet] = {}
+        sets = []
+        for r in requests:
+            cset = by_object.get(id(r.candidates))
+            if cset is None:
+                cset = by_object[id(r.candidates)] = self.candidates(r.candidates)
+            sets.append(cset)
+        out: list[Scored | None] = [None] * len(requests)
+        todo: list[int] = []
+        for i, (req, cset) in enumerate(zip(requests, sets, strict=True)):
+            if len(req.window) == 0 or self.window_len == 0:
+                out[i] = Scored(cset.names, self._prior[cset.items], True)
+            elif not cset.names:
+                out[i] = Scored((), np.zeros(0, dtype=np.float32), False)
+            else:
+                todo.append(i)
+        for lo in range(0, len(todo), self.max_batch):
+            chunk = todo[lo : lo + self.max_batch]
+            scores = self._score_batch([requests[i] for i in chunk], [sets[i] for i in chunk])
+            for row, i in enumerate(chunk):
+                n = len(sets[i].names)
+                out[i] = Scored(sets[i].names, scores[row, :n], False)
+        return out  # type: ignore[return-value]
+
+    def _score_batch(self, requests: Sequence[RankRequest],
+                     sets: Sequence[CandidateSet]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class ModelScorer(BaseScorer):
+    """Builds the model's inputs (see `liverank.model.features`) and runs `_forward`."""
+
+    def __init__(self, index: ItemIndex, window_len: int, time: TimeEncoding,
+                 version: str) -> None:
+        super().__init__(index)
+        self.window_len = window_len
+        self.time = time
+        self.version = version
+
+    def inputs(self, requests: Sequence[RankRequest],
+               sets: Sequence[CandidateSet]) -> dict[str, np.ndarray]:
+        windows = [r.window for r in requests]
+        items, steps, valid = window_arrays(windows, self.window_len, self.index)
+        request_steps = np.asarray([int(r.step) for r in requests], dtype=np.int64)
+        query = query_steps(steps, request_steps)
+        watch_time, query_time, gaps = time_features(steps, valid, query, self.time)
+        width = max(len(s.names) for s in sets)
+        cand_items = np.zeros((len(requests), width), dtype=np.int64)
+        for row, cset in enumerate(sets):
+            cand_items[row, : len(cset.names)] = cset.items
+        cand_repeat = repeat_features_last(windows, self.window_len, request_steps, sets, width,
+                                           self.time)
+        return {"items": items, "watch_time": watch_time, "query_time": query_time,
+                "gaps": gaps, "cand_items": cand_items, "cand_repeat": cand_repeat}
+
+    def _score_batch(self, requests: Sequence[RankRequest],
+                     sets: Sequence[CandidateSet]) -> np.ndarray:
+        inputs = self.inputs(requests, sets)
+        scores = self._forward(inputs)
+        if not np.isfinite(scores).all():
+            raise FloatingPointError(f"model {self.version} produced non-finite scores")
+        self._equalise_oov(scores, inputs["cand_repeat"], sets)
+        return scores
+
+    def _equalise_oov(self, scores: np.ndarray, repeat: np.ndarray,
+                      sets: Sequence[CandidateSet]) -> None:
+        """Unknown streamers with the same repeat features get bitwise-equal scores.
+
+        They are the same model input, but a GEMM may round them differently by their
+        position in the batch; equal scores let the documented tie-break (name) decide.
+        """
+        oov = self.index.oov
+        for row, cset in enumerate(sets):
+            cols = np.flatnonzero(cset.items == oov)
+            if cols.shape[0] < 2:
+                continue
+            rep = repeat[row, cols]
+            _, first, inverse = np.unique(rep[:, 0] * 1024 + rep[:, 1], return_index=True,
+                                          return_inverse=True)
+            scores[row, cols] = scores[row, cols[first]][inverse]
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_model_json(model_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``model.json`` and the files it names (hashes, pieces, sizes)."""
+    model_dir = Path(model_dir)
+    path = model_dir / "model.json"
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: not a directory")
+    if not path.exists():
+        raise ModelDirError(f"{model_dir}: no model.json (not an exported model directory)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ModelDirError(f"{path}: expected a JSON object")
+    missing = [k for k in MODEL_KEYS if k not in meta]
+    if missing:
+        raise ModelDirError(f"{path}: missing keys {missing}")
+    if meta["format"] != MODEL_FORMAT:
+        raise ModelDirError(f"{path}: format {meta['format']!r}, expected {MODEL_FORMAT!r}")
+    _check_files(model_dir, meta["files"])
+    _check_pieces(path, meta)
+    return meta
+
+
+def _check_files(model_dir: Path, files: dict[str, Any]) -> None:
+    if "model.onnx" not in files:
+        raise ModelDirError(f"{model_dir}/model.json: 'files' does not list model.onnx")
+    for name, entry in files.items():
+        piece = model_dir / name
+        if not piece.exists():
+            raise ModelDirError(f"{piece}: missing (listed in model.json)")
+        digest = sha256_file(piece)
+        if digest != entry.get("sha256"):
+            raise ModelDirError(
+                f"{piece}: sha256 {digest[:12]}... does not match model.json "
+                f"({str(entry.get('sha256'))[:12]}...): the file was changed or belongs to "
+                "another export")
+
+
+def _check_pieces(path: Path, meta: dict[str, Any]) -> None:
+    config, items, popularity = meta["config"], meta["items"], meta["popularity"]
+    n_items = config.get("n_items")
+    if not isinstance(items, list) or len(items) != n_items:
+        raise ModelDirError(f"{path}: {len(items)} item names but config.n_items={n_items}")
+    if len(popularity) != len(items):
+        raise ModelDirError(f"{path}: {len(popularity)} popularity counts for "
+                            f"{len(items)} items")
+    if len(set(items)) != len(items):
+        raise ModelDirError(f"{path}: item names are not unique")
+    if int(meta["window_len"]) != int(config.get("window_len", -1)):
+        raise ModelDirError(f"{path}: window_len {meta['window_len']} differs from "
+                            f"config.window_len {config.get('window_len')}")
+    if sorted(meta["inputs"]) != sorted(INPUT_NAMES) or meta["output"] != OUTPUT_NAME:
+        raise ModelDirError(f"{path}: inputs {sorted(meta['inputs'])} / output "
+                            f"{meta['output']!r}, expected {sorted(INPUT_NAMES)} / "
+                            f"{OUTPUT_NAME!r}")
+
+
+class OnnxScorer(ModelScorer):
+    """Scores with an exported ``model.onnx`` through onnxruntime (CPU, ``threads`` intra-op
+    threads). Refuses a directory whose files or pieces do not match its ``model.json``."""
+
+    def __init__(self, model_dir: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        meta = read_model_json(self.model_dir)
+        self.meta = meta
+        index = ItemIndex(tuple(meta["items"]), np.asarray(meta["popularity"], dtype=np.int64))
+        super().__init__(index, int(meta["window_len"]),
+                         TimeEncoding.from_json(meta["time_encoding"]), str(meta["version"]))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.model_dir / "model.onnx"), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelDirError(f"{self.model_dir}/model.onnx: onnxruntime cannot load it: "
+                                f"{exc}") from exc
+        names = [i.name for i in self.session.get_inputs()]
+        unknown = set(names) - set(INPUT_NAMES)
+        if unknown:
+            raise ModelDirError(f"{self.model_dir}/model.onnx: unexpected inputs "
+                                f"{sorted(unknown)}")
+        self._input_names = names  # the exporter drops inputs a model ignores
+        logger.info("loaded model dir=%s version=%s items=%d window_len=%d threads=%d",
+                    self.model_dir, self.version, index.n_items, self.window_len, threads)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.meta.get("metrics", {}))
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {n: inputs[n] for n in self._input_names}
+        (scores,) = self.session.run([OUTPUT_NAME], feed)
+        return np.asarray(scores, dtype=np.float32)
+
+
+class FakeScorer(BaseScorer):
+    """A deterministic scorer for tests: no model files, no onnxruntime.
+
+    Score = number of times the candidate appears in the last ``window_len`` window entries
+    plus a stable per-name value in [0, 0.5) (CRC32 of the name); the tie-break index is the
+    name's sort order. An empty window gives ``fallback=True`` with the per-name values.
+    """
+
+    def __init__(self, window_len: int = 16, version: str = "fake-1") -> None:
+        super().__init__(ItemIndex((), np.zeros(0, dtype=np.int64)))
+        self.window_len = window_len
+        self.version = version
+
+    def candidates(self, names: Sequence[str]) -> CandidateSet:
+        ordered = sorted(set(names))
+        return CandidateSet(tuple(ordered), np.zeros(len(ordered), dtype=np.int64),
+                            {n: i for i, n in enumerate(ordered)})
+
+    def score_all(self, requests: Sequence[RankRequest]) -> list[Scored]:
+        out = []
+        for req in requests:
+            cset = self.candidates(req.candidates)
+            base = np.asarray([zlib.crc32(n.encode()) / 2**33 for n in cset.names],
+                              dtype=np.float32)
+            window = list(req.window[-self.window_len:]) if self.window_len else []
+            counts = np.zeros(len(cset.names), dtype=np.float32)
+            for name, _ in window:
+                col = cset.cols.get(name)
+                if col is not None:
+                    counts[col] += 1.0
+            out.append(Scored(cset.names, base + counts, not window))
+        return out

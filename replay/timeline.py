@@ -138,21 +138,23 @@ def build_timeline(
 def _full_order(data: Interactions, casts: Broadcasts, epoch_ms: int) -> Timeline:
     n_b, n_rows = len(casts), len(data)
     last = max(data.max_step, int(casts.stop.max()) if n_b else 0)
-    rows = np.arange(n_rows, dtype=np.int64)
     b_idx = np.arange(n_b, dtype=np.int64)
-    kind = np.concatenate([
-        np.full(n_b, STOP), np.full(n_b, START), np.full(last + 1, WATERMARK),
-        np.full(n_rows, REQUEST), np.full(n_rows, WATCH),
-    ]).astype(np.uint8)
-    step = np.concatenate([
-        casts.stop.astype(np.int64), casts.start.astype(np.int64),
-        np.arange(last + 1, dtype=np.int64), data.start.astype(np.int64),
-        data.start.astype(np.int64),
-    ])
-    ref = np.concatenate([b_idx, b_idx, np.arange(last + 1, dtype=np.int64), rows, rows])
-    sub = np.concatenate([b_idx, b_idx, np.zeros(last + 1, dtype=np.int64), rows * 2,
-                          rows * 2 + 1])
-    order = np.lexsort((sub, _PHASE[kind], step))
+    # User events interleaved per row (request, then watch), so that concatenation order is
+    # already the order inside every (step, phase) group; one stable sort by (step, phase)
+    # then finishes the job (a radix sort when the key fits 16 bits).
+    user_kind = np.tile(np.array([REQUEST, WATCH], dtype=np.uint8), n_rows)
+    user_ref = np.repeat(np.arange(n_rows, dtype=np.int64), 2)
+    user_step = np.repeat(data.start.astype(np.int64), 2)
+    kind = np.concatenate([np.full(n_b, STOP, dtype=np.uint8),
+                           np.full(n_b, START, dtype=np.uint8),
+                           np.full(last + 1, WATERMARK, dtype=np.uint8), user_kind])
+    step = np.concatenate([casts.stop.astype(np.int64), casts.start.astype(np.int64),
+                           np.arange(last + 1, dtype=np.int64), user_step])
+    ref = np.concatenate([b_idx, b_idx, np.arange(last + 1, dtype=np.int64), user_ref])
+    key = step * 4 + _PHASE[kind]
+    if int(key.max(initial=0)) < 1 << 16:
+        key = key.astype(np.uint16)
+    order = np.argsort(key, kind="stable")
     seq = np.arange(order.shape[0], dtype=np.int64)
     return Timeline(kind[order], step[order], seq, ref[order], data, casts, epoch_ms)
 

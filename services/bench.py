@@ -8,5 +8,10 @@ from __future__ import annotations
 
 import typer
 
+from liverank.model.cli import bench_scorer_command
+from liverank.replay.bench import bench_replay
+
 app = typer.Typer(help="Benchmarks: each figure is printed next to its in-run reference.",
                   no_args_is_help=True)
+app.command("scorer")(bench_scorer_command)
+app.command("replay")(bench_replay)

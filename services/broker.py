@@ -16,9 +16,10 @@ import logging
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -72,6 +73,15 @@ def broker_binary() -> str:
         raise BrokerError(str(exc)) from exc
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the parent dies (a killed test run leaves no tansu behind)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 @dataclass
 class EmbeddedBroker:
     """A running tansu process; `stop` (or leaving the ``with`` block) ends it."""
@@ -101,7 +111,8 @@ class EmbeddedBroker:
         logger.info("starting tansu listen=%s:%d", host, port)
         # Its own process group: Ctrl-C in a terminal reaches us, and we stop it in order.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         broker = cls(host, port, proc)
         threading.Thread(target=broker._drain, daemon=True, name="tansu-log").start()
         try:
@@ -172,7 +183,8 @@ def embedded_broker(listen: str = "127.0.0.1:0") -> Iterator[EmbeddedBroker]:
         broker.stop()
 
 
-def serve_forever(listen: str = DEFAULT_LISTEN, on_ready: object = None) -> int:
+def serve_forever(listen: str = DEFAULT_LISTEN,
+                  on_ready: Callable[[EmbeddedBroker], None] | None = None) -> int:
     """Run tansu until SIGINT/SIGTERM (or until it dies); returns an exit code."""
     stop = threading.Event()
 
@@ -183,7 +195,7 @@ def serve_forever(listen: str = DEFAULT_LISTEN, on_ready: object = None) -> int:
     old = {s: signal.signal(s, _handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with embedded_broker(listen) as broker:
-            if callable(on_ready):
+            if on_ready is not None:
                 on_ready(broker)
             while not stop.wait(0.5):
                 if not broker.alive():

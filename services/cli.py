@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import typer
 
+from liverank.model.cli import register as register_model_commands
 from liverank.model.data.cli import app as data_app
+from liverank.replay.cli import broker_command, replay_command
 from liverank.services.bench import app as bench_app
+from liverank.services.serve import register as register_serve
 
 app = typer.Typer(
     help="liverank: recommend live streams that are on air now.\n\n"
@@ -23,6 +27,78 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+register_model_commands(app)  # train, evaluate, export
+app.command("replay")(replay_command)
+app.command("broker")(broker_command)
+register_serve(app)  # serve
+
+
+@app.command()
+def demo(
+    scale: str = typer.Option("small", help="Synthetic data scale: tiny, small, medium, "
+                              "twitch100k (ignored with --data)."),
+    data: Path | None = typer.Option(None, help="A real log instead (e.g. 100k_a.csv)."),
+    fmt: str = typer.Option("twitch", "--format", help="Format of --data: twitch or sample."),
+    seed: int = typer.Option(0, help="Seed of the synthetic data and of training."),
+    out: Path = typer.Option(Path("out/demo"), help="Where the report and artifacts go."),
+    epochs: int | None = typer.Option(None, help="Override the quick preset's epochs."),
+    timeout: float = typer.Option(600.0, help="Longest wait for the answers (s)."),
+) -> None:
+    """The replay simulation end to end on the embedded broker (or the configured one).
+
+    Generates data, trains (quick preset), exports ONNX, starts the service, replays the
+    whole log at max speed with requests only in the test window (earlier watches fill the
+    user windows), evaluates the answers online, prints a summary and writes a report
+    (markdown, JSON, PNG) under --out. Every process it started is stopped at the end.
+    """
+    from liverank.services.demo import DemoError, DemoOptions, run_demo
+
+    try:
+        run_demo(DemoOptions(scale=scale, data=data, fmt=fmt, seed=seed, out=out,
+                             epochs=epochs, timeout_s=timeout))
+    except DemoError as exc:
+        typer.echo(f"demo failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"\nreport: {out / 'summary.md'}")
+
+
+@app.command()
+def config(
+    markdown: bool = typer.Option(False, "--markdown", help="Print docs/configuration.md."),
+) -> None:
+    """Show every setting: environment variable, default and the value in force here."""
+    from liverank.services.settings import Settings, settings_markdown, settings_reference
+
+    if markdown:
+        typer.echo(settings_markdown(), nl=False)
+        return
+    current = Settings().model_dump()
+    for (env, default, desc), value in zip(settings_reference(), current.values(), strict=True):
+        shown = "***" if "PASSWORD" in env and value else repr(value)
+        typer.echo(f"{env:45s} {shown:24s} {desc}")
+
+
+@app.command()
+def monitor(
+    out: Path = typer.Option(Path("out/monitor"), help="Directory for online.json and figures."),
+    k: int = typer.Option(10, help="Cut-off of the answers (the service's top-k)."),
+    timeout: float = typer.Option(300.0, help="Longest wait for the replay's end and the "
+                                  "answers (s)."),
+) -> None:
+    """Score the service's answers online against the watches that follow them.
+
+    Reads recommendations, user-events and stream-events (broker and topic prefix from the
+    settings); works alongside a replay or afterwards. Prints HR/NDCG (all, new, repeat),
+    POP on the same requests, the share of recommended streams live at their step,
+    coverage, latency percentiles and throughput, and writes JSON + a figure.
+    """
+    from liverank.services.monitor import collect, format_summary, write_report
+    from liverank.services.settings import Settings
+
+    report = collect(Settings(), timeout_s=timeout, k=k).report()
+    paths = write_report(report, out)
+    typer.echo(format_summary(report))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
 @app.callback()

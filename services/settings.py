@@ -125,3 +125,21 @@ def settings_reference() -> list[tuple[str, str, str]]:
             env += " (or KAFKA_BOOTSTRAP_SERVERS)"
         rows.append((env, repr(f.default), f.description or ""))
     return rows
+
+
+def settings_markdown() -> str:
+    """docs/configuration.md, generated from the fields above (a test keeps it current)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `services/settings.py` by `liverank config --markdown`; do not edit.",
+        "Every process builds one `Settings` at its entry point from the environment or a",
+        "`.env` file. A `LIVERANK_*` variable that names no setting is an error.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{env}` | `{default}` | {desc} |" for env, default, desc in settings_reference()]
+    lines += ["| `LIVERANK_LOG_LEVEL` | `'INFO'` | Log level of the CLI (read before settings). |",
+              ""]
+    return "\n".join(lines)

@@ -41,3 +41,16 @@ def test_service_probes_and_commands() -> None:
     assert container["args"][0] == "serve"
     job = next(d for d in manifests() if d["kind"] == "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "replay"
+
+
+def test_configuration_reference_is_current() -> None:
+    from liverank.services.settings import settings_markdown
+
+    doc = DEPLOY.parent / "docs" / "configuration.md"
+    assert doc.read_text() == settings_markdown(), "run: liverank config --markdown > " + str(doc)
+
+
+def test_unknown_liverank_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVERANK_TOPK", "5")
+    with pytest.raises(ValueError, match="LIVERANK_TOPK"):
+        Settings()

@@ -48,19 +48,19 @@ def broadcasts(ds: Interactions) -> Broadcasts:
     if len(ds) == 0:
         e = np.zeros(0, dtype=np.int64)
         return Broadcasts(e, e.astype(np.int32), e.astype(np.int32), e.astype(np.int32), 0)
-    streams, inverse = np.unique(ds.stream, return_inverse=True)
-    n = streams.shape[0]
-    start = np.full(n, np.iinfo(np.int32).max, dtype=np.int64)
-    stop = np.zeros(n, dtype=np.int64)
-    np.minimum.at(start, inverse, ds.start)
-    np.maximum.at(stop, inverse, ds.end)
-    # The streamer of a stream id is the one on its first row in file order.
-    first_row = np.full(n, len(ds), dtype=np.int64)
-    np.minimum.at(first_row, inverse, np.arange(len(ds)))
-    streamer = ds.streamer[first_row]
-    multi = int(np.count_nonzero(np.bincount(inverse[ds.streamer != streamer[inverse]],
-                                             minlength=n)))
-    return Broadcasts(streams, streamer.astype(np.int32), start.astype(np.int32),
+    # One stable sort by stream id, then per-group reductions (much cheaper than ufunc.at).
+    order = np.argsort(ds.stream, kind="stable")
+    sorted_stream = ds.stream[order]
+    first = np.flatnonzero(np.r_[True, sorted_stream[1:] != sorted_stream[:-1]])
+    start = np.minimum.reduceat(ds.start[order], first)
+    stop = np.maximum.reduceat(ds.end[order], first)
+    # The streamer of a stream id is the one on its first row in file order (the sort is
+    # stable, so each group's first entry is its earliest row).
+    streamer = ds.streamer[order[first]]
+    sizes = np.diff(np.r_[first, len(order)])
+    other = ds.streamer[order] != np.repeat(streamer, sizes)
+    multi = int(np.count_nonzero(np.logical_or.reduceat(other, first)))
+    return Broadcasts(sorted_stream[first], streamer.astype(np.int32), start.astype(np.int32),
                       stop.astype(np.int32), multi)
 
 

@@ -1,0 +1,117 @@
+"""Scorer throughput: onnxruntime vs torch eager on the same requests, in the same run.
+
+    liverank bench scorer --threads 2 --out out/bench_scorer.json
+
+Each case (batch B, candidates C) times ``scorer.rank(batch, k=10)`` -- the whole serving
+path: window and candidate features (numpy), the model, the tie-broken top-k -- and the
+model call alone on prepared inputs. Requests in a batch share one live set, as requests
+at the same step do in the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .scorer import ModelScorer, OnnxScorer, RankRequest
+
+logger = logging.getLogger(__name__)
+
+BATCHES = (1, 32, 256)
+CANDIDATES = (500, 3000)
+
+
+def _random_checkpoint(directory: Path, items: int) -> Path:
+    """A freshly initialised liverank model (2 blocks, d 64, L 16) saved as a checkpoint."""
+    import numpy as np
+    import torch
+
+    from .features import ItemIndex, TimeEncoding
+    from .sasrec import ModelConfig, SeqRec
+    from .train import CHECKPOINT_FORMAT, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=items)
+    index = ItemIndex(tuple(f"s{i}" for i in range(items)),
+                      np.arange(items, 0, -1, dtype=np.int64))
+    meta = {"format": CHECKPOINT_FORMAT, "version": "bench-random", "model": cfg.to_json(),
+            "train": {}, "time_encoding": TimeEncoding().to_json(),
+            "items": list(index.names), "popularity": index.counts.tolist(), "data": {},
+            "history": []}
+    save_checkpoint(directory, SeqRec(cfg), meta)
+    return directory
+
+
+def _requests(names: list[str], batch: int, candidates: int, window_len: int,
+              rng: np.random.Generator) -> list[RankRequest]:
+    live = [names[i] for i in rng.choice(len(names), size=candidates, replace=False)]
+    out = []
+    for _ in range(batch):
+        n = int(rng.integers(1, window_len + 1))
+        picks = rng.choice(len(live), size=n)  # windows repeat live streamers sometimes
+        window = [(live[i] if rng.random() < 0.5 else names[int(rng.integers(len(names)))],
+                   1000 + 10 * j) for j, i in enumerate(picks)]
+        out.append(RankRequest(window, 1000 + 10 * n + 5, live))
+    return out
+
+
+def _time(fn: Any, seconds: float) -> float:
+    """Seconds per call: at least 3 calls and ``seconds`` of calls (after one warm-up)."""
+    fn()
+    calls, t0 = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - t0 < seconds:
+        fn()
+        calls += 1
+    return (time.perf_counter() - t0) / calls
+
+
+def bench_scorer(checkpoint: Path | None = None, items: int = 20000, threads: int = 2,
+                 seconds: float = 1.0) -> dict[str, Any]:
+    import torch
+
+    from .export import export
+    from .train import TorchScorer
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = checkpoint or _random_checkpoint(Path(tmp) / "ckpt", items)
+        export(ckpt, Path(tmp) / "onnx")
+        engines: dict[str, ModelScorer] = {
+            "onnxruntime": OnnxScorer(Path(tmp) / "onnx", threads=threads),
+            "torch": TorchScorer.from_checkpoint(ckpt, threads=threads),
+        }
+    names = list(engines["torch"].index.names)
+    rng = np.random.default_rng(0)
+    cases = []
+    for c in CANDIDATES:
+        for b in BATCHES:
+            requests = _requests(names, b, c, engines["torch"].window_len, rng)
+            row: dict[str, Any] = {"batch": b, "candidates": c}
+            for name, scorer in engines.items():
+                sets = [scorer.candidates(r.candidates) for r in requests]
+                inputs = scorer.inputs(requests, sets)
+                full = _time(lambda s=scorer, r=requests: s.rank(r, 10), seconds)
+                model = _time(lambda s=scorer, x=inputs: s._forward(x), seconds)
+                row[name] = {"users_per_s": b / full, "model_users_per_s": b / model,
+                             "ms_per_batch": full * 1e3}
+            cases.append(row)
+            logger.info("bench batch=%d candidates=%d onnx=%.0f torch=%.0f users/s", b, c,
+                        row["onnxruntime"]["users_per_s"], row["torch"]["users_per_s"])
+    return {"threads": threads, "checkpoint": str(checkpoint or "random"),
+            "window_len": engines["torch"].window_len, "items": len(names), "cases": cases}
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = ["| batch | candidates | onnxruntime users/s | torch users/s | onnx model-only "
+             "users/s | torch model-only users/s |", "|---|---|---|---|---|---|"]
+    for r in result["cases"]:
+        o, t = r["onnxruntime"], r["torch"]
+        lines.append(f"| {r['batch']} | {r['candidates']} | {o['users_per_s']:.0f} | "
+                     f"{t['users_per_s']:.0f} | {o['model_users_per_s']:.0f} | "
+                     f"{t['model_users_per_s']:.0f} |")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""Export a checkpoint to ``model.onnx`` + ``model.json`` for the torch-free scorer.
+
+    liverank export --checkpoint out/models/liverank --out out/models/liverank-onnx
+
+``model.onnx``: inputs as in `liverank.model.features` (int64; batch and candidate axes
+dynamic, the window length fixed), output ``scores`` (B, C) float32. The TorchScript-based
+exporter (``dynamo=False``) is used: it needs no extra package and keeps the dynamic axes.
+After writing, the export is checked against torch on random batches that include
+all-padding windows (max abs difference <= 1e-4, else it fails) and the figure is stored.
+
+``model.json``: format, version, arch, config, window_len, time_encoding, items (item i is
+``items[i-1]``; OOV is ``len(items)+1``), popularity (training rows per item), inputs
+(name -> shape), output, metrics (validation + parity), training info and ``files``
+(sha256 and size of ``model.onnx``), which `OnnxScorer` verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .features import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    TimeEncoding,
+    query_steps,
+    repeat_features_positions,
+    time_features,
+)
+from .sasrec import SeqRec
+from .scorer import MODEL_FORMAT, sha256_file
+from .train import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-4
+INPUT_SHAPES = {
+    "items": ["batch", "window_len"], "watch_time": ["batch", "window_len", 2],
+    "query_time": ["batch", "window_len", 2], "gaps": ["batch", "window_len", "window_len"],
+    "cand_items": ["batch", "candidates"], "cand_repeat": ["batch", "candidates", 2],
+}
+
+
+def random_inputs(model: SeqRec, enc: TimeEncoding, batch: int, candidates: int,
+                  rng: np.random.Generator, empty_rows: int = 1) -> dict[str, np.ndarray]:
+    """Plausible model inputs built with the serving feature code: windows of random length
+    (the first ``empty_rows`` all padding), increasing steps, candidates that partly repeat
+    the window, OOV ids included."""
+    cfg = model.cfg
+    length, top = cfg.window_len, cfg.n_items + 1  # top = the OOV id
+    items = np.zeros((batch, length), dtype=np.int64)
+    steps = np.zeros((batch, length), dtype=np.int64)
+    for r in range(batch):
+        n = 0 if r < empty_rows else int(rng.integers(1, length + 1))
+        if n:
+            items[r, length - n :] = rng.integers(1, top + 1, size=n)
+            steps[r, length - n :] = np.cumsum(rng.integers(0, 300, size=n)) + 1000
+    valid = items != 0
+    request = steps[:, -1] + rng.integers(0, 200, size=batch)
+    query = query_steps(steps, request)
+    watch_time, query_time, gaps = time_features(steps, valid, query, enc)
+    cand = rng.integers(1, top + 1, size=(batch, candidates))
+    take = rng.random((batch, candidates)) < 0.3
+    cand = np.where(take & valid[:, -1:], items[:, -1:], cand)
+    rep = repeat_features_positions(items, steps, valid, query, cand[:, None, :], enc)[:, -1]
+    return {"items": items, "watch_time": watch_time, "query_time": query_time, "gaps": gaps,
+            "cand_items": cand, "cand_repeat": rep}
+
+
+def _torch_scores(model: SeqRec, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        return model(*(torch.from_numpy(inputs[k]) for k in INPUT_NAMES)).numpy()
+
+
+def write_onnx(model: SeqRec, path: Path) -> None:
+    model.eval()
+    example = random_inputs(model, TimeEncoding(), batch=3, candidates=5,
+                            rng=np.random.default_rng(0))
+    axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in INPUT_NAMES}
+    axes["cand_items"] = {0: "batch", 1: "candidates"}
+    axes["cand_repeat"] = {0: "batch", 1: "candidates"}
+    axes[OUTPUT_NAME] = {0: "batch", 1: "candidates"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, tuple(torch.from_numpy(example[k]) for k in INPUT_NAMES),
+                          str(path), input_names=list(INPUT_NAMES),
+                          output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=17,
+                          dynamo=False)
+
+
+def parity(model: SeqRec, path: Path, rounds: int = 4, seed: int = 1) -> float:
+    """Max abs difference torch vs onnxruntime over random batches (padding-only included)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for r in range(rounds):
+        inputs = random_inputs(model, TimeEncoding(), batch=[1, 7, 32, 64][r % 4],
+                               candidates=[3, 50, 300, 1000][r % 4], rng=rng,
+                               empty_rows=1)
+        want = _torch_scores(model, inputs)
+        (got,) = session.run([OUTPUT_NAME], {n: inputs[n] for n in names})
+        if not np.isfinite(got).all():
+            raise FloatingPointError(f"{path}: onnxruntime produced non-finite scores")
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def export(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write ``model.onnx`` and ``model.json`` from a checkpoint; returns model.json's dict."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, meta = load_checkpoint(checkpoint)
+    onnx_path = out / "model.onnx"
+    write_onnx(model, onnx_path)
+    diff = parity(model, onnx_path)
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(f"{onnx_path}: onnxruntime differs from torch by {diff:.2e} "
+                           f"(> {PARITY_TOLERANCE})")
+    digest = sha256_file(onnx_path)
+    validation = meta.get("validation", {})
+    info = {
+        "format": MODEL_FORMAT,
+        "version": f"{meta['version']}-{digest[:8]}",
+        "arch": meta["model"]["arch"],
+        "config": meta["model"],
+        "window_len": meta["model"]["window_len"],
+        "time_encoding": meta["time_encoding"],
+        "items": meta["items"],
+        "popularity": meta["popularity"],
+        "inputs": {n: INPUT_SHAPES[n] for n in INPUT_NAMES},
+        "output": OUTPUT_NAME,
+        "metrics": {"validation": validation, "onnx_max_abs_diff": diff},
+        "training": {"train": meta["train"], "data": meta["data"],
+                     "history": meta.get("history", []), "checkpoint_version": meta["version"]},
+        "files": {"model.onnx": {"sha256": digest, "bytes": onnx_path.stat().st_size}},
+    }
+    (out / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    logger.info("exported checkpoint=%s out=%s version=%s parity=%.2e", checkpoint, out,
+                info["version"], diff)
+    return info

@@ -1,0 +1,266 @@
+"""Model inputs from windows and candidates: numpy only, shared by training, evaluation and
+the streaming service, so every path turns the same watches into the same numbers.
+
+Vocabulary (`ItemIndex`): the model's streamer index orders the streamers seen in training
+by training popularity (most watched first), then name; item 0 is padding and the last id
+(``n_items + 1``) is the out-of-vocabulary item, which training uses for rare streamers and
+serving for streamers the model never saw. The same index is the tie-break everywhere: equal
+scores rank by model index, then by name.
+
+Time (`TimeEncoding`): a step is 10 minutes; hour of day ``(step % 144) // 6``, day of week
+``(step // 144) % 7``; gaps are bucketed by fixed step boundaries. Feature values are stored
+``+1`` so that 0 always means padding / absent.
+
+Model inputs for a batch of B windows of length L with C candidates (all int64):
+
+* ``items (B, L)``: item ids, left-padded with 0 (the newest watch is last);
+* ``watch_time (B, L, 2)``: hour+1, weekday+1 of each watch;
+* ``query_time (B, L, 2)``: hour+1, weekday+1 of each position's query step -- the next
+  watch's step inside the window, the request's step at the last position (the same rule
+  training uses: position t predicts watch t+1 at its step);
+* ``gaps (B, L, L)``: bucket+1 of ``query_step[t] - step[j]`` for j <= t, both real, else 0;
+* ``cand_items (B, C)``: candidate item ids (0 pads a short candidate list);
+* ``cand_repeat (B, C, 2)``: for a candidate the user watched inside the window: bucket+1 of
+  the gap since its last watch there, bucket+1 of how often; 0 when not in the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+PAD = 0
+GAP_BOUNDARIES = (1, 2, 3, 6, 12, 24, 48, 96, 144, 288, 576, 1008, 2016, 4032)
+COUNT_BOUNDARIES = (2, 3, 4, 6, 10)
+INPUT_NAMES = ("items", "watch_time", "query_time", "gaps", "cand_items", "cand_repeat")
+OUTPUT_NAME = "scores"
+
+
+@dataclass(frozen=True)
+class TimeEncoding:
+    """How steps become time-of-day, weekday and gap buckets (stored in model.json)."""
+
+    steps_per_hour: int = 6
+    steps_per_day: int = 144
+    days_per_week: int = 7
+    gap_boundaries: tuple[int, ...] = GAP_BOUNDARIES
+    count_boundaries: tuple[int, ...] = COUNT_BOUNDARIES
+
+    @property
+    def n_hours(self) -> int:
+        return self.steps_per_day // self.steps_per_hour
+
+    @property
+    def n_gaps(self) -> int:  # bucket values 0..n_gaps-1 (stored +1)
+        return len(self.gap_boundaries) + 1
+
+    @property
+    def n_counts(self) -> int:
+        return len(self.count_boundaries) + 1
+
+    def hour(self, steps: np.ndarray) -> np.ndarray:
+        return (steps % self.steps_per_day) // self.steps_per_hour
+
+    def weekday(self, steps: np.ndarray) -> np.ndarray:
+        return (steps // self.steps_per_day) % self.days_per_week
+
+    def gap_bucket(self, gaps: np.ndarray) -> np.ndarray:
+        """0 for a gap of 0 (or negative), then one bucket per boundary passed."""
+        return np.searchsorted(np.asarray(self.gap_boundaries), gaps, side="right")
+
+    def count_bucket(self, counts: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self.count_boundaries), counts, side="right")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TimeEncoding:
+        return cls(
+            steps_per_hour=int(raw["steps_per_hour"]),
+            steps_per_day=int(raw["steps_per_day"]),
+            days_per_week=int(raw["days_per_week"]),
+            gap_boundaries=tuple(int(x) for x in raw["gap_boundaries"]),
+            count_boundaries=tuple(int(x) for x in raw["count_boundaries"]),
+        )
+
+
+@dataclass(frozen=True)
+class ItemIndex:
+    """Streamer names <-> model item ids (1..n_items), plus the OOV id and training counts."""
+
+    names: tuple[str, ...]  # names[i - 1] is item i
+    counts: np.ndarray = field(repr=False)  # (n_items,) training rows per item
+    _ids: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ids = {name: i + 1 for i, name in enumerate(self.names)}
+        if len(ids) != len(self.names):
+            raise ValueError("item index: streamer names are not unique")
+        if len(self.counts) != len(self.names):
+            raise ValueError(f"item index: {len(self.counts)} counts for {len(self.names)} names")
+        object.__setattr__(self, "_ids", ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.names)
+
+    @property
+    def oov(self) -> int:
+        return len(self.names) + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.names) + 2
+
+    def id(self, name: str) -> int:
+        return self._ids.get(name, self.oov)
+
+    def ids(self, names: Iterable[str]) -> np.ndarray:
+        get, oov = self._ids.get, self.oov
+        return np.fromiter((get(n, oov) for n in names), dtype=np.int64)
+
+    def prior(self) -> np.ndarray:
+        """(vocab,) popularity prior log(1 + training count); 0 for padding and OOV."""
+        out = np.zeros(self.vocab_size, dtype=np.float32)
+        out[1 : self.n_items + 1] = np.log1p(self.counts.astype(np.float32))
+        return out
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """One request's candidates in tie-break order (model index, then name), deduplicated."""
+
+    names: tuple[str, ...]
+    items: np.ndarray  # (C,) int64 model item ids, non-decreasing
+    cols: dict[str, int]  # name -> column
+
+
+def candidate_set(names: Sequence[str], index: ItemIndex) -> CandidateSet:
+    unique = set(names)
+    ordered = sorted(unique, key=lambda n: (index.id(n), n))
+    items = index.ids(ordered)
+    return CandidateSet(tuple(ordered), items, {n: i for i, n in enumerate(ordered)})
+
+
+def window_arrays(windows: Sequence[Sequence[tuple[str, int]]], window_len: int,
+                  index: ItemIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-padded (B, L) item ids, steps and a real-entry mask from the last L entries."""
+    b = len(windows)
+    items = np.zeros((b, window_len), dtype=np.int64)
+    steps = np.zeros((b, window_len), dtype=np.int64)
+    for r, window in enumerate(windows):
+        tail = list(window[-window_len:]) if window_len else []
+        if not tail:
+            continue
+        n = len(tail)
+        items[r, window_len - n :] = index.ids(name for name, _ in tail)
+        steps[r, window_len - n :] = [int(step) for _, step in tail]
+    return items, steps, items != PAD
+
+
+def query_steps(steps: np.ndarray, request_step: np.ndarray) -> np.ndarray:
+    """(B, L) query step per position: the next watch's step, the request's at the end."""
+    q = np.empty_like(steps)
+    q[:, :-1] = steps[:, 1:]
+    q[:, -1] = request_step
+    return q
+
+
+def time_features(steps: np.ndarray, valid: np.ndarray, query: np.ndarray,
+                  enc: TimeEncoding) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``watch_time (B,L,2)``, ``query_time (B,L,2)``, ``gaps (B,L,L)`` (see module doc)."""
+    v = valid.astype(np.int64)
+    watch_time = np.stack([enc.hour(steps) + 1, enc.weekday(steps) + 1], axis=-1) * v[..., None]
+    query_time = np.stack([enc.hour(query) + 1, enc.weekday(query) + 1], axis=-1) * v[..., None]
+    length = steps.shape[1]
+    causal = np.tril(np.ones((length, length), dtype=bool))
+    allowed = causal[None] & valid[:, None, :] & valid[:, :, None]  # (B, T, J)
+    gaps = (enc.gap_bucket(query[:, :, None] - steps[:, None, :]) + 1) * allowed
+    return watch_time.astype(np.int64), query_time.astype(np.int64), gaps.astype(np.int64)
+
+
+def repeat_buckets(gap: np.ndarray, count: np.ndarray, enc: TimeEncoding) -> np.ndarray:
+    """(..., 2) repeat features for entries seen ``count`` >= 1 times, last ``gap`` ago."""
+    present = count > 0
+    rec = np.where(present, enc.gap_bucket(gap) + 1, 0)
+    cnt = np.where(present, enc.count_bucket(count) + 1, 0)
+    return np.stack([rec, cnt], axis=-1).astype(np.int64)
+
+
+def repeat_features_positions(keys: np.ndarray, steps: np.ndarray, valid: np.ndarray,
+                              query: np.ndarray, cand_keys: np.ndarray,
+                              enc: TimeEncoding) -> np.ndarray:
+    """Training form: ``(B, L, K, 2)`` repeat features of K candidates at every position.
+
+    ``keys``/``cand_keys`` identify streamers uniquely (dataset indexes, not model items, so
+    two unknown streamers sharing the OOV item are still told apart).
+    """
+    length = keys.shape[1]
+    causal = np.tril(np.ones((length, length), dtype=bool))
+    seen = causal[None, :, None, :] & valid[:, None, None, :]  # (B, T, 1, J)
+    match = (cand_keys[..., None] == keys[:, None, None, :]) & seen  # (B, T, K, J)
+    count = match.sum(-1)
+    last = np.where(match, steps[:, None, None, :], np.iinfo(np.int64).min).max(-1)
+    gap = np.where(count > 0, query[:, :, None] - last, 0)
+    return repeat_buckets(gap, count, enc)
+
+
+def repeat_features_last(windows: Sequence[Sequence[tuple[str, int]]], window_len: int,
+                         request_steps: Sequence[int] | np.ndarray, cands: Sequence[CandidateSet],
+                         width: int, enc: TimeEncoding) -> np.ndarray:
+    """Serving form: ``(B, width, 2)`` repeat features of each request's candidates, from the
+    names in the last ``window_len`` entries (the same quantity as the training form at the
+    last position)."""
+    out_rows: list[int] = []
+    out_cols: list[int] = []
+    gaps: list[int] = []
+    counts: list[int] = []
+    for r, (window, step, cset) in enumerate(zip(windows, request_steps, cands, strict=True)):
+        seen: dict[str, list[int]] = {}
+        for name, at in window[-window_len:] if window_len else []:
+            entry = seen.get(name)
+            if entry is None:
+                seen[name] = [1, int(at)]
+            else:
+                entry[0] += 1
+                entry[1] = max(entry[1], int(at))
+        for name, (count, last) in seen.items():
+            col = cset.cols.get(name)
+            if col is not None:
+                out_rows.append(r)
+                out_cols.append(col)
+                gaps.append(int(step) - last)
+                counts.append(count)
+    out = np.zeros((len(windows), width, 2), dtype=np.int64)
+    if out_rows:
+        out[out_rows, out_cols] = repeat_buckets(np.asarray(gaps), np.asarray(counts), enc)
+    return out
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the k best scores, best first; ties keep column order (the tie-break).
+
+    Exact with ties at the cut: everything scoring at least the k-th value is sorted stably.
+    """
+    c = scores.shape[0]
+    k = min(k, c)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    neg = -scores
+    if k < c:
+        kth = np.partition(neg, k - 1)[k - 1]
+        keep = np.flatnonzero(neg <= kth)
+    else:
+        keep = np.arange(c)
+    order = keep[np.argsort(neg[keep], kind="stable")]
+    return order[:k]
+
+
+def rank_of(scores: np.ndarray, col: int) -> int:
+    """1-based position of column ``col`` in the full tie-broken order."""
+    s = scores[col]
+    return int(np.count_nonzero(scores > s) + np.count_nonzero(scores[:col] == s) + 1)

@@ -1,0 +1,450 @@
+"""CPU training of the sequence models, with early stopping on validation NDCG@10.
+
+    liverank train --data out/data/small.csv --out out/models/liverank --preset quick
+
+Data: LiveRec's time split (`liverank.model.data.split`): train on rows starting before
+``pivot_1``, validate on ``[pivot_1, pivot_2)`` with the evaluation protocol itself (a
+fixed, evenly spaced subset of validation targets ranked among the live streamers).
+
+Sequences: each user's training rows in timeline order (step, then file order) cut into
+chunks of L+1 from the end; position t of a chunk predicts watch t+1 at that watch's step
+(the query step). Loss: sampled softmax of the true streamer against N negatives drawn
+from the streamers live at the target's step (``negatives="live"``, never an off-air one,
+never the positive) or from all streamers (``"uniform"``); MF uses BPR.
+
+The checkpoint directory holds ``weights.pt`` (best state dict) and ``checkpoint.json``
+(model and training config, item index with training counts, time encoding, history).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.availability import Availability, availability
+from .data.split import time_split
+from .data.twitch import Interactions
+from .evaluate import EvalTarget, iter_targets, period
+from .features import (
+    ItemIndex,
+    TimeEncoding,
+    repeat_features_positions,
+    time_features,
+)
+from .metrics import Accumulator
+from .sasrec import ModelConfig, SeqRec
+from .scorer import ModelScorer
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "liverank-checkpoint/1"
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "liverank": {"time": True, "repeat": True, "negatives": "live", "loss": "softmax"},
+    "sasrec": {"time": False, "repeat": False, "negatives": "uniform", "loss": "softmax"},
+    "gru": {"time": False, "repeat": False, "negatives": "uniform", "loss": "softmax"},
+    "mf": {"time": False, "repeat": False, "negatives": "uniform", "loss": "bpr"},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"epochs": 8, "patience": 2},
+    "full": {"epochs": 40, "patience": 4},
+    "tiny": {"epochs": 2, "patience": 1, "val_targets": 200},  # tests
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "quick"
+    epochs: int = 8
+    patience: int = 2
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    negatives: str = "live"  # live | uniform
+    n_negatives: int = 32
+    loss: str = "softmax"  # softmax | bpr
+    availability: str = "broadcast"
+    val_offset: int = 500
+    test_offset: int = 250
+    val_targets: int = 2000
+    min_count: int = 2  # rarer training streamers share the OOV item
+    seed: int = 0
+    threads: int = 2
+    max_minutes: float = 0.0  # 0: no time budget
+
+    def __post_init__(self) -> None:
+        if self.negatives not in ("live", "uniform"):
+            raise ValueError(f"negatives must be 'live' or 'uniform', got {self.negatives!r}")
+        if self.loss not in ("softmax", "bpr"):
+            raise ValueError(f"loss must be 'softmax' or 'bpr', got {self.loss!r}")
+
+
+def configs(arch: str = "liverank", preset: str = "quick", **overrides: Any
+            ) -> tuple[ModelConfig, TrainConfig]:
+    """Model and training config for an arch and preset; ``None`` overrides are ignored."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: use one of {sorted(PRESETS)}")
+    if arch not in ARCH_DEFAULTS:
+        raise ValueError(f"unknown arch {arch!r}: use one of {sorted(ARCH_DEFAULTS)}")
+    values = {**ARCH_DEFAULTS[arch], **PRESETS[preset], "preset": preset}
+    values |= {k: v for k, v in overrides.items() if v is not None}
+    model_keys = set(ModelConfig.__dataclass_fields__)
+    train_keys = set(TrainConfig.__dataclass_fields__)
+    unknown = set(values) - model_keys - train_keys
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}")
+    model = ModelConfig(arch=arch, **{k: v for k, v in values.items()
+                                      if k in model_keys and k != "arch"})
+    train = TrainConfig(**{k: v for k, v in values.items() if k in train_keys})
+    return model, train
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def build_index(ds: Interactions, train_mask: np.ndarray, min_count: int
+                ) -> tuple[ItemIndex, np.ndarray]:
+    """Item index of streamers with >= min_count training rows (popularity order, then name)
+    and the map dataset streamer index -> model item (OOV for the rest, 0 for padding)."""
+    counts = np.bincount(ds.streamer[train_mask], minlength=ds.n_streamers + 1)
+    counts[0] = 0
+    idx = np.flatnonzero(counts >= max(min_count, 1))
+    names = ds.streamer_names[idx].astype(str)
+    order = np.lexsort((names, -counts[idx]))
+    index = ItemIndex(tuple(names[order].tolist()), counts[idx[order]].astype(np.int64))
+    item_of = np.full(ds.n_streamers + 1, index.oov, dtype=np.int64)
+    item_of[0] = 0
+    item_of[idx[order]] = np.arange(1, index.n_items + 1)
+    return index, item_of
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Training chunks, left-padded: inputs and targets as dataset streamer keys and steps."""
+
+    keys: np.ndarray  # (S, L)
+    steps: np.ndarray  # (S, L)
+    target_keys: np.ndarray  # (S, L), 0 where the position has no target
+    target_steps: np.ndarray  # (S, L)
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+
+def make_sequences(ds: Interactions, mask: np.ndarray, window_len: int) -> Sequences:
+    rows = np.flatnonzero(mask)
+    rows = rows[np.lexsort((rows, ds.start[rows], ds.user[rows]))]
+    user = ds.user[rows]
+    bounds = np.flatnonzero(np.diff(user)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [rows.shape[0]]])
+    chunks: list[tuple[int, int]] = []  # (first target position, last target position + 1)
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        for stop in range(b, a + 1, -window_len):
+            chunks.append((max(a + 1, stop - window_len), stop))
+    shape = (len(chunks), window_len)
+    keys, steps = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    tkeys, tsteps = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    streamer, start = ds.streamer[rows].astype(np.int64), ds.start[rows].astype(np.int64)
+    for i, (lo, hi) in enumerate(chunks):
+        n = hi - lo
+        keys[i, -n:], steps[i, -n:] = streamer[lo - 1 : hi - 1], start[lo - 1 : hi - 1]
+        tkeys[i, -n:], tsteps[i, -n:] = streamer[lo:hi], start[lo:hi]
+    return Sequences(keys, steps, tkeys, tsteps)
+
+
+class LiveSampler:
+    """Negatives live at a step: uniform over the live streamers, never the positive."""
+
+    def __init__(self, live: Availability, n_streamers: int) -> None:
+        self.live = live
+        self.span = np.int64(n_streamers + 1)
+        cell_steps = np.repeat(np.arange(live.n_steps, dtype=np.int64), live.live_counts())
+        self.cell_keys = cell_steps * self.span + live.streamers.astype(np.int64)
+
+    def sample(self, steps: np.ndarray, positives: np.ndarray, n: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(M,) steps and positive streamers -> (M, n) negatives and a validity mask (False
+        where fewer than two streamers were live)."""
+        steps = np.asarray(steps, dtype=np.int64)
+        inside = (steps >= 0) & (steps < self.live.n_steps)
+        s = np.where(inside, steps, 0)
+        lo = self.live.indptr[s]
+        count = np.where(inside, self.live.indptr[s + 1] - lo, 0)
+        key = s * self.span + positives
+        at = np.searchsorted(self.cell_keys, key)
+        found = inside & (at < self.cell_keys.shape[0])
+        found[found] = self.cell_keys[at[found]] == key[found]
+        choices = count - found  # live streamers other than the positive
+        draw = np.floor(rng.random((steps.shape[0], n)) * np.maximum(choices, 1)[:, None])
+        draw = draw.astype(np.int64)
+        skip = found[:, None] & (draw >= (at - lo)[:, None])  # step over the positive
+        neg = self.live.streamers[np.minimum(lo[:, None] + draw + skip,
+                                             self.live.streamers.shape[0] - 1)]
+        ok = np.broadcast_to((choices > 0)[:, None], neg.shape).copy()
+        return np.where(ok, neg, 0).astype(np.int64), ok
+
+
+@dataclass
+class Batcher:
+    """Turns chunk indexes into model tensors (numpy features shared with serving)."""
+
+    seqs: Sequences
+    item_of: np.ndarray
+    index: ItemIndex
+    model: ModelConfig
+    cfg: TrainConfig
+    enc: TimeEncoding
+    sampler: LiveSampler | None
+    item_keys: np.ndarray  # model item -> dataset key (uniform negatives)
+
+    def __call__(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        s = self.seqs
+        keys, steps = s.keys[idx], s.steps[idx]
+        tkeys, tsteps = s.target_keys[idx], s.target_steps[idx]
+        valid = keys != 0
+        watch_time, query_time, gaps = time_features(steps, valid, tsteps, self.enc)
+        b, length = keys.shape
+        flat_steps, flat_pos = tsteps.reshape(-1), tkeys.reshape(-1)
+        n = self.cfg.n_negatives
+        if self.cfg.negatives == "live" and self.sampler is not None:
+            neg, ok = self.sampler.sample(flat_steps, flat_pos, n, rng)
+        else:
+            items = rng.integers(1, self.index.n_items + 1, size=(flat_pos.shape[0], n))
+            neg = self.item_keys[items]
+            ok = neg != flat_pos[:, None]
+        cand_keys = np.concatenate([tkeys[..., None], neg.reshape(b, length, n)], axis=-1)
+        if self.model.repeat:
+            rep = repeat_features_positions(keys, steps, valid, tsteps, cand_keys, self.enc)
+        else:
+            rep = np.zeros(cand_keys.shape + (2,), dtype=np.int64)
+        t = torch.from_numpy
+        return {"items": t(self.item_of[keys]), "watch_time": t(watch_time),
+                "query_time": t(query_time), "gaps": t(gaps),
+                "cand_items": t(self.item_of[cand_keys]), "cand_repeat": t(rep),
+                "neg_ok": t(ok.reshape(b, length, n)), "valid": t(valid & (tkeys != 0))}
+
+
+def batch_loss(model: SeqRec, batch: dict[str, torch.Tensor], loss: str) -> torch.Tensor:
+    u = model.all_positions(batch["items"], batch["watch_time"], batch["query_time"],
+                            batch["gaps"])  # (B, L, D)
+    scores = model.score(u, batch["cand_items"], batch["cand_repeat"])  # (B, L, 1 + N)
+    pos, neg = scores[..., 0], scores[..., 1:]
+    ok, valid = batch["neg_ok"], batch["valid"]
+    if loss == "bpr":
+        per = -F.logsigmoid(pos[..., None] - neg) * ok
+        per = per.sum(-1) / ok.sum(-1).clamp(min=1)
+    else:
+        logits = torch.cat([pos[..., None], neg.masked_fill(~ok, -1e9)], dim=-1)
+        per = -logits.log_softmax(-1)[..., 0]
+    return (per * valid).sum() / valid.sum().clamp(min=1)
+
+
+# -- scoring with torch (validation, checkpoints in `evaluate`, the benchmark) ---------------
+
+
+class TorchScorer(ModelScorer):
+    """The same request path as `OnnxScorer`, running the torch model (eager, no grad)."""
+
+    def __init__(self, model: SeqRec, index: ItemIndex, enc: TimeEncoding, version: str,
+                 threads: int | None = None) -> None:
+        super().__init__(index, model.cfg.window_len, enc, version)
+        self.model = model
+        self.threads = threads
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, threads: int | None = None) -> TorchScorer:
+        model, meta = load_checkpoint(path)
+        index = ItemIndex(tuple(meta["items"]), np.asarray(meta["popularity"], np.int64))
+        return cls(model, index, TimeEncoding.from_json(meta["time_encoding"]),
+                   meta["version"], threads)
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(*(torch.from_numpy(inputs[k]) for k in (
+                "items", "watch_time", "query_time", "gaps", "cand_items", "cand_repeat")))
+        return out.numpy().astype(np.float32)
+
+
+def validate(scorer: TorchScorer, targets: list[EvalTarget], batch: int = 256) -> dict:
+    acc = Accumulator()
+    for lo in range(0, len(targets), batch):
+        chunk = targets[lo : lo + batch]
+        for t, s in zip(chunk, scorer.score_all([t.request for t in chunk]), strict=True):
+            acc.add(s.rank_of(t.truth), t.repeat)
+    return acc.result()
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+
+def save_checkpoint(out: Path, model: SeqRec, meta: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "weights.pt")
+    (out / "checkpoint.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def load_checkpoint(path: str | Path) -> tuple[SeqRec, dict[str, Any]]:
+    path = Path(path)
+    meta_path, weights = path / "checkpoint.json", path / "weights.pt"
+    for p in (meta_path, weights):
+        if not p.exists():
+            raise FileNotFoundError(f"{path}: not a training checkpoint ({p.name} missing)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, "
+                         f"expected {CHECKPOINT_FORMAT!r}")
+    model = SeqRec(ModelConfig.from_json(meta["model"]))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    return model, meta
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_epoch: int
+    best_ndcg10: float
+    history: list[dict[str, Any]]
+    seconds_per_epoch: float
+    sequences_per_second: float
+
+
+def train(ds: Interactions, out: str | Path, model_cfg: ModelConfig, cfg: TrainConfig,
+          progress: bool = True) -> TrainResult:
+    out = Path(out)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    split = time_split(ds, cfg.val_offset, cfg.test_offset)
+    train_mask = ds.start < split.pivot_1
+    if not train_mask.any():
+        raise ValueError(f"{ds.source}: no training rows before step {split.pivot_1} "
+                         f"(max_step {split.max_step}); lower --val-offset/--test-offset")
+    index, item_of = build_index(ds, train_mask, cfg.min_count)
+    model_cfg = replace(model_cfg, n_items=index.n_items)
+    enc = TimeEncoding()
+    seqs = make_sequences(ds, train_mask, model_cfg.window_len)
+    if len(seqs) == 0:
+        raise ValueError(f"{ds.source}: no user has two training rows")
+    live = availability(ds, cfg.availability)  # type: ignore[arg-type]
+    sampler = LiveSampler(live, ds.n_streamers) if cfg.negatives == "live" else None
+    item_keys = np.zeros(index.vocab_size, dtype=np.int64)
+    item_keys[item_of[1:]] = np.arange(1, ds.n_streamers + 1)
+    item_keys[index.oov] = 0
+    batcher = Batcher(seqs, item_of, index, model_cfg, cfg, enc, sampler, item_keys)
+    val = _validation_targets(ds, split, model_cfg.window_len, cfg)
+    model = SeqRec(model_cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    created = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    version = f"{model_cfg.arch}-{created}"
+    scorer = TorchScorer(model, index, enc, version)
+    logger.info("train arch=%s items=%d sequences=%d val_targets=%d split=%s", model_cfg.arch,
+                index.n_items, len(seqs), len(val), split)
+    history: list[dict[str, Any]] = []
+    best, best_epoch, waited, deadline = -1.0, 0, 0, _deadline(cfg)
+    for epoch in range(1, cfg.epochs + 1):
+        stats = _epoch(model, opt, batcher, len(seqs), cfg, rng, epoch, progress)
+        metrics = validate(scorer, val)
+        ndcg = float(metrics["all"]["NDCG@10"])  # type: ignore[index]
+        stats |= {"epoch": epoch, "val_ndcg10": ndcg,
+                  "val_hr1": float(metrics["all"]["HR@1"])}  # type: ignore[index]
+        history.append(stats)
+        logger.info("epoch=%d loss=%.4f seq_per_s=%.0f seconds=%.1f val_ndcg10=%.4f", epoch,
+                    stats["loss"], stats["sequences_per_s"], stats["seconds"], ndcg)
+        if ndcg > best:
+            best, best_epoch, waited = ndcg, epoch, 0
+            meta = _meta(ds, model_cfg, cfg, index, enc, split, version, history, metrics)
+            save_checkpoint(out, model, meta)
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                logger.info("early stop: no NDCG@10 gain for %d epochs", waited)
+                break
+        if deadline and time.monotonic() > deadline:
+            logger.info("time budget of %.1f minutes spent", cfg.max_minutes)
+            break
+    _update_history(out, history)
+    secs = float(np.mean([h["seconds"] for h in history]))
+    rate = float(np.mean([h["sequences_per_s"] for h in history]))
+    return TrainResult(out, best_epoch, best, history, secs, rate)
+
+
+def _deadline(cfg: TrainConfig) -> float:
+    return time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else 0.0
+
+
+def _validation_targets(ds: Interactions, split: Any, window_len: int,
+                        cfg: TrainConfig) -> list[EvalTarget]:
+    lo, hi = period(split, "validation")
+    targets = list(iter_targets(ds, lo, hi, window_len, cfg.availability))  # type: ignore[arg-type]
+    if len(targets) > cfg.val_targets:
+        keep = np.linspace(0, len(targets) - 1, cfg.val_targets).astype(np.int64)
+        targets = [targets[i] for i in keep]
+    if not targets:
+        raise ValueError(f"{ds.source}: no validation targets in steps [{lo}, {hi}]")
+    return targets
+
+
+def _epoch(model: SeqRec, opt: torch.optim.Optimizer, batcher: Batcher, n: int,
+           cfg: TrainConfig, rng: np.random.Generator, epoch: int, progress: bool
+           ) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    model.train()
+    perm = rng.permutation(n)
+    n_batches = math.ceil(n / cfg.batch_size)
+    total, t0 = 0.0, time.perf_counter()
+    bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f} "
+                              "{task.fields[rate]:.0f} seq/s"),
+                   TimeRemainingColumn(), disable=not progress, transient=True)
+    with bar:
+        task = bar.add_task("train", total=n_batches, epoch=epoch, loss=0.0, rate=0.0)
+        for i in range(n_batches):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            loss = batch_loss(model, batcher(idx, rng), cfg.loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            done = min((i + 1) * cfg.batch_size, n)
+            bar.update(task, advance=1, loss=total / (i + 1),
+                       rate=done / (time.perf_counter() - t0))
+    seconds = time.perf_counter() - t0
+    return {"loss": total / max(n_batches, 1), "seconds": seconds,
+            "sequences_per_s": n / seconds}
+
+
+def _meta(ds: Interactions, model_cfg: ModelConfig, cfg: TrainConfig, index: ItemIndex,
+          enc: TimeEncoding, split: Any, version: str, history: list[dict[str, Any]],
+          metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT, "version": version, "model": model_cfg.to_json(),
+        "train": asdict(cfg), "time_encoding": enc.to_json(),
+        "items": list(index.names), "popularity": index.counts.tolist(),
+        "data": {"source": ds.source, "rows": len(ds), "split": asdict(split)},
+        "history": list(history), "validation": metrics,
+    }
+
+
+def _update_history(out: Path, history: list[dict[str, Any]]) -> None:
+    path = out / "checkpoint.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["history"] = history
+    path.write_text(json.dumps(meta, indent=1), encoding="utf-8")

@@ -1,0 +1,81 @@
+"""The service's Prometheus metrics, registered in the same registry as Faust's own.
+
+`liverank.services.app` passes one `CollectorRegistry` to Faust's
+``setup_prometheus_sensors`` (events, commit latency, rebalances, table sizes) and to
+`Metrics`, so ``/metrics`` serves both. A registry per service instance keeps tests that
+build several apps in one process apart. This module imports neither faust nor torch.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Produce-to-publish latency: a few ms when keeping up, seconds when a backlog builds.
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class Metrics:
+    """Every counter, gauge and histogram of the service, named ``liverank_*``."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        r = registry
+        self.events_in = Counter("liverank_events_in", "Events read, by topic and kind.",
+                                 ["topic", "kind"], registry=r)
+        self.answers = Counter("liverank_answers", "Recommendations published, by trigger.",
+                               ["trigger"], registry=r)
+        self.late = Counter("liverank_late_requests", "Requests answered before every "
+                            "stream-events partition reached their step.", registry=r)
+        self.stale = Counter("liverank_stale_requests", "Requests further behind the newest "
+                             "one than the stopped-stream horizon.", registry=r)
+        self.fallback = Counter("liverank_fallback_answers", "Answers for an empty window.",
+                                registry=r)
+        self.dead_letters = Counter("liverank_dead_letters", "Records sent to dead-letters, "
+                                    "by source topic and reason.", ["topic", "reason"],
+                                    registry=r)
+        self.duplicates = Counter("liverank_duplicate_watches", "Watches already in the "
+                                  "window (redelivered), not applied again.", registry=r)
+        self.watch_not_live = Counter("liverank_watch_not_live", "Watches of a stream that "
+                                      "was not live at their step (window still updated).",
+                                      registry=r)
+        self.batch_size = Histogram("liverank_batch_size", "User events per micro-batch.",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.requests_per_batch = Histogram("liverank_batch_requests", "Answers scored per "
+                                            "micro-batch.", buckets=BATCH_BUCKETS, registry=r)
+        self.latency = Histogram("liverank_produce_to_publish_seconds", "From the request's "
+                                 "produced_ms header to publishing its answer.",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.scoring = Histogram("liverank_scoring_seconds", "Scorer time per micro-batch.",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.watermark_wait = Histogram("liverank_watermark_wait_seconds", "Time a batch "
+                                        "waited for stream watermarks.",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.live_streams = Gauge("liverank_live_streams", "Streams live at the watermark.",
+                                  registry=r)
+        self.intervals = Gauge("liverank_stream_intervals", "Broadcast intervals held "
+                               "(live or stopped within the horizon).", registry=r)
+        self.watermark = Gauge("liverank_stream_watermark_step", "Step every stream-events "
+                               "partition has reached.", registry=r)
+        self.windows = Gauge("liverank_windows_created", "User windows created by this "
+                             "worker since it started.", registry=r)
+        self.windows_written = Counter("liverank_window_writes", "Window (changelog) writes: "
+                                       "one per user per micro-batch.", registry=r)
+        self.ready = Gauge("liverank_ready", "1 when recovered and serving.", registry=r)
+        self.model = Gauge("liverank_model_info", "The model version being served (value 1).",
+                           ["version"], registry=r)
+        self.model_swaps = Counter("liverank_model_swaps", "Model versions switched in.",
+                                   registry=r)
+        self.model_swap_failures = Counter("liverank_model_swap_failures", "New model "
+                                           "directories refused (hash or load error).",
+                                           registry=r)
+        self.publish_failures = Counter("liverank_publish_failures", "Messages the broker "
+                                        "did not acknowledge.", registry=r)
+
+    def set_model(self, version: str) -> None:
+        self.model.clear()
+        self.model.labels(version=version).set(1)
+
+
+def new_registry() -> CollectorRegistry:
+    return CollectorRegistry(auto_describe=True)

@@ -1,0 +1,530 @@
+"""Service state without Faust: the live index on event time, user windows, micro-batches.
+
+Everything here is plain Python and numpy, so it is unit-tested without a broker and the
+Faust agent in `liverank.services.app` stays thin: decode, update, score, send.
+
+* `LiveStreams`: every broadcast's interval ``[start, stop)`` on event time plus the
+  watermark of every ``stream-events`` partition. ``candidates(s)`` answers "who is live at
+  step s" from the intervals, so it does not depend on the order the stream events and the
+  requests were read in; a request waits (`ready`) until every partition delivered a
+  watermark >= s. Stopped intervals stay until they are ``stopped_horizon`` steps behind
+  the step every user-events partition has reached (`prune`), so a request behind the
+  stream feed, or behind another partition, is still answered exactly.
+* `EventClock`: the newest step seen, to refuse negative steps and steps far in the future.
+* `UserWindows`: per user, the last ``length + slack`` watches as `Entry` rows sorted by
+  ``seq``, idempotent by event id, read once and written once per micro-batch.
+* `plan_batch` / `answer_batch`: a micro-batch of user events -> window updates and `Job`s
+  (one per answer) -> `Recommendation` records, through the same `RankRequest` path as
+  ``liverank evaluate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Literal, Protocol, TypeVar
+
+import msgspec
+import numpy as np
+
+from liverank.model.scorer import Ranked, RankRequest, Scorer
+from liverank.services import events as ev
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NO_STEP = np.int64(2**62)  # an unknown start (never live) or a stop not seen yet (still live)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The streamers live at one step and, for each, the stream that answers for it."""
+
+    step: int
+    streamers: list[str]
+    streams: dict[str, int]  # streamer name -> stream id (latest started; ties: larger id)
+
+    def __len__(self) -> int:
+        return len(self.streamers)
+
+
+class LiveStreams:
+    """Interval index of broadcasts on event time, with per-partition watermarks.
+
+    Intervals live in numpy slot arrays (a free list reuses the slots of pruned ones), so
+    ``candidates(s)`` is one vectorised pass; its result is cached per step and the cache
+    entries for steps >= t are dropped when a start or stop at step t arrives.
+    """
+
+    def __init__(self, partitions: int, stopped_horizon: int = 144, cache_steps: int = 64):
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.partitions = partitions
+        self.stopped_horizon = stopped_horizon
+        self._cache_steps = cache_steps
+        self._wm = np.full(partitions, -1, dtype=np.int64)
+        self._slot_of: dict[int, int] = {}
+        self._free: list[int] = []
+        self._names: list[str] = []
+        self._name_id: dict[str, int] = {}
+        self._alloc(1024)
+        self._cache: dict[int, Candidates] = {}
+        self._pruned_below = -1  # intervals that stopped before this step may be gone
+        self.anomalies = 0  # stops without a start, starts after their stop, ...
+
+    # --- intervals -------------------------------------------------------------------
+    def _alloc(self, capacity: int) -> None:
+        """Create (or grow to ``capacity``) the slot arrays; new slots go on the free list."""
+        old = self._stream.shape[0] if hasattr(self, "_stream") else 0
+        extra = capacity - old
+        self._stream = _grow(getattr(self, "_stream", None), extra, 0, np.int64)
+        self._streamer = _grow(getattr(self, "_streamer", None), extra, 0, np.int32)
+        self._start = _grow(getattr(self, "_start", None), extra, NO_STEP, np.int64)
+        self._stop = _grow(getattr(self, "_stop", None), extra, NO_STEP, np.int64)
+        self._used = _grow(getattr(self, "_used", None), extra, False, np.bool_)
+        self._free.extend(range(capacity - 1, old - 1, -1))
+
+    def _slot(self, stream: int, streamer: str) -> int:
+        slot = self._slot_of.get(stream)
+        if slot is not None:
+            return slot
+        if not self._free:
+            self._alloc(2 * self._stream.shape[0])
+        slot = self._free.pop()
+        name_id = self._name_id.get(streamer)
+        if name_id is None:
+            name_id = self._name_id[streamer] = len(self._names)
+            self._names.append(streamer)
+        self._slot_of[stream] = slot
+        self._stream[slot], self._streamer[slot] = stream, name_id
+        self._start[slot], self._stop[slot], self._used[slot] = NO_STEP, NO_STEP, True
+        return slot
+
+    def start(self, stream: int, streamer: str, step: int) -> None:
+        slot = self._slot(stream, streamer)
+        if self._start[slot] != NO_STEP and self._start[slot] <= step:
+            return  # a replayed start: the first one holds
+        if self._stop[slot] != NO_STEP:
+            self.anomalies += 1  # the stop came first (e.g. read from the middle of the log)
+        self._start[slot] = step
+        self._invalidate(step)
+
+    def stop(self, stream: int, streamer: str, step: int) -> None:
+        slot = self._slot(stream, streamer)
+        if self._stop[slot] != NO_STEP and self._stop[slot] >= step:
+            return  # a replayed stop: the last one holds
+        if self._start[slot] == NO_STEP:
+            self.anomalies += 1
+        self._stop[slot] = step
+        self._invalidate(step)
+
+    def _invalidate(self, step: int) -> None:
+        if self._cache:
+            for s in [s for s in self._cache if s >= step]:
+                del self._cache[s]
+
+    # --- watermarks ------------------------------------------------------------------
+    def advance(self, partition: int, step: int) -> bool:
+        """Record a watermark of ``partition``; True when the global watermark moved."""
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"partition {partition} outside 0..{self.partitions - 1}")
+        if step <= self._wm[partition]:
+            return False
+        before = self.watermark
+        self._wm[partition] = step
+        return self.watermark > before
+
+    @property
+    def watermark(self) -> int:
+        """Every partition has delivered all stream events up to this step (-1: not yet)."""
+        return int(self._wm.min())
+
+    def ready(self, step: int) -> bool:
+        return self.watermark >= step
+
+    def apply(self, event: ev.StreamEvent, partition: int) -> bool:
+        """Apply one stream event read from ``partition``; True when the watermark moved."""
+        if isinstance(event, ev.StreamStart):
+            self.start(event.stream, event.streamer, event.step)
+        elif isinstance(event, ev.StreamStop):
+            self.stop(event.stream, event.streamer, event.step)
+        elif isinstance(event, ev.Watermark | ev.End):
+            return self.advance(partition, event.step)
+        return False
+
+    # --- queries ---------------------------------------------------------------------
+    def candidates(self, step: int) -> Candidates:
+        """Streamers live at ``step``: start <= step < stop, one stream per streamer."""
+        hit = self._cache.get(step)
+        if hit is not None:
+            return hit
+        live = np.flatnonzero(self._used & (self._start <= step) & (self._stop > step))
+        # Sort by streamer, then latest start first, then larger stream id first: the first
+        # slot of each streamer is the stream that answers for it (as in availability.py).
+        order = np.lexsort((-self._stream[live], -self._start[live], self._streamer[live]))
+        live = live[order]
+        names_idx = self._streamer[live]
+        first = np.ones(live.shape[0], dtype=bool)
+        first[1:] = names_idx[1:] != names_idx[:-1]
+        live, names_idx = live[first], names_idx[first]
+        names = [self._names[i] for i in names_idx.tolist()]
+        result = Candidates(step, names, dict(zip(names, self._stream[live].tolist(),
+                                                  strict=True)))
+        if len(self._cache) >= self._cache_steps:
+            del self._cache[next(iter(self._cache))]
+        self._cache[step] = result
+        return result
+
+    def prune(self, floor: int) -> int:
+        """Forget intervals that stopped ``stopped_horizon`` steps or more before ``floor``,
+        the step every source of requests has reached; returns how many were dropped.
+
+        The floor must not be the newest request's step: partitions of user-events are
+        read at different speeds, so one may be hours of event time behind another."""
+        cutoff = floor - self.stopped_horizon
+        if cutoff <= self._pruned_below:
+            return 0
+        self._pruned_below = cutoff
+        old = np.flatnonzero(self._used & (self._stop <= cutoff))
+        if old.shape[0]:
+            for stream in self._stream[old].tolist():
+                del self._slot_of[stream]
+            self._used[old] = False
+            self._start[old], self._stop[old] = NO_STEP, NO_STEP
+            self._free.extend(old.tolist())
+            self._cache.clear()
+        return int(old.shape[0])
+
+    def stale(self, step: int) -> bool:
+        """True when intervals a request at ``step`` needs may have been pruned."""
+        return step < self._pruned_below
+
+    def live_count(self) -> int:
+        """Streams live at the watermark (for the metrics)."""
+        wm = self.watermark
+        return int(np.count_nonzero(self._used & (self._start <= wm) & (self._stop > wm)))
+
+    def __len__(self) -> int:
+        """Intervals held (live or kept within the horizon)."""
+        return len(self._slot_of)
+
+
+def _grow(arr: np.ndarray | None, extra: int, fill: object, dtype: object) -> np.ndarray:
+    tail = np.full(extra, fill, dtype=dtype)  # type: ignore[call-overload]
+    return tail if arr is None else np.concatenate([arr, tail])
+
+
+class EventClock:
+    """The newest event step seen; refuses steps below 0 or beyond ``newest + horizon``."""
+
+    def __init__(self, future_horizon: int):
+        self.future_horizon = future_horizon
+        self.newest: int | None = None
+
+    def check(self, step: int) -> str | None:
+        """None when ``step`` is acceptable, else the reason (and the step is not recorded)."""
+        if step < 0:
+            return f"negative step {step}"
+        if self.newest is not None and step > self.newest + self.future_horizon:
+            return (f"step {step} is more than {self.future_horizon} steps beyond the newest "
+                    f"seen ({self.newest})")
+        if self.newest is None or step > self.newest:
+            self.newest = step
+        return None
+
+
+# --- user windows ------------------------------------------------------------------------
+class Entry(msgspec.Struct, frozen=True, array_like=True):
+    """One watch in a user's window (JSON: ``["streamer", step, seq, "event_id"]``)."""
+
+    streamer: str
+    step: int
+    seq: int
+    event_id: str
+
+
+_window_encoder = msgspec.json.Encoder()
+_window_decoder = msgspec.json.Decoder(list[Entry])
+
+
+def encode_window(window: Sequence[Entry]) -> bytes:
+    return _window_encoder.encode(window)
+
+
+def decode_window(data: bytes) -> list[Entry]:
+    return _window_decoder.decode(data)
+
+
+class WindowStore(Protocol):
+    """What `UserWindows` needs of its store (a dict, or the Faust Table seen per key)."""
+
+    def get(self, key: bytes, /) -> bytes | None: ...
+
+    def __setitem__(self, key: bytes, value: bytes, /) -> None: ...
+
+
+class UserWindows:
+    """Per-user watch windows over a key -> bytes store (a Faust Table, or a dict in tests).
+
+    Within a micro-batch each touched user's window is read once, changed in memory and
+    written back once by `flush`, so a batch costs one changelog record per user. Windows
+    are sorted by ``seq``; `history` only uses entries below a request's ``seq``, so a
+    window restored from a changelog that ran ahead of the committed offsets gives the same
+    answer, provided the slack covers the watches it ran ahead by.
+    """
+
+    def __init__(self, store: WindowStore, length: int, slack: int):
+        if length < 1:
+            raise ValueError(f"window length must be >= 1, got {length}")
+        self.store = store
+        self.length = length
+        self.capacity = length + slack
+        self._staged: dict[bytes, list[Entry]] = {}
+        self._dirty: set[bytes] = set()
+        self._absent: set[bytes] = set()  # staged keys the store had no window for
+        self.created = 0  # windows created since start (first watch of a user)
+
+    def get(self, key: bytes) -> list[Entry]:
+        window = self._staged.get(key)
+        if window is None:
+            raw = self.store.get(key)
+            if raw is None:
+                window = []
+                self._absent.add(key)
+            else:
+                window = decode_window(raw)
+            self._staged[key] = window
+        return window
+
+    def add_watch(self, key: bytes, entry: Entry) -> bool:
+        """Insert ``entry`` in seq order; False for a duplicate or an entry older than a
+        full window holds (already seen and evicted: applying it again would bring it back)."""
+        window = self.get(key)
+        if any(e.event_id == entry.event_id for e in window):
+            return False
+        if len(window) >= self.capacity and entry.seq < window[0].seq:
+            return False
+        if key in self._absent:
+            self._absent.discard(key)
+            self.created += 1
+        bisect.insort(window, entry, key=lambda e: e.seq)
+        if len(window) > self.capacity:
+            del window[: len(window) - self.capacity]
+        self._dirty.add(key)
+        return True
+
+    def history(self, key: bytes, before_seq: int) -> list[tuple[str, int]]:
+        """The last ``length`` watches with seq below ``before_seq``, oldest first."""
+        window = self.get(key)
+        end = bisect.bisect_left(window, before_seq, key=lambda e: e.seq)
+        return [(e.streamer, e.step) for e in window[max(0, end - self.length):end]]
+
+    def flush(self, write: Callable[[bytes, bytes], None] | None = None) -> int:
+        """Write every changed window once (``write`` defaults to the store) and forget the
+        staged ones; returns how many were written."""
+        put = write if write is not None else self.store.__setitem__
+        for key in self._dirty:
+            put(key, encode_window(self._staged[key]))
+        n = len(self._dirty)
+        self._dirty.clear()
+        self._staged.clear()
+        self._absent.clear()
+        return n
+
+    @property
+    def dirty(self) -> set[bytes]:
+        return self._dirty
+
+
+# --- micro-batches -----------------------------------------------------------------------
+Trigger = Literal["request", "watch"]
+
+
+@dataclass
+class Job:
+    """One answer to compute: what the request knew when it arrived."""
+
+    key: bytes
+    event: ev.RecRequest | ev.Watch
+    trigger: Trigger
+    window: list[tuple[str, int]]
+    produced_ms: int | None
+    exclude: str | None = None  # the streamer being watched (trigger "watch")
+
+
+@dataclass
+class BatchStats:
+    watches: int = 0
+    requests: int = 0
+    duplicates: int = 0  # watches already in the window (redelivery)
+    watch_not_live: int = 0  # watches of a stream not live at their step
+    late: int = 0
+    stale: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def plan_batch(
+    items: Sequence[tuple[bytes, ev.UserEvent, int | None]],
+    windows: UserWindows,
+    recommend_on_watch: bool = False,
+    stats: BatchStats | None = None,
+) -> list[Job]:
+    """Apply a micro-batch of decoded user events, in order, to the windows; return a `Job`
+    per answer, its window taken at the event's place in the timeline.
+
+    ``items`` are (key, event, produced_ms). A request's window is the entries with seq
+    below its own; a watch's refreshed answer (``recommend_on_watch``) includes the watch.
+    """
+    stats = stats if stats is not None else BatchStats()
+    jobs: list[Job] = []
+    for key, event, produced_ms in items:
+        if isinstance(event, ev.RecRequest):
+            stats.requests += 1
+            jobs.append(Job(key, event, "request", windows.history(key, event.seq),
+                            produced_ms))
+        else:
+            stats.watches += 1
+            entry = Entry(event.streamer, event.step, event.seq, event.event_id)
+            if not windows.add_watch(key, entry):
+                stats.duplicates += 1
+            elif recommend_on_watch:
+                jobs.append(Job(key, event, "watch", windows.history(key, event.seq + 1),
+                                produced_ms, exclude=event.streamer))
+    return jobs
+
+
+def rank_inputs(jobs: Sequence[Job], live: LiveStreams
+                ) -> tuple[list[RankRequest], list[Candidates]]:
+    """The `RankRequest` of every job (window, step, live candidates) and the candidates'
+    streams, to map the ranked streamers back to the streams that answer for them."""
+    requests: list[RankRequest] = []
+    cands: list[Candidates] = []
+    for job in jobs:
+        c = live.candidates(job.event.step)
+        names: Sequence[str] = c.streamers
+        if job.exclude is not None and job.exclude in c.streams:
+            names = [n for n in names if n != job.exclude]
+        cands.append(c)
+        requests.append(RankRequest(window=job.window, step=job.event.step, candidates=names))
+    return requests, cands
+
+
+def build_answers(
+    jobs: Sequence[Job],
+    ranked: Sequence[Ranked],
+    cands: Sequence[Candidates],
+    version: str,
+    published_ms: int,
+    late: Callable[[Job], bool] = lambda job: False,
+) -> list[ev.Recommendation]:
+    if len(ranked) != len(jobs):
+        raise RuntimeError(f"scorer returned {len(ranked)} answers for {len(jobs)} requests")
+    return [_recommendation(job, r, c, version, published_ms, late(job))
+            for job, r, c in zip(jobs, ranked, cands, strict=True)]
+
+
+def answer_batch(
+    jobs: Sequence[Job],
+    live: LiveStreams,
+    scorer: Scorer,
+    k: int,
+    now_ms: Callable[[], int],
+    late: Callable[[Job], bool] = lambda job: False,
+) -> list[ev.Recommendation]:
+    """Score every job in one `Scorer.rank` call and build the `Recommendation` records."""
+    requests, cands = rank_inputs(jobs, live)
+    ranked = scorer.rank(requests, k) if requests else []
+    return build_answers(jobs, ranked, cands, scorer.version, now_ms(), late)
+
+
+def _recommendation(job: Job, ranked: Ranked, cands: Candidates, version: str,
+                    published_ms: int, late: bool) -> ev.Recommendation:
+    e = job.event
+    items = [ev.RecItem(stream=cands.streams[name], streamer=name, score=float(score),
+                        rank=i + 1)
+             for i, (name, score) in enumerate(zip(ranked.streamers, ranked.scores,
+                                                   strict=True))]
+    return ev.Recommendation(
+        event_id=f"rec:{e.event_id}", seq=e.seq, step=e.step, event_time_ms=e.event_time_ms,
+        user=e.user, request_id=e.event_id, trigger=job.trigger, produced_ms=job.produced_ms,
+        published_ms=published_ms, model_version=version, fallback=ranked.fallback,
+        items=items, late=late)
+
+
+def dead_letter_kind(reason: str) -> str:
+    """A low-cardinality label for a dead letter's reason (for the metrics)."""
+    if reason.startswith("not a JSON record"):
+        return "undecodable"
+    if "missing required field" in reason:
+        return "missing_field"
+    if "$.kind" in reason or "unknown kind" in reason:
+        return "unknown_kind"
+    if reason.startswith("negative step"):
+        return "negative_step"
+    if "beyond the newest" in reason:
+        return "beyond_horizon"
+    if "not the user's key" in reason:
+        return "wrong_key"
+    if reason.startswith("Expected") or "got" in reason:
+        return "wrong_type"
+    return "invalid"
+
+
+class MicroBatcher(Generic[T]):
+    """Collects items (Faust events) for micro-batches: `get` returns up to ``max_size``
+    items, waiting at most ``max_wait_s`` after the oldest one arrived (or, for items left
+    over from a full batch, after that batch was cut); `put` never blocks, and `room` lets
+    the producer side wait while ``max_pending`` items are queued."""
+
+    def __init__(self, max_size: int, max_wait_s: float, max_pending: int | None = None):
+        if max_size < 1:
+            raise ValueError(f"max_size must be >= 1, got {max_size}")
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self.max_pending = max_pending if max_pending is not None else 4 * max_size
+        self._items: list[T] = []
+        self._first_at = 0.0
+        self._added = asyncio.Event()
+        self._taken = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.max_pending
+
+    def put(self, item: T) -> None:
+        if not self._items:
+            self._first_at = time.monotonic()
+        self._items.append(item)
+        self._added.set()
+
+    async def room(self) -> None:
+        while self.full:
+            self._taken.clear()
+            await self._taken.wait()
+
+    async def get(self) -> list[T]:
+        while not self._items:
+            self._added.clear()
+            await self._added.wait()
+        while len(self._items) < self.max_size:
+            left = self._first_at + self.max_wait_s - time.monotonic()
+            if left <= 0:
+                break
+            self._added.clear()
+            try:
+                await asyncio.wait_for(self._added.wait(), left)
+            except TimeoutError:
+                break
+        batch = self._items[: self.max_size]
+        del self._items[: self.max_size]
+        if self._items:
+            self._first_at = time.monotonic()  # bound the wait of what is left, too
+        self._taken.set()
+        return batch

@@ -1,0 +1,116 @@
+"""Model features (numpy, shared with serving): tie-break, masking, repeat features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from liverank.model.features import (
+    ItemIndex,
+    TimeEncoding,
+    candidate_set,
+    query_steps,
+    rank_of,
+    repeat_features_last,
+    repeat_features_positions,
+    time_features,
+    top_k,
+    window_arrays,
+)
+
+ENC = TimeEncoding()
+
+
+def _index(names: list[str]) -> ItemIndex:
+    return ItemIndex(tuple(names), np.arange(len(names), 0, -1, dtype=np.int64))
+
+
+def test_top_k_breaks_ties_by_column_order_even_at_the_cut() -> None:
+    scores = np.array([1.0, 3.0, 2.0, 3.0, 2.0], dtype=np.float32)
+    assert top_k(scores, 1).tolist() == [1]
+    assert top_k(scores, 3).tolist() == [1, 3, 2]
+    assert top_k(scores, 10).tolist() == [1, 3, 2, 4, 0]
+    assert top_k(scores, 0).tolist() == []
+
+
+def test_rank_of_matches_the_full_top_k_order() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        scores = rng.integers(0, 4, size=int(rng.integers(1, 30))).astype(np.float32)
+        order = top_k(scores, scores.shape[0]).tolist()
+        for col in range(scores.shape[0]):
+            assert rank_of(scores, col) == order.index(col) + 1
+
+
+def test_candidate_set_orders_by_model_index_then_name_and_dedupes() -> None:
+    index = _index(["pop", "mid", "low"])
+    cset = candidate_set(["zed", "low", "pop", "abe", "pop"], index)
+    # known items by index (pop=1, low=3), then unknown (OOV=4) by name
+    assert cset.names == ("pop", "low", "abe", "zed")
+    assert cset.items.tolist() == [1, 3, 4, 4]
+    assert cset.cols["abe"] == 2
+
+
+def test_window_arrays_keep_the_last_entries_left_padded() -> None:
+    index = _index(["a", "b", "c"])
+    items, steps, valid = window_arrays([[("a", 1), ("b", 2), ("c", 3)], [], [("x", 7)]], 2,
+                                        index)
+    assert items.tolist() == [[2, 3], [0, 0], [0, 4]]
+    assert steps.tolist() == [[2, 3], [0, 0], [0, 7]]
+    assert valid.tolist() == [[True, True], [False, False], [False, True]]
+
+
+def test_time_features_mask_padding_and_the_future() -> None:
+    steps = np.array([[0, 0, 150, 300]], dtype=np.int64)
+    valid = np.array([[False, False, True, True]])
+    query = query_steps(steps, np.array([310]))
+    watch, qtime, gaps = time_features(steps, valid, query, ENC)
+    assert watch[0, :2].tolist() == [[0, 0], [0, 0]]
+    assert watch[0, 2].tolist() == [ENC.hour(np.int64(150)) + 1, 2]  # step 150: day 1
+    assert qtime[0, 3].tolist() == [ENC.hour(np.int64(310)) + 1, 3]
+    assert gaps[0, :2].sum() == 0 and gaps[0, :, :2].sum() == 0  # padding rows and keys
+    assert gaps[0, 2, 3] == 0  # the future
+    assert gaps[0, 3, 2] == ENC.gap_bucket(np.int64(160)) + 1
+    assert gaps[0, 3, 3] == ENC.gap_bucket(np.int64(10)) + 1
+    assert gaps[0, 2, 2] == ENC.gap_bucket(np.int64(150)) + 1  # query of position 2 = 300
+
+
+def test_gap_buckets_are_monotone_and_start_at_zero() -> None:
+    gaps = np.arange(-5, 6000)
+    buckets = ENC.gap_bucket(gaps)
+    assert buckets[gaps <= 0].max() == 0
+    assert (np.diff(buckets) >= 0).all() and buckets.max() == ENC.n_gaps - 1
+
+
+def test_serving_repeat_features_equal_the_training_form_at_the_last_position() -> None:
+    rng = np.random.default_rng(0)
+    names = [f"s{i}" for i in range(12)]
+    index = _index(names[:8])  # s8..s11 are unknown to the model: OOV, told apart by name
+    window_len = 6
+    for _ in range(30):
+        n = int(rng.integers(0, 9))
+        window = [(names[int(rng.integers(12))], 100 + 20 * j) for j in range(n)]
+        step = 100 + 20 * n + int(rng.integers(0, 50))
+        cands = [names[i] for i in rng.choice(12, size=7, replace=False)]
+        cset = candidate_set(cands, index)
+        served = repeat_features_last([window], window_len, [step], [cset], 7, ENC)[0]
+        tail = window[-window_len:]
+        keys = np.zeros((1, window_len), dtype=np.int64)
+        steps = np.zeros((1, window_len), dtype=np.int64)
+        if tail:
+            keys[0, -len(tail):] = [names.index(a) + 1 for a, _ in tail]
+            steps[0, -len(tail):] = [s for _, s in tail]
+        cand_keys = np.array([[[names.index(c) + 1 for c in cset.names]]], dtype=np.int64)
+        cand_keys = np.repeat(cand_keys, window_len, axis=1)
+        query = query_steps(steps, np.array([step]))
+        trained = repeat_features_positions(keys, steps, keys != 0, query, cand_keys, ENC)
+        np.testing.assert_array_equal(served, trained[0, -1])
+
+
+def test_item_index_refuses_duplicates_and_maps_unknown_to_oov() -> None:
+    with pytest.raises(ValueError, match="not unique"):
+        ItemIndex(("a", "a"), np.array([1, 1]))
+    index = _index(["a", "b"])
+    assert index.ids(["b", "nope"]).tolist() == [2, 3]
+    prior = index.prior()
+    assert prior.shape == (4,) and prior[0] == 0 and prior[3] == 0 and prior[1] > prior[2]

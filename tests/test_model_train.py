@@ -1,0 +1,80 @@
+"""Training on tiny synthetic data, every arch exported, and the three CLI commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from liverank.model.data.synth import generate
+from liverank.model.data.twitch import write_twitch
+from liverank.model.export import export
+from liverank.model.scorer import OnnxScorer, RankRequest
+from liverank.model.train import configs, train
+from liverank.services.cli import app
+
+OFFSETS = {"val_offset": 120, "test_offset": 60}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> object:
+    return generate("tiny", seed=0)
+
+
+@pytest.mark.parametrize("arch", ["liverank", "sasrec", "gru", "mf"])
+def test_each_arch_trains_exports_and_scores(tiny: object, tmp_path: Path, arch: str) -> None:
+    model_cfg, cfg = configs(arch, "tiny", threads=1, dim=16, epochs=1, **OFFSETS)
+    result = train(tiny, tmp_path / "ckpt", model_cfg, cfg, progress=False)
+    assert np.isfinite(result.history[0]["loss"])
+    assert 0.0 < result.best_ndcg10 <= 1.0
+    meta = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    assert meta["model"]["arch"] == arch and meta["items"]
+    info = export(tmp_path / "ckpt", tmp_path / "onnx")
+    assert info["metrics"]["onnx_max_abs_diff"] <= 1e-4
+    scorer = OnnxScorer(tmp_path / "onnx")
+    out = scorer.rank([RankRequest([(meta["items"][0], 300)], 301, meta["items"][:20])], 5)
+    assert len(out[0].streamers) == 5
+
+
+def test_training_learns_something_beyond_its_first_epoch(tiny: object, tmp_path: Path) -> None:
+    model_cfg, cfg = configs("liverank", "tiny", threads=1, epochs=3, patience=3, **OFFSETS)
+    result = train(tiny, tmp_path / "ckpt", model_cfg, cfg, progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert result.best_ndcg10 == max(h["val_ndcg10"] for h in result.history)
+
+
+def test_split_offsets_beyond_the_data_are_a_clear_error(tiny: object, tmp_path: Path) -> None:
+    model_cfg, cfg = configs("liverank", "tiny", threads=1)  # 500/250 on ~432 steps
+    with pytest.raises(ValueError, match="no training rows"):
+        train(tiny, tmp_path / "ckpt", model_cfg, cfg, progress=False)
+
+
+def test_cli_train_export_evaluate(tiny: object, tmp_path: Path) -> None:
+    data = tmp_path / "tiny.csv"
+    write_twitch(tiny, data)
+    runner = CliRunner()
+    offsets = ["--val-offset", "120", "--test-offset", "60"]
+    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "ck"),
+                            "--preset", "tiny", "--threads", "1", *offsets])
+    assert r.exit_code == 0, r.output
+    assert "validation NDCG@10" in r.output
+    r = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "ck"), "--out",
+                            str(tmp_path / "onnx")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "eval.json"
+    r = runner.invoke(app, ["evaluate", "--data", str(data), "--model", str(tmp_path / "onnx"),
+                            "--model", str(tmp_path / "ck"), "--json", str(out), *offsets])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    models = result["models"]
+    assert set(models) == {"POP", "LivePop", "REP", "onnx (onnx)", "ck (torch)"}
+    # the exported model and its checkpoint answer identically
+    assert models["onnx (onnx)"]["all"] == models["ck (torch)"]["all"]
+    assert out.with_suffix(".md").read_text().startswith("| model |")
+    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"),
+                            "--preset", "tiny", "--negatives", "sometimes", *offsets])
+    assert r.exit_code == 2 and "negatives" in r.output

@@ -1,0 +1,302 @@
+"""The Faust agent in Faust's test context (no broker): answers, dead letters, metrics,
+event-time waiting, model swap, changelog partitions, and the torch-free serving path."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from liverank.model.data.synth import generate
+from liverank.model.data.twitch import Interactions
+from liverank.model.scorer import FakeScorer
+from liverank.replay import timeline as tl
+from liverank.services import events as ev
+from liverank.services.app import (
+    SEAL_KEY,
+    MemoryPublisher,
+    Service,
+    load_scorer,
+    write_fake_model,
+)
+from liverank.services.settings import Settings
+from liverank.services.state import LiveStreams, UserWindows, answer_batch, plan_batch
+
+PREFIX = "t."
+RECS, DEAD = f"{PREFIX}recommendations", f"{PREFIX}dead-letters"
+
+
+@functools.lru_cache(maxsize=1)
+def tiny() -> Interactions:
+    return generate("tiny", seed=0)
+
+
+def settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = {"kafka_bootstrap": "127.0.0.1:1", "broker_kind": "kafka",
+                            "store": "memory://", "topic_prefix": PREFIX,
+                            "batch_wait_ms": 2.0, "partitions": 4}
+    return Settings(**(base | kw))
+
+
+def service(scorer: Any = None, live: LiveStreams | None = None, model_dir: str | None = None,
+            **kw: Any) -> tuple[Service, MemoryPublisher]:
+    pub = MemoryPublisher()
+    live = live if live is not None else LiveStreams(partitions=1, stopped_horizon=10_000)
+    svc = Service(settings(**kw), scorer or FakeScorer(window_len=5), publisher=pub,
+                  live=live, model_dir=model_dir, web=False)
+    return svc, pub
+
+
+def split_timeline(t: tl.Timeline) -> tuple[list[ev.Event], list[ev.UserEvent]]:
+    users = [e for e in t if isinstance(e, ev.Watch | ev.RecRequest)]
+    stream = [e for e in t if not isinstance(e, ev.Watch | ev.RecRequest)]
+    return stream, users  # type: ignore[return-value]
+
+
+def decoded(pub: MemoryPublisher, topic: str, type_: Any) -> list[Any]:
+    return [ev.decode(v, type_) for _, v in pub.sent.get(topic, [])]
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def put_all(agent: Any, users: Sequence[ev.UserEvent], partitions: int = 4) -> None:
+    for e in users:
+        await agent.put(ev.encode(e), key=ev.user_key(e.user), partition=e.user % partitions,
+                        headers=[("produced_ms", b"%d" % (1000 + e.seq))], wait=False)
+
+
+def metric(svc: Service, name: str, **labels: str) -> float:
+    value = svc.metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+async def test_every_request_gets_the_offline_answer_once() -> None:
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    svc, pub = service()
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    async with svc.agent.test_context() as agent:
+        await put_all(agent, users)
+        n_req = sum(isinstance(e, ev.RecRequest) for e in users)
+        await wait_for(lambda: len(pub.sent.get(RECS, [])) >= n_req)
+    recs = decoded(pub, RECS, ev.Recommendation)
+    # The reference: the state classes straight over the timeline, one batch.
+    ref_live = LiveStreams(partitions=1, stopped_horizon=10_000)
+    for e in stream:
+        ref_live.apply(e, 0)  # type: ignore[arg-type]
+    jobs = plan_batch([(ev.user_key(e.user), e, 1000 + e.seq) for e in users],
+                      UserWindows({}, length=5, slack=8))
+    want = {r.request_id: r for r in answer_batch(jobs, ref_live, FakeScorer(window_len=5),
+                                                  k=10, now_ms=lambda: 0)}
+    assert len(recs) == n_req == len(want)
+    assert {r.request_id for r in recs} == set(want)
+    for r in recs:
+        w = want[r.request_id]
+        assert r.items == w.items and r.fallback == w.fallback and r.step == w.step
+        assert r.produced_ms == 1000 + r.seq and r.published_ms > 0 and not r.late
+        assert r.model_version == "fake-1"
+    assert metric(svc, "liverank_answers_total", trigger="request") == n_req
+    assert metric(svc, "liverank_events_in_total", topic=f"{PREFIX}user-events",
+                  kind="watch") == len(users) - n_req
+    assert metric(svc, "liverank_produce_to_publish_seconds_count") == n_req
+    assert svc.windows.created == len({e.user for e in users})
+
+
+async def test_window_records_go_to_the_users_partition_then_a_seal() -> None:
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    svc, pub = service()
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    changelog = f"{PREFIX}liverank-service-windows-changelog"
+    async with svc.agent.test_context() as agent:
+        await put_all(agent, users[:300])
+        await wait_for(lambda: len(pub.sent.get(RECS, [])) >= 150)
+        await wait_for(lambda: any(k == SEAL_KEY for k, _ in pub.sent.get(changelog, [])))
+    records = list(zip(pub.sent[changelog], pub.partitions[changelog], strict=True))
+    for (key, _value), partition in records:
+        if key != SEAL_KEY:
+            assert partition == int(key) % 4  # put_all placed user u on partition u % 4
+            assert svc.table.data[key] is not None
+    # Every partition written to is sealed after its records.
+    last_seal = {p: i for i, ((k, _), p) in enumerate(records) if k == SEAL_KEY}
+    for i, ((key, _), p) in enumerate(records):
+        if key != SEAL_KEY:
+            assert last_seal[p] > i
+
+
+HOSTILE: list[tuple[bytes, bytes | None, str]] = [
+    (b"\xff\xfe not json", b"1", "undecodable"),
+    (b'{"kind":"watch","event_id":"w","seq":1,"step":"x","event_time_ms":0,"user":1,'
+     b'"stream":2,"streamer":"a"}', b"1", "wrong_type"),
+    (b'{"kind":"watch","event_id":"w","seq":1,"step":1,"event_time_ms":0,"user":1}', b"1",
+     "missing_field"),
+    (b'{"kind":"teleport","event_id":"w","seq":1,"step":1,"event_time_ms":0}', b"1",
+     "unknown_kind"),
+    (b'{"kind":"stream_start","event_id":"s","seq":1,"step":1,"event_time_ms":0,'
+     b'"stream":5,"streamer":"a"}', b"1", "unknown_kind"),  # a stream event on user-events
+    (ev.encode(ev.Watch(event_id="w:neg", seq=5, step=-3, event_time_ms=0, user=1, stream=2,
+                        streamer="a")), b"1", "negative_step"),
+    (ev.encode(ev.RecRequest(event_id="r:far", seq=6, step=10**6, event_time_ms=0, user=1)),
+     b"1", "beyond_horizon"),
+    (ev.encode(ev.RecRequest(event_id="r:key", seq=7, step=3, event_time_ms=0, user=1)),
+     b"2", "wrong_key"),  # keyed as another user: would land in the wrong partition
+]
+
+
+async def test_hostile_inputs_become_dead_letters_and_leave_state_alone() -> None:
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    svc, pub = service()
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    good = users[:40]
+    async with svc.agent.test_context() as agent:
+        await put_all(agent, good[:20])
+        for value, key, _ in HOSTILE:
+            await agent.put(value, key=key, partition=1, wait=False)
+        await put_all(agent, good[20:])
+        n_req = sum(isinstance(e, ev.RecRequest) for e in good)
+        await wait_for(lambda: len(pub.sent.get(RECS, [])) >= n_req
+                       and len(pub.sent.get(DEAD, [])) >= len(HOSTILE))
+    letters = decoded(pub, DEAD, ev.DeadLetter)
+    assert [d.original for d in letters] == [v for v, _, _ in HOSTILE]
+    assert all(d.topic == f"{PREFIX}user-events" and d.reason for d in letters)
+    assert "at `$.step`" in letters[1].reason and "`stream`" in letters[2].reason
+    assert "not the user's key" in letters[7].reason
+    assert len({d.event_id for d in letters}) == len(letters)
+    text = generate_latest(svc.metrics.registry).decode()
+    for _, _, kind in HOSTILE:
+        assert f'reason="{kind}"' in text
+    assert metric(svc, "liverank_dead_letters_total", topic=f"{PREFIX}user-events",
+                  reason="unknown_kind") == 2
+    # State: the same windows and answers as without the hostile records.
+    clean, clean_pub = service()
+    for e in stream:
+        clean.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    async with clean.agent.test_context() as agent:
+        await put_all(agent, good)
+        await wait_for(lambda: len(clean_pub.sent.get(RECS, [])) >= n_req)
+    assert dict(svc.table.data.items()) == dict(clean.table.data.items())
+    got = sorted((r.request_id, r.items) for r in decoded(pub, RECS, ev.Recommendation))
+    assert got == sorted((r.request_id, r.items)
+                         for r in decoded(clean_pub, RECS, ev.Recommendation))
+    assert svc.clock.newest == max(e.step for e in good)  # refused steps were not recorded
+
+
+async def test_requests_wait_for_every_partitions_watermark_or_go_out_late() -> None:
+    live = LiveStreams(partitions=2)
+    svc, pub = service(live=live, watermark_wait_ms=300.0)
+    start = ev.StreamStart(event_id="start:9", seq=0, step=5, event_time_ms=0, stream=9,
+                           streamer="a")
+    req = ev.RecRequest(event_id="req:1", seq=10, step=5, event_time_ms=0, user=7)
+    svc.on_stream_records([(0, 0, ev.encode(start))])
+    async with svc.agent.test_context() as agent:
+        svc.on_stream_records([(0, 1, ev.encode(ev.Watermark(event_id="wm:5", seq=1, step=5,
+                                                             event_time_ms=0)))])
+        await agent.put(ev.encode(req), key=b"7", wait=False)
+        await asyncio.sleep(0.1)
+        assert RECS not in pub.sent  # partition 1 has not reached step 5
+        svc.on_stream_records([(1, 0, ev.encode(ev.Watermark(event_id="wm:6", seq=2, step=6,
+                                                             event_time_ms=0)))])
+        await wait_for(lambda: len(pub.sent.get(RECS, [])) == 1)
+        on_time = decoded(pub, RECS, ev.Recommendation)[0]
+        assert not on_time.late and [i.stream for i in on_time.items] == [9]
+        # Step 8: no watermark comes; answered after the bounded wait, counted late.
+        t0 = time.monotonic()
+        late_req = ev.RecRequest(event_id="req:2", seq=20, step=8, event_time_ms=0, user=7)
+        await agent.put(ev.encode(late_req), key=b"7", wait=False)
+        await wait_for(lambda: len(pub.sent.get(RECS, [])) == 2)
+        assert time.monotonic() - t0 >= 0.25
+    late = decoded(pub, RECS, ev.Recommendation)[1]
+    assert late.late and late.request_id == "req:2"
+    assert metric(svc, "liverank_late_requests_total") == 1
+
+
+async def test_watch_trigger_answers_exclude_the_watched_streamer() -> None:
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    svc, pub = service(recommend_on_watch=True)
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    async with svc.agent.test_context() as agent:
+        await put_all(agent, users[:200])
+        await wait_for(lambda: len(pub.sent.get(RECS, [])) >= 200)
+    recs = decoded(pub, RECS, ev.Recommendation)
+    watches = {e.event_id: e for e in users[:200] if isinstance(e, ev.Watch)}
+    by_trigger = [r for r in recs if r.trigger == "watch"]
+    assert len(by_trigger) == len(watches)
+    for r in by_trigger:
+        assert watches[r.request_id].streamer not in {i.streamer for i in r.items}
+
+
+async def test_model_swap_by_symlink_flip_is_picked_up_and_named_in_answers(
+        tmp_path: Path) -> None:
+    v1, v2 = write_fake_model(tmp_path / "v1", "fake-v1"), write_fake_model(tmp_path / "v2",
+                                                                             "fake-v2")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text('{"format": "liverank-model/1"}')
+    current = tmp_path / "current"
+    current.symlink_to(v1)
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    svc, pub = service(scorer=load_scorer(current), model_dir=str(current))
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    half = len(users) // 2
+    n1 = sum(isinstance(e, ev.RecRequest) for e in users[:half])
+    async with svc.agent.test_context() as agent:
+        await put_all(agent, users[:half])
+        await wait_for(lambda: len(pub.sent.get(RECS, [])) >= n1)
+        assert not await svc.check_model()  # nothing changed
+        flip = tmp_path / "flip"
+        flip.symlink_to(broken)
+        os.replace(flip, current)  # atomic: a directory that does not load
+        assert not await svc.check_model()
+        assert svc.scorer.version == "fake-v1"
+        assert metric(svc, "liverank_model_swap_failures_total") == 1
+        flip.symlink_to(v2)
+        os.replace(flip, current)
+        assert await svc.check_model()
+        await put_all(agent, users[half:])
+        n = sum(isinstance(e, ev.RecRequest) for e in users)
+        await wait_for(lambda: len(pub.sent.get(RECS, [])) >= n)
+    recs = decoded(pub, RECS, ev.Recommendation)
+    assert len(recs) == len({r.request_id for r in recs}) == n
+    assert {r.model_version for r in recs[:n1]} == {"fake-v1"}
+    assert {r.model_version for r in recs[n1:]} == {"fake-v2"}
+    assert metric(svc, "liverank_model_swaps_total") == 1
+    assert metric(svc, "liverank_model_info", version="fake-v2") == 1
+    assert str(v1) != str(v2)
+
+
+def test_load_scorer_names_a_bad_model_directory(tmp_path: Path) -> None:
+    from liverank.model.scorer import ModelDirError
+
+    with pytest.raises(ModelDirError, match="no model.json"):
+        load_scorer(tmp_path)
+
+
+def test_the_serving_path_never_imports_torch() -> None:
+    code = ("import sys\n"
+            "import liverank.services.app, liverank.services.serve, liverank.services.cli\n"
+            "from liverank.services.app import Service, load_scorer\n"
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+            "assert not bad, bad\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -1,0 +1,385 @@
+"""Service state without Faust: live index on event time, watermarks, windows, micro-batches."""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from liverank.model.data.availability import Availability, availability
+from liverank.model.data.synth import generate
+from liverank.model.data.twitch import Interactions, from_frame
+from liverank.model.evaluate import iter_requests
+from liverank.model.scorer import FakeScorer, Ranked, RankRequest
+from liverank.replay import timeline as tl
+from liverank.services import events as ev
+from liverank.services import state as st
+
+
+class CountScorer:
+    """A transparent test scorer: score = times the candidate is in the window, + a tiny
+    name-based term so no two candidates tie."""
+
+    version = "count-1"
+
+    def rank(self, requests: Sequence[RankRequest], k: int) -> list[Ranked]:
+        out = []
+        for r in requests:
+            seen = [name for name, _ in r.window]
+            scored = sorted(((seen.count(c) + (hash(c) % 997) / 1e4, c) for c in r.candidates),
+                            reverse=True)[:k]
+            out.append(Ranked([c for _, c in scored], [s for s, _ in scored], not r.window))
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def tiny() -> Interactions:
+    return generate("tiny", seed=0)
+
+
+def stream_events(t: tl.Timeline) -> list[ev.Event]:
+    return [e for e in t if isinstance(e, ev.StreamStart | ev.StreamStop | ev.Watermark)]
+
+
+def partitioned(events: list[ev.Event], parts: int) -> list[list[ev.Event]]:
+    """Deal stream events over partitions by stream id; watermarks go to every one."""
+    out: list[list[ev.Event]] = [[] for _ in range(parts)]
+    for e in events:
+        if isinstance(e, ev.Watermark):
+            for p in out:
+                p.append(e)
+        else:
+            out[e.stream % parts].append(e)  # type: ignore[union-attr]
+    return out
+
+
+_AVAILABILITY: dict[int, tuple[Interactions, Availability]] = {}
+
+
+def expected_live(data: Interactions, step: int) -> dict[str, int]:
+    """The broadcast definition of model/data/availability.py, name -> answering stream."""
+    if id(data) not in _AVAILABILITY:
+        _AVAILABILITY[id(data)] = (data, availability(data, "broadcast"))
+    av = _AVAILABILITY[id(data)][1]
+    return {str(data.streamer_names[s]): int(m)
+            for s, m in zip(av.streamers_at(step), av.streams_at(step), strict=True)}
+
+
+# --- LiveStreams ---------------------------------------------------------------------------
+def test_candidates_equal_broadcast_availability_at_every_step() -> None:
+    data = tiny()
+    av = availability(data, "broadcast")
+    live = st.LiveStreams(partitions=1, stopped_horizon=10_000)
+    checked = 0
+    for e in stream_events(tl.build_timeline(data, requests="none")):
+        live.apply(e, 0)
+        if isinstance(e, ev.Watermark) and e.step < av.n_steps:
+            c = live.candidates(e.step)
+            want = {str(data.streamer_names[s]): int(m) for s, m in
+                    zip(av.streamers_at(e.step), av.streams_at(e.step), strict=True)}
+            assert c.streams == want, e.step
+            assert sorted(c.streamers) == sorted(want)
+            checked += len(want)
+    assert checked > 1000  # the tiny data has live streams at most steps
+
+
+def test_overlapping_streams_of_one_streamer_answer_with_the_latest_started() -> None:
+    rows = [(1, 10, "a", 0, 9), (2, 11, "a", 3, 5), (3, 12, "a", 3, 6), (4, 20, "b", 2, 4)]
+    data = from_frame(pd.DataFrame(rows, columns=["user", "stream", "streamer", "start",
+                                                  "stop"]))
+    live = st.LiveStreams(partitions=1)
+    for e in stream_events(tl.build_timeline(data, requests="none")):
+        live.apply(e, 0)
+    for step in range(10):
+        assert live.candidates(step).streams == expected_live(data, step), step
+    assert live.candidates(3).streams == {"a": 12, "b": 20}  # start 3 ties: larger id
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_any_interleaving_of_partitions_gives_the_same_answers_once_ready(seed: int) -> None:
+    data = tiny()
+    parts = partitioned(stream_events(tl.build_timeline(data, requests="none")), 4)
+    live = st.LiveStreams(partitions=4, stopped_horizon=10_000)
+    rng = random.Random(seed)
+    pos = [0] * 4
+    answered = 0
+    while any(p < len(q) for p, q in zip(pos, parts, strict=True)):
+        i = rng.choice([i for i in range(4) if pos[i] < len(parts[i])])
+        for _ in range(rng.randint(1, 30)):  # a burst from one partition
+            if pos[i] < len(parts[i]):
+                live.apply(parts[i][pos[i]], i)
+                pos[i] += 1
+        # Ask about a random step up to the watermark: the answer must be final.
+        if live.watermark >= 0:
+            s = rng.randint(max(0, live.watermark - 5), live.watermark)
+            assert live.ready(s)
+            assert live.candidates(s).streams == expected_live(data, s), s
+            answered += 1
+    assert answered > 50
+
+
+def test_watermark_is_the_minimum_over_partitions() -> None:
+    live = st.LiveStreams(partitions=3)
+    assert live.watermark == -1 and not live.ready(0)
+    assert not live.advance(0, 5)  # others still at -1
+    assert not live.advance(1, 7)
+    assert live.advance(2, 6)
+    assert live.watermark == 5 and live.ready(5) and not live.ready(6)
+    assert not live.advance(2, 3)  # a watermark never goes back
+    assert live.watermark == 5
+    assert live.apply(ev.End(event_id="end", seq=9, step=9, event_time_ms=0), 0)
+    assert live.watermark == 6
+    with pytest.raises(ValueError, match="partition 3"):
+        live.advance(3, 1)
+
+
+def test_an_early_answer_is_recomputed_when_a_start_for_its_step_arrives() -> None:
+    live = st.LiveStreams(partitions=1)
+    live.start(1, "a", 0)
+    assert live.candidates(4).streamers == ["a"]  # asked before the watermark (late answer)
+    live.start(2, "b", 4)
+    live.stop(1, "a", 4)
+    assert live.candidates(4).streams == {"b": 2}
+    assert live.candidates(3).streams == {"a": 1}
+
+
+def test_replayed_stream_events_change_nothing() -> None:
+    live = st.LiveStreams(partitions=1)
+    for _ in range(2):
+        live.start(1, "a", 2)
+        live.stop(1, "a", 5)
+    live.start(1, "a", 3)  # a later duplicate start does not move the first one
+    assert [live.candidates(s).streamers for s in range(1, 7)] == [
+        [], ["a"], ["a"], ["a"], [], []]
+    assert len(live) == 1 and live.anomalies == 0
+
+
+def test_stopped_intervals_are_kept_for_the_horizon_behind_the_pruning_floor() -> None:
+    live = st.LiveStreams(partitions=1, stopped_horizon=10)
+    for i in range(3000):  # more than the initial capacity: the arrays grow
+        live.start(i, f"s{i}", i)
+        live.stop(i, f"s{i}", i + 2)
+    live.advance(0, 3000)
+    assert live.candidates(2000).streams == {"s1999": 1999, "s2000": 2000}
+    assert len(live) == 3000  # nothing is pruned by asking, however far ahead
+    assert live.candidates(500).streams == {"s499": 499, "s500": 500}
+    assert live.prune(2000) == 1989  # stop <= 1990 are gone; 1990..2999 stopped later
+    assert len(live) == 3000 - 1989 and live.prune(1995) == 0
+    assert live.candidates(1991).streams == {"s1990": 1990, "s1991": 1991}  # within horizon
+    assert not live.stale(1990) and live.stale(1989)
+    assert live.candidates(500).streams == {}  # cache dropped: pruned intervals are gone
+    live.start(5000, "s1", 2500)  # a freed slot is reused; its name is still known
+    assert live.candidates(2600).streams == {"s1": 5000, "s2599": 2599, "s2600": 2600}
+
+
+def test_event_clock_refuses_negative_and_far_future_steps() -> None:
+    clock = st.EventClock(future_horizon=10)
+    assert clock.check(100) is None and clock.newest == 100
+    assert clock.check(110) is None
+    assert clock.check(-1) == "negative step -1"
+    reason = clock.check(121)
+    assert reason is not None and "beyond the newest" in reason
+    assert clock.newest == 110  # a refused step is not recorded
+    assert clock.check(5) is None and clock.newest == 110
+
+
+# --- UserWindows ---------------------------------------------------------------------------
+class CountingStore(dict[bytes, bytes]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+def entry(seq: int, name: str = "x") -> st.Entry:
+    return st.Entry(name, seq // 10, seq, f"watch:{seq}")
+
+
+def test_window_is_idempotent_ordered_and_bounded() -> None:
+    store = CountingStore()
+    w = st.UserWindows(store, length=3, slack=2)
+    for seq in (30, 10, 20, 10, 50, 40, 60):  # out of order, one duplicate
+        w.add_watch(b"7", entry(seq, f"s{seq}"))
+    assert [e.seq for e in w.get(b"7")] == [20, 30, 40, 50, 60]  # capacity 5, oldest dropped
+    assert not w.add_watch(b"7", entry(10))  # older than a full window: seen and evicted
+    assert not w.add_watch(b"7", entry(40))
+    assert w.history(b"7", 55) == [("s30", 3), ("s40", 4), ("s50", 5)]  # last 3 below 55
+    assert w.history(b"7", 20) == []
+    assert w.flush() == 1 and store.writes == 1  # seven changes, one write
+    assert st.decode_window(store[b"7"]) == w.get(b"7")
+    assert w.flush() == 0
+
+
+def test_window_round_trips_through_the_store_between_batches() -> None:
+    store: dict[bytes, bytes] = {}
+    w = st.UserWindows(store, length=2, slack=0)
+    w.add_watch(b"1", entry(5, "a"))
+    w.flush()
+    w2 = st.UserWindows(store, length=2, slack=0)  # e.g. after recovery
+    assert w2.get(b"1") == [entry(5, "a")]
+    assert not w2.add_watch(b"1", entry(5, "a"))
+    assert store[b"1"] == b'[["a",0,5,"watch:5"]]'
+    with pytest.raises(ValueError, match="length"):
+        st.UserWindows(store, length=0, slack=1)
+
+
+# --- micro-batches -------------------------------------------------------------------------
+def user_items(t: tl.Timeline) -> list[tuple[bytes, ev.UserEvent, int | None]]:
+    return [(ev.user_key(e.user), e, 1000 + e.seq) for e in t
+            if isinstance(e, ev.Watch | ev.RecRequest)]
+
+
+def expected_windows(data: Interactions, length: int) -> dict[str, list[tuple[str, int]]]:
+    """Per request id: the user's watches before it on the timeline, straight from the rows."""
+    order = np.lexsort((np.arange(len(data)), data.start))
+    seen: dict[int, list[tuple[str, int]]] = {}
+    out = {}
+    for r in order.tolist():
+        u = int(data.user[r])
+        out[f"req:{r}"] = list(seen.get(u, [])[-length:])
+        seen.setdefault(u, []).append((str(data.streamer_names[data.streamer[r]]),
+                                       int(data.start[r])))
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 7, 256])
+def test_batched_windows_equal_the_offline_definition(batch: int) -> None:
+    data = tiny()
+    items = user_items(tl.build_timeline(data))
+    store = CountingStore()
+    windows = st.UserWindows(store, length=5, slack=3)
+    stats = st.BatchStats()
+    jobs: list[st.Job] = []
+    for i in range(0, len(items), batch):
+        jobs += st.plan_batch(items[i:i + batch], windows, stats=stats)
+        windows.flush()
+    want = expected_windows(data, 5)
+    assert len(jobs) == len(data) == stats.requests == stats.watches
+    assert {j.event.event_id: j.window for j in jobs} == want
+    assert all(j.produced_ms == 1000 + j.event.seq for j in jobs)
+    # Each user's window is written at most once per batch.
+    per_batch_users = sum(len({k for k, e, _ in items[i:i + batch] if isinstance(e, ev.Watch)})
+                          for i in range(0, len(items), batch))
+    assert store.writes == per_batch_users
+    if batch == 256:
+        assert store.writes < stats.watches
+
+
+def test_replaying_a_batch_again_changes_no_window_and_gives_the_same_jobs() -> None:
+    items = user_items(tl.build_timeline(tiny()))[:400]
+    # The slack covers how far the windows ran ahead (tiny users have at most 40 watches).
+    windows = st.UserWindows({}, length=4, slack=40)
+    first = st.plan_batch(items, windows)
+    windows.flush()
+    stats = st.BatchStats()
+    again = st.plan_batch(items, windows, stats=stats)  # at-least-once redelivery
+    assert stats.duplicates == stats.watches == 200
+    assert [j.window for j in again] == [j.window for j in first]
+
+
+def test_watch_trigger_includes_the_watch_and_excludes_its_streamer() -> None:
+    data = tiny()
+    t = tl.build_timeline(data)
+    live = st.LiveStreams(partitions=1, stopped_horizon=10_000)
+    for e in stream_events(t):
+        live.apply(e, 0)
+    windows = st.UserWindows({}, length=5, slack=3)
+    jobs = st.plan_batch(user_items(t), windows, recommend_on_watch=True)
+    watch_jobs = [j for j in jobs if j.trigger == "watch"]
+    assert len(watch_jobs) == len(data)
+    recs = st.answer_batch(watch_jobs, live, CountScorer(), k=10, now_ms=lambda: 7)
+    for job, rec in zip(watch_jobs, recs, strict=True):
+        assert job.window[-1] == (job.event.streamer, job.event.step)  # type: ignore[union-attr]
+        assert rec.trigger == "watch" and rec.request_id == job.event.event_id
+        assert job.event.streamer not in {i.streamer for i in rec.items}  # type: ignore[union-attr]
+        n_live = len(expected_live(data, job.event.step))
+        assert len(rec.items) == min(10, n_live - 1)
+
+
+def test_answers_hold_min_k_live_items_sorted_by_score_with_their_streams() -> None:
+    data = tiny()
+    t = tl.build_timeline(data)
+    live = st.LiveStreams(partitions=1, stopped_horizon=10_000)
+    for e in stream_events(t):
+        live.apply(e, 0)
+    jobs = st.plan_batch(user_items(t), st.UserWindows({}, length=5, slack=3))
+    recs = st.answer_batch(jobs, live, CountScorer(), k=10, now_ms=lambda: 12345,
+                           late=lambda j: j.event.step == 3)
+    small = 0
+    for job, rec in zip(jobs, recs, strict=True):
+        want = expected_live(data, rec.step)
+        assert len(rec.items) == min(10, len(want))
+        small += len(want) < 10
+        assert [i.rank for i in rec.items] == list(range(1, len(rec.items) + 1))
+        scores = [i.score for i in rec.items]
+        assert scores == sorted(scores, reverse=True)
+        assert all(want[i.streamer] == i.stream for i in rec.items)  # live, right stream
+        assert rec.request_id == job.event.event_id and rec.event_id == f"rec:{rec.request_id}"
+        assert (rec.user, rec.seq, rec.step) == (job.event.user, job.event.seq, job.event.step)
+        assert rec.fallback == (not job.window)
+        assert rec.produced_ms == job.produced_ms and rec.published_ms == 12345
+        assert rec.model_version == "count-1" and rec.late == (rec.step == 3)
+    assert any(r.fallback for r in recs) and not all(r.fallback for r in recs)
+    assert small > 0  # some steps have fewer than k live streams
+
+
+def test_dead_letter_kinds_are_a_small_set() -> None:
+    samples = {
+        b"\xff": "undecodable",
+        b'{"kind":"nope","event_id":"x","seq":1,"step":1,"event_time_ms":1}': "unknown_kind",
+        b'{"kind":"watch","event_id":"x","seq":1,"step":"a","event_time_ms":1}': "wrong_type",
+        b'{"kind":"rec_request","event_id":"x","seq":1,"step":1,"event_time_ms":1}':
+            "missing_field",
+        b"[1]": "wrong_type",
+    }
+    for raw, kind in samples.items():
+        with pytest.raises(ev.EventError) as err:
+            ev.decode_user_event(raw)
+        assert st.dead_letter_kind(str(err.value)) == kind, raw
+    assert st.dead_letter_kind("negative step -3") == "negative_step"
+    clock = st.EventClock(5)
+    clock.check(0)
+    assert st.dead_letter_kind(clock.check(99) or "") == "beyond_horizon"
+
+
+def test_online_requests_and_rankings_equal_the_offline_evaluation_list_for_list() -> None:
+    """The service's RankRequests (windows from the Table path, candidates from the live
+    index) are the ones `liverank evaluate` builds, so the rankings are equal too."""
+    data = tiny()
+    t = tl.build_timeline(data)
+    live = st.LiveStreams(partitions=2, stopped_horizon=144)
+    scorer = FakeScorer(window_len=6)
+    windows = st.UserWindows({}, length=scorer.window_len, slack=4)
+    items = user_items(t)
+    stream = [e for e in t if not isinstance(e, ev.Watch | ev.RecRequest)]
+    online: dict[str, tuple[RankRequest, Ranked]] = {}
+    s_pos = 0
+    for i in range(0, len(items), 64):  # stream events only up to the batch's newest step
+        batch = items[i:i + 64]
+        newest = max(e.step for _, e, _ in batch)
+        while s_pos < len(stream) and stream[s_pos].step <= newest:
+            for p in range(2):
+                if isinstance(stream[s_pos], ev.Watermark) or stream[s_pos].stream % 2 == p:
+                    live.apply(stream[s_pos], p)
+            s_pos += 1
+        jobs = st.plan_batch(batch, windows)
+        windows.flush()
+        assert all(live.ready(j.event.step) for j in jobs)
+        requests, _ = st.rank_inputs(jobs, live)
+        for job, req, ranked in zip(jobs, requests, scorer.rank(requests, 10), strict=True):
+            online[job.event.event_id] = (req, ranked)
+    offline = list(iter_requests(data, 0, data.max_step, scorer.window_len))
+    assert len(offline) == len(online) == len(data)
+    off_requests = [r for _, r, _ in offline]
+    for (event_id, req, _), ranked in zip(offline, scorer.rank(off_requests, 10), strict=True):
+        mine, my_ranked = online[event_id]
+        assert list(mine.window) == list(req.window) and mine.step == req.step
+        assert sorted(mine.candidates) == sorted(req.candidates)
+        assert my_ranked == ranked
