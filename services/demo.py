@@ -209,7 +209,9 @@ def run_demo(opts: DemoOptions) -> dict[str, object]:
             evaluator = collect(settings, timeout_s=opts.timeout_s)
             report = evaluator.report()
             report["stages_s"] = stages.seconds
+            report["pivot_2"] = pivot_2
             write_report(report, out)
+            _write_answers(evaluator, out / "answers.jsonl")
             print(format_summary(report))
         with stages.stage("offline evaluate"):
             run_step(liverank("evaluate", "--data", str(data), "--format", fmt, "--model",
@@ -224,6 +226,15 @@ def run_demo(opts: DemoOptions) -> dict[str, object]:
         if broker is not None:
             broker.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _write_answers(evaluator: object, path: Path) -> None:
+    """One line per answered request: id, late flag, streamers best first (for checks)."""
+    with open(path, "w") as f:
+        for rid, a in sorted(evaluator.answers.items()):  # type: ignore[attr-defined]
+            f.write(json.dumps({"request_id": rid, "late": a.late, "trigger": a.trigger,
+                                "streamers": [i.streamer for i in a.items],
+                                "scores": [i.score for i in a.items]}) + "\n")
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
