@@ -1,10 +1,20 @@
 """``liverank bench ...``: the component benchmarks, each measured against an in-run reference.
 
-Each subcommand lives with the code it measures and is registered here; ``make bench`` runs
-them all and collects one table in ``out/bench.json``.
+Each subcommand lives with the code it measures and is registered here; ``liverank bench
+all`` (what ``make bench`` runs) runs them one after the other as separate processes and
+collects one table in ``out/bench.json``. Figures from different runs are not comparable on
+a shared machine: read each one against the reference measured in the same run.
 """
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -15,3 +25,92 @@ app = typer.Typer(help="Benchmarks: each figure is printed next to its in-run re
                   no_args_is_help=True)
 app.command("scorer")(bench_scorer_command)
 app.command("replay")(bench_replay)
+
+Row = tuple[str, str, float, str, float]  # component, figure, value, reference, ref value
+
+
+def _scorer_rows(r: dict[str, Any]) -> list[Row]:
+    return [("scorer", f"onnxruntime users/s, batch {c['batch']}, {c['candidates']} cand.",
+             c["onnxruntime"]["users_per_s"], "torch eager users/s",
+             c["torch"]["users_per_s"]) for c in r["cases"]]
+
+
+def _replay_rows(r: dict[str, Any]) -> list[Row]:
+    return [("replay", "liverank replay msgs/s (twitch100k, --speed max)",
+             r["replay_msgs_per_s"], "raw confluent-kafka loop msgs/s", r["raw_msgs_per_s"])]
+
+
+def _service_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for figure, value, reference, ref in r.get("table", []):
+        rows.append(("service", figure, float(value), reference, float(ref)))
+    return rows
+
+
+def _e2e_rows(r: dict[str, Any]) -> list[Row]:
+    lat = r.get("latency_ms", {})
+    replay_s = r["stages_s"].get("replay", float("nan"))
+    monitor_s = r["stages_s"].get("monitor", float("nan"))
+    return [
+        ("end to end", "answers/s while the replay drains (demo, small)", r["answers_per_s"],
+         "requests / (replay + monitor stage s)",
+         r["requests"] / (replay_s + monitor_s) if replay_s + monitor_s > 0 else float("nan")),
+        ("end to end", "produce-to-publish p50 ms at --speed max (backlog)",
+         lat.get("p50", float("nan")), "p99 ms", lat.get("p99", float("nan"))),
+    ]
+
+
+BENCHES: dict[str, tuple[list[str], str, Callable[[dict[str, Any]], list[Row]]]] = {
+    "scorer": (["bench", "scorer", "--threads", "2", "--out", "{dir}/scorer.json"],
+               "scorer.json", _scorer_rows),
+    "replay": (["bench", "replay", "--out", "{dir}/replay.json"], "replay.json", _replay_rows),
+    "service": (["bench", "service", "--out", "{dir}/service.json"], "service.json",
+                _service_rows),
+    "e2e": (["demo", "--scale", "small", "--out", "{dir}/e2e"], "e2e/online.json", _e2e_rows),
+}
+
+
+@app.command("all")
+def bench_all(
+    out: Path = typer.Option(Path("out/bench.json"), help="Where the combined table goes."),
+    only: list[str] = typer.Option([], help=f"Run only these ({', '.join(BENCHES)})."),
+) -> None:
+    """Run every benchmark (scorer, replay, service, end to end) and print one table."""
+    work = out.parent / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    seconds: dict[str, float] = {}
+    failed: list[str] = []
+    for name, (args, result, to_rows) in BENCHES.items():
+        if only and name not in only:
+            continue
+        cmd = [sys.executable, "-m", "liverank.services.cli",
+               *[a.format(dir=work) for a in args]]
+        typer.echo(f"\n=== bench {name}: {' '.join(cmd[2:])}")
+        t0 = time.perf_counter()
+        code = subprocess.run(cmd, check=False).returncode
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        if code != 0:
+            failed.append(name)
+            typer.echo(f"bench {name} failed with exit {code}", err=True)
+            continue
+        rows += to_rows(json.loads((work / result).read_text()))
+    table = format_table(rows)
+    typer.echo("\n" + table)
+    out.write_text(json.dumps({"rows": [dict(zip(("component", "figure", "value", "reference",
+                                                   "reference_value"), r, strict=True))
+                                        for r in rows],
+                               "seconds": seconds, "failed": failed}, indent=2))
+    typer.echo(f"wrote {out}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = ["| component | figure | value | in-run reference | value | ratio |",
+             "|---|---|---|---|---|---|"]
+    for comp, fig, value, ref, ref_value in rows:
+        ratio = value / ref_value if ref_value else float("nan")
+        lines.append(f"| {comp} | {fig} | {value:,.1f} | {ref} | {ref_value:,.1f} | "
+                     f"{ratio:.2f} |")
+    return "\n".join(lines)
