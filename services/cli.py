@@ -73,7 +73,7 @@ def config(
         typer.echo(settings_markdown(), nl=False)
         return
     current = Settings().model_dump()
-    for (env, default, desc), value in zip(settings_reference(), current.values(), strict=True):
+    for (env, _default, desc), value in zip(settings_reference(), current.values(), strict=True):
         shown = "***" if "PASSWORD" in env and value else repr(value)
         typer.echo(f"{env:45s} {shown:24s} {desc}")
 

@@ -27,6 +27,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from liverank.services.monitor import OnlineEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +145,7 @@ class DemoOptions:
     timeout_s: float = 600.0
 
 
-def run_demo(opts: DemoOptions) -> dict[str, object]:
+def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run every stage; returns the online report plus stage timings (also written to
     ``opts.out``). Raises `DemoError` naming the stage that failed."""
     from liverank.model.data.twitch import load_interactions
@@ -228,10 +232,10 @@ def run_demo(opts: DemoOptions) -> dict[str, object]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _write_answers(evaluator: object, path: Path) -> None:
+def _write_answers(evaluator: OnlineEvaluator, path: Path) -> None:
     """One line per answered request: id, late flag, streamers best first (for checks)."""
     with open(path, "w") as f:
-        for rid, a in sorted(evaluator.answers.items()):  # type: ignore[attr-defined]
+        for rid, a in sorted(evaluator.answers.items()):
             f.write(json.dumps({"request_id": rid, "late": a.late, "trigger": a.trigger,
                                 "streamers": [i.streamer for i in a.items],
                                 "scores": [i.score for i in a.items]}) + "\n")
@@ -241,7 +245,7 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _write_markdown(report: dict[str, object], out: Path, data: Path) -> None:
+def _write_markdown(report: dict[str, Any], out: Path, data: Path) -> None:
     from liverank.services.monitor import format_summary
 
     offline = {}
@@ -254,7 +258,7 @@ def _write_markdown(report: dict[str, object], out: Path, data: Path) -> None:
         "```", format_summary(report), "```", "",
         "## Stage timings (s)", "",
         "| stage | seconds |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in report["stages_s"].items()],  # type: ignore[union-attr]
+        *[f"| {k} | {v} |" for k, v in report["stages_s"].items()],
         "",
         "![online accuracy by day](online_by_day.png)", "",
     ]

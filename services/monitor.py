@@ -24,11 +24,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from liverank.model.metrics import Accumulator
 from liverank.services import events as ev
+from liverank.services.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class OnlineEvaluator:
         elif isinstance(record, ev.Watch | ev.RecRequest):
             self.user_events.append(record)
 
-    def report(self) -> dict[str, object]:
+    def report(self) -> dict[str, Any]:
         timeline = sorted(
             [e for e in self.stream_events if not isinstance(e, ev.Watermark)] + self.user_events,
             key=lambda e: (e.step, e.seq))
@@ -143,7 +145,7 @@ class OnlineEvaluator:
         summary["watch_triggered"] = self._score_watch_answers(timeline)
         return summary
 
-    def _score_watch_answers(self, timeline: list[ev.Event]) -> dict[str, object]:
+    def _score_watch_answers(self, timeline: list[ev.Event]) -> dict[str, Any]:
         """Answers published after a watch, against the user's next different stream
         within ``watch_horizon`` steps (no such stream: not scored)."""
         watches: dict[int, list[ev.Watch]] = defaultdict(list)
@@ -178,7 +180,7 @@ class OnlineEvaluator:
 
     def _summary(self, model: Accumulator, pop: Accumulator, by_day: dict[int, Accumulator],
                  requests: int, answered: int, live_items: int, total_items: int,
-                 recommended: set[str], live_catalogue: set[str]) -> dict[str, object]:
+                 recommended: set[str], live_catalogue: set[str]) -> dict[str, Any]:
         answers = list(self.answers.values())
         latency = np.array([a.published_ms - a.produced_ms for a in answers
                             if a.produced_ms is not None], dtype=np.float64)
@@ -227,10 +229,10 @@ def decode_all(values: Iterable[bytes]) -> tuple[list[ev.Event], int]:
     return out, bad
 
 
-def format_summary(report: dict[str, object]) -> str:
+def format_summary(report: dict[str, Any]) -> str:
     """A human-readable table of the headline figures."""
-    m = report["model"]["all"]  # type: ignore[index]
-    p = report["pop"]["all"]  # type: ignore[index]
+    m = report["model"]["all"]
+    p = report["pop"]["all"]
     lines = [
         f"{'':14s} {'HR@1':>7s} {'HR@5':>7s} {'HR@10':>7s} {'NDCG@10':>8s} {'MRR':>7s}  targets",
     ]
@@ -249,7 +251,7 @@ def format_summary(report: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict[str, object], out_dir: Path) -> list[Path]:
+def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """JSON + a figure of HR@10/NDCG@10 per simulated day (when matplotlib is there)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "online.json"]
@@ -264,10 +266,10 @@ def write_report(report: dict[str, object], out_dir: Path) -> list[Path]:
         return paths
     days = report["by_day"]
     if days:
-        xs = [int(d) for d in days]  # type: ignore[union-attr]
+        xs = [int(d) for d in days]
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for metric in ("HR@10", "NDCG@10"):
-            ax.plot(xs, [days[str(d)][metric] for d in xs], marker="o", label=metric)  # type: ignore[index]
+            ax.plot(xs, [days[str(d)][metric] for d in xs], marker="o", label=metric)
         ax.set_xlabel("simulated day (144 steps)")
         ax.set_ylabel("metric over that day's requests")
         ax.set_title("Online accuracy of the live recommendations over simulated time")
@@ -279,20 +281,20 @@ def write_report(report: dict[str, object], out_dir: Path) -> list[Path]:
     return paths
 
 
-def collect(settings: object, timeout_s: float = 120.0, k: int = 10) -> OnlineEvaluator:
+def collect(settings: Settings, timeout_s: float = 120.0, k: int = 10) -> OnlineEvaluator:
     """Read the three topics until the replay's ``End`` records say everything was sent and
     every request has an answer (or ``timeout_s`` passes), and feed an evaluator."""
     from liverank.services.kafka import read_topic
 
-    s = settings  # a liverank Settings
+    s = settings
     deadline = time.monotonic() + timeout_s
     evaluator = OnlineEvaluator(k=k)
-    stream_msgs = read_topic(s, s.topic("stream-events"), timeout_s=timeout_s,  # type: ignore[attr-defined]
+    stream_msgs = read_topic(s, s.topic("stream-events"), timeout_s=timeout_s,
                              until=lambda m: b'"kind":"end"' in (m.value() or b""))
     for e in decode_all(m.value() for m in stream_msgs)[0]:
         evaluator.add(e)
     expected = max((e.user_events for e in evaluator.ends), default=0)
-    user_msgs = read_topic(s, s.topic("user-events"),  # type: ignore[attr-defined]
+    user_msgs = read_topic(s, s.topic("user-events"),
                            timeout_s=max(deadline - time.monotonic(), 1.0))
     for e in decode_all(m.value() for m in user_msgs)[0]:
         evaluator.add(e)
@@ -300,7 +302,7 @@ def collect(settings: object, timeout_s: float = 120.0, k: int = 10) -> OnlineEv
         logger.warning("user-events: read %d of %d", len(evaluator.user_events), expected)
     requests = sum(1 for e in evaluator.user_events if isinstance(e, ev.RecRequest))
     while True:
-        recs = read_topic(s, s.topic("recommendations"),  # type: ignore[attr-defined]
+        recs = read_topic(s, s.topic("recommendations"),
                           timeout_s=max(deadline - time.monotonic(), 1.0))
         answers = decode_all(m.value() for m in recs)[0]
         answered = {a.request_id for a in answers
