@@ -26,31 +26,37 @@ This is the only module of the service that imports faust.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
-import os
-import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import faust
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event  # see `_as_current`
 from faust.types import TP
 
-from liverank.model.scorer import FakeScorer, OnnxScorer, Scorer
+from liverank.model.scorer import Scorer
 from liverank.services import events as ev
 from liverank.services import kafka
+from liverank.services.clients import (
+    KafkaPublisher,
+    MemoryPublisher,
+    Offsets,
+    Outgoing,
+    Publisher,
+    PublishError,
+    StreamFeed,
+    consume_now,
+)
 from liverank.services.metrics import Metrics, new_registry
+from liverank.services.scoring import load_scorer, model_stamp, write_fake_model
 from liverank.services.settings import Settings
 from liverank.services.state import (
     BatchStats,
@@ -68,235 +74,13 @@ from liverank.services.state import (
 
 logger = logging.getLogger(__name__)
 
-FAKE_MODEL_FORMAT = "liverank-fake/1"  # test-only model directory: `FakeScorer`, no files
+__all__ = ["GapGuard", "MemoryPublisher", "Service", "load_scorer", "write_fake_model"]
+
 PRODUCED_MS = "produced_ms"  # header set by the replay: when the record was produced
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-# --- the model ---------------------------------------------------------------------------------
-def load_scorer(model_dir: str | Path, threads: int = 1) -> Scorer:
-    """`OnnxScorer` for an exported model (hash-checked); `FakeScorer` for a test directory
-    whose model.json has ``"format": "liverank-fake/1"`` (see `write_fake_model`)."""
-    path = Path(model_dir) / "model.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        meta = None  # OnnxScorer names the problem
-    if isinstance(meta, dict) and meta.get("format") == FAKE_MODEL_FORMAT:
-        logger.warning("serving the FAKE scorer dir=%s version=%s (test model)", model_dir,
-                       meta.get("version"))
-        return FakeScorer(window_len=int(meta.get("window_len", 16)),
-                          version=str(meta.get("version", "fake-1")))
-    return OnnxScorer(model_dir, threads=threads)
-
-
-def write_fake_model(model_dir: str | Path, version: str, window_len: int = 16) -> Path:
-    """A model directory that `load_scorer` serves with `FakeScorer` (tests, benchmarks)."""
-    path = Path(model_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "model.json").write_text(json.dumps(
-        {"format": FAKE_MODEL_FORMAT, "version": version, "window_len": window_len}))
-    return path
-
-
-def model_stamp(model_dir: str | Path) -> tuple[str, int, int, int] | None:
-    """What changes when a model directory is replaced: its real path and inode, and
-    model.json's mtime and size. None while the path does not exist (mid-rename)."""
-    try:
-        real = os.path.realpath(model_dir)
-        meta = os.stat(os.path.join(real, "model.json"))
-        return real, os.stat(real).st_ino, meta.st_mtime_ns, meta.st_size
-    except OSError:
-        return None
-
-
-# --- publishing ----------------------------------------------------------------------------------
-# (topic, key, value, partition); partition None: placed by the key (murmur2, as Faust)
-Outgoing = tuple[str, bytes | None, bytes, int | None]
-Offsets = dict[tuple[str, int], int]  # (topic, partition) -> highest offset acknowledged
-
-
-class Publisher(Protocol):
-    def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
-        """Send ``messages``; the future is done when the broker acknowledged all of them
-        (or fails with `PublishError`)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class PublishError(RuntimeError):
-    """The broker did not acknowledge a message: the batch is not acked, so it is redone."""
-
-
-class _Pending:
-    """Delivery bookkeeping of one `publish` call (the poll thread counts down)."""
-
-    __slots__ = ("error", "fut", "left", "loop", "offsets")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Offsets],
-                 left: int):
-        self.loop, self.fut, self.left = loop, fut, left
-        self.error: KafkaError | None = None
-        self.offsets: Offsets = {}
-
-
-class KafkaPublisher:
-    """A librdkafka producer (idempotent, murmur2 keys, small linger) with a poll thread that
-    runs the delivery callbacks; each `publish` gets a future for its own messages."""
-
-    def __init__(self, config: dict[str, Any], metrics: Metrics | None = None):
-        # Answers are latency-bound: send within a millisecond rather than the 5 ms default.
-        self._producer = Producer({**config, "linger.ms": 1})
-        self._metrics = metrics
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="liverank-publisher",
-                                        daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
-
-    def _delivered(self, pending: _Pending, err: KafkaError | None, msg: Message) -> None:
-        with self._lock:  # poll thread
-            if err is not None:
-                pending.error = err
-                if self._metrics is not None:
-                    self._metrics.publish_failures.inc()
-            else:
-                tp = (msg.topic(), msg.partition())
-                if msg.offset() > pending.offsets.get(tp, -1):
-                    pending.offsets[tp] = msg.offset()
-            pending.left -= 1
-            done = pending.left == 0
-        if done:
-            pending.loop.call_soon_threadsafe(_settle, pending)
-
-    def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Offsets] = loop.create_future()
-        if not messages:
-            fut.set_result({})
-            return fut
-        pending = _Pending(loop, fut, len(messages))
-        on_delivery = functools.partial(self._delivered, pending)
-        produce = self._producer.produce
-        for topic, key, value, partition in messages:
-            while True:
-                try:
-                    if partition is None:
-                        produce(topic, value, key, on_delivery=on_delivery)
-                    else:
-                        produce(topic, value, key, partition, on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: let the poll thread deliver some
-                    time.sleep(0.005)
-        return fut
-
-    def close(self) -> None:
-        self._producer.flush(10)
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-
-def _settle(pending: _Pending) -> None:
-    if pending.fut.done():
-        return
-    if pending.error is not None:
-        pending.fut.set_exception(PublishError(
-            f"the broker did not acknowledge a message: {pending.error}"))
-    else:
-        pending.fut.set_result(pending.offsets)
-
-
-class MemoryPublisher:
-    """Keeps what would be published, per topic (tests, the Faust test context)."""
-
-    def __init__(self) -> None:
-        self.sent: dict[str, list[tuple[bytes | None, bytes]]] = {}
-        self.partitions: dict[str, list[int | None]] = {}
-
-    def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
-        for topic, key, value, partition in messages:
-            self.sent.setdefault(topic, []).append((key, value))
-            self.partitions.setdefault(topic, []).append(partition)
-        fut: asyncio.Future[Offsets] = asyncio.get_running_loop().create_future()
-        fut.set_result({})
-        return fut
-
-    def close(self) -> None:
-        return None
-
-
-# --- the stream feed -----------------------------------------------------------------------------
-class StreamFeed:
-    """Reads every partition of ``stream-events`` from the beginning, in a thread, without a
-    consumer group, and hands batches to the event loop (at most a few queued: backpressure).
-
-    ``caught_up`` is set once every partition reported end-of-partition from a fetch (the
-    signal that is right on tansu, whose high watermarks are not)."""
-
-    def __init__(self, settings: Settings, topic: str, partitions: int,
-                 deliver: Any, loop: asyncio.AbstractEventLoop, batch: int = 5000):
-        self.topic, self.partitions = topic, partitions
-        self._config = kafka.consumer_config(settings)  # no group: assign() only
-        self._deliver = deliver
-        self._loop = loop
-        self._batch = batch
-        self._slots = threading.Semaphore(4)
-        self._stop = threading.Event()
-        self.caught_up = asyncio.Event()
-        self._thread = threading.Thread(target=self._run, name="liverank-stream-feed",
-                                        daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        consumer = Consumer(self._config)
-        consumer.assign([KafkaPartition(self.topic, p, 0) for p in range(self.partitions)])
-        eof: set[int] = set()
-        logger.info("stream feed started topic=%s partitions=%d", self.topic, self.partitions)
-        try:
-            while not self._stop.is_set():
-                msgs = consumer.consume(num_messages=self._batch, timeout=0.1)
-                good = []
-                for m in msgs:
-                    err = m.error()
-                    if err is None:
-                        good.append((m.partition(), m.offset(), m.value() or b""))
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        eof.add(m.partition())
-                    else:
-                        logger.error("stream feed error topic=%s error=%s", self.topic, err)
-                caught = len(eof) == self.partitions and not self.caught_up.is_set()
-                if good or caught:
-                    while not self._slots.acquire(timeout=0.5):
-                        if self._stop.is_set():
-                            return
-                    self._loop.call_soon_threadsafe(self._hand_over, good, caught)
-        except KafkaException as exc:
-            logger.error("stream feed stopped topic=%s error=%s", self.topic, exc)
-        finally:
-            consumer.close()
-
-    def _hand_over(self, records: list[tuple[int, int, bytes]], caught: bool) -> None:
-        try:  # on the event loop
-            self._deliver(records)
-            if caught and not self.caught_up.is_set():
-                logger.info("stream feed caught up topic=%s", self.topic)
-                self.caught_up.set()
-        finally:
-            self._slots.release()
 
 
 # --- the table, seen from each key's own partition ------------------------------------------------
@@ -365,6 +149,121 @@ class _TableView:
                 self.table.data.set_persisted_offset(TP(topic, partition), offset)
 
 
+def _set_fetch_wait(consumer: Any, wait_ms: float) -> None:
+    """Faust 0.15 builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting
+    to change it. A broker that holds a fetch until that wait expires (tansu does, even when
+    data arrives) then delays every event by up to 1.5 s once the worker has caught up, so
+    set the wait on the aiokafka consumer before it starts."""
+    thread = getattr(consumer, "_thread", None)
+    create = getattr(thread, "_create_worker_consumer", None)
+    if thread is None or create is None:  # another transport: nothing to adjust
+        return
+
+    def create_with_wait(transport: Any) -> Any:
+        client = create(transport)
+        client._fetch_max_wait_ms = int(wait_ms)
+        return client
+
+    thread._create_worker_consumer = create_with_wait
+
+
+# --- a Faust workaround: offsets skipped by the fetcher -----------------------------------------
+@dataclass
+class _Record:
+    """A user-events record read back by `GapGuard` (what `Service.handle` reads of one)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+class _Refetched:
+    """An event read back by `GapGuard`; it is acked through `GapGuard.delivered`."""
+
+    def __init__(self, message: _Record, gap: _Gap):
+        self.message, self.gap = message, gap
+
+
+@dataclass
+class _Gap:
+    tp: TP
+    first: int  # first offset to read back (the committed offset: may re-read a few)
+    last: int  # last offset skipped
+    left: int = 0  # records read back, not yet delivered
+
+
+class GapGuard:
+    """Faust (0.15) sometimes fetches past records right after a (re)assignment and then
+    marks the skipped offsets as acked (``Consumer._add_gap``, meant for compacted topics),
+    so they are committed unprocessed: requests lost for good (faust-streaming #216, #606;
+    seen here on restarts). For user-events, where a gap is never legitimate, this guard
+    records the gap instead of acking it; the agent reads the records back with librdkafka
+    and processes them before the event after the gap; the gap is acked once their answers
+    are delivered."""
+
+    def __init__(self, consumer: Any, topic: str, settings: Settings):
+        self.consumer, self.topic, self.settings = consumer, topic, settings
+        self._original = consumer._add_gap
+        consumer._add_gap = self._add_gap  # the instance attribute wins over the method
+        self.pending: dict[TP, _Gap] = {}
+        self.refetched = 0
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic != self.topic:
+            await self._original(tp, offset_from, offset_to)
+            return
+        committed = self.consumer._committed_offset.get(tp)
+        first = min(offset_from, committed) if committed is not None else offset_from
+        logger.warning("fetcher skipped offsets topic=%s partition=%d first=%d last=%d: "
+                       "reading them back", tp.topic, tp.partition, first, offset_to)
+        self.pending[tp] = _Gap(tp, first, offset_to)
+
+    def due(self, event: Any) -> _Gap | None:
+        """The gap to read back before ``event``, if any."""
+        msg = event.message
+        gap = self.pending.get(msg.tp)
+        if gap is not None and msg.offset > gap.last:
+            return self.pending.pop(msg.tp)
+        return None
+
+    def read_back(self, gap: _Gap) -> list[_Refetched]:
+        """Blocking (run it in a thread): the records of ``gap`` from the broker."""
+        consumer = Consumer(kafka.consumer_config(self.settings))
+        consumer.assign([KafkaPartition(gap.tp.topic, gap.tp.partition, gap.first)])
+        out: list[_Refetched] = []
+        deadline = time.monotonic() + self.settings.kafka_timeout_s * 3
+        try:
+            while not out or out[-1].message.offset < gap.last:
+                if time.monotonic() > deadline:
+                    raise KafkaException(f"could not read back {gap}")
+                for m in consume_now(consumer, 1000, 0.5):
+                    if m.error() is None and m.offset() <= gap.last:
+                        rec = _Record(m.topic(), m.partition(), m.offset(), m.key(),
+                                      m.value(), list(m.headers() or []))
+                        out.append(_Refetched(rec, gap))
+                    elif m.error() is None:
+                        break
+        finally:
+            consumer.close()
+        gap.left = len(out)
+        self.refetched += len(out)
+        return out
+
+    async def delivered(self, event: _Refetched) -> None:
+        """Ack the gap once every record read back was delivered."""
+        gap = event.gap
+        gap.left -= 1
+        if gap.left == 0:
+            await self._original(gap.tp, gap.first, gap.last)
+
+
 # --- the service ---------------------------------------------------------------------------------
 @dataclass
 class _Decoded:
@@ -404,6 +303,8 @@ class Service:
         self._in_counters: dict[tuple[str, str], Any] = {}
         self._progress: dict[int, int] = {}  # user-events partition -> newest step seen
         self._in_flight = 0  # batches published, not yet acknowledged by the broker
+        self._failed = False  # a publish failed: ack nothing more, the worker is stopping
+        self._answered = 0
         self._out: list[Outgoing] | None = None  # what the batch being handled publishes
         self._batcher: MicroBatcher[Any] = MicroBatcher(
             settings.batch_size, settings.batch_wait_ms / 1000, 4 * settings.batch_size)
@@ -418,9 +319,12 @@ class Service:
         # (key_type=bytes makes Faust use "raw" for the changelog; its default is json).
         self.table = self.app.Table("windows", key_type=bytes, value_type=bytes,
                                     partitions=settings.partitions)
-        if self.table.key_serializer != "raw":
-            raise RuntimeError(f"windows table key serializer is {self.table.key_serializer}")
+        serializer = getattr(self.table, "key_serializer", None)
+        if serializer != "raw":
+            raise RuntimeError(f"windows table key serializer is {serializer}, not raw")
         self._view = _TableView(self.table)
+        self.gaps = GapGuard(self.app.consumer, self.topics[kafka.USER_EVENTS], settings)
+        _set_fetch_wait(self.app.consumer, settings.fetch_wait_ms)
         self.windows = UserWindows(self._view, scorer.window_len, settings.window_slack)
         self.agent = self.app.agent(self.user_topic, name="recommend")(self._recommend)
         self.app.task(self._run_io)
@@ -519,15 +423,16 @@ class Service:
     # --- user events -----------------------------------------------------------------------
     async def _recommend(self, stream: Any) -> None:
         """The agent: hand events to the micro-batcher; `_process` does the work and acks."""
-        await self.feed_ready.wait()  # the live index has read stream-events to its end
-        self._serving = True
-        logger.info("serving model_version=%s batch_size=%d batch_wait_ms=%s",
-                    self.scorer.version, self.settings.batch_size, self.settings.batch_wait_ms)
         manual = stream.noack()  # acked in `_deliver`, once the broker has the answers
         worker = asyncio.ensure_future(self._process(manual))
         batcher = self._batcher
+        guard = self.gaps
+        loop = asyncio.get_running_loop()
         try:
             async for event in manual.events():
+                if guard.pending and (gap := guard.due(event)) is not None:
+                    for old in await loop.run_in_executor(None, guard.read_back, gap):
+                        batcher.put(old)
                 batcher.put(event)
                 if batcher.full:
                     await batcher.room()
@@ -538,18 +443,26 @@ class Service:
 
     async def _process(self, stream: Any) -> None:
         in_flight = asyncio.Semaphore(8)  # batches whose messages await the broker's ack
+        previous: asyncio.Future[None] | None = None  # acks go in batch order
+        await self.feed_ready.wait()  # the live index has read stream-events to its end
+        self._serving = True
+        logger.info("serving model_version=%s batch_size=%d batch_wait_ms=%s",
+                    self.scorer.version, self.settings.batch_size, self.settings.batch_wait_ms)
         while True:
             events = await self._batcher.get()
             out = await self.handle(events)
             await in_flight.acquire()
             self._in_flight += 1
-            asyncio.ensure_future(self._deliver(stream, events, out, in_flight))
+            previous = asyncio.ensure_future(
+                self._deliver(stream, events, out, in_flight, previous))
 
     async def _deliver(self, stream: Any, events: list[Any], out: list[Outgoing],
-                       in_flight: asyncio.Semaphore) -> None:
+                       in_flight: asyncio.Semaphore, previous: asyncio.Future[None] | None
+                       ) -> None:
         """Publish a batch's answers, dead letters and window records; after the broker
-        acknowledged them, seal the changelog partitions written to; then ack the events,
-        so their offsets may be committed."""
+        acknowledged them, seal the changelog partitions written to; then, after the
+        previous batch, ack the events, so their offsets may be committed. (Acks in order:
+        Faust commits past a single unacked offset at the head of its list.)"""
         try:
             offsets = await self.publisher.publish(out)
             touched = {p for t, _, _, p in out if t == self._view.topic and p is not None}
@@ -557,19 +470,28 @@ class Service:
                 offsets.update(await self.publisher.publish(self._view.seals(sorted(touched))))
         except PublishError as exc:  # not acked: redone after the restart (at-least-once)
             logger.error("publish failed, stopping the worker error=%s", exc)
+            self._failed = True  # and nothing after it is acked either
             await self.app.crash(exc)
             return
         finally:
             in_flight.release()
             self._in_flight -= 1
         self._view.persisted(offsets)
+        if previous is not None:
+            await asyncio.shield(previous)
+        if self._failed:
+            return
         for event in events:
-            await stream.ack(event)
+            if isinstance(event, _Refetched):
+                await self.gaps.delivered(event)
+            else:
+                await stream.ack(event)
 
     async def handle(self, events: Sequence[Any]) -> list[Outgoing]:
         """One micro-batch: decode, update the windows, answer; returns what to publish
         (answers and dead letters), in order."""
-        self._out = out = []
+        out: list[Outgoing] = []
+        self._out = out
         decoded: list[_Decoded] = []
         owner = self._view.owner = {}
         progress = self._progress
@@ -617,6 +539,7 @@ class Service:
         topic = self.topics[kafka.RECOMMENDATIONS]
         m = self.metrics
         answers = m.answers.labels("request"), m.answers.labels("watch")
+        self._answered += len(recs)
         for rec in recs:
             out.append((topic, ev.user_key(rec.user), ev.encode(rec), None))
             answers[rec.trigger == "watch"].inc()
@@ -703,10 +626,8 @@ class Service:
         """One key=value status line every 10 s (what a stuck worker would be stuck on)."""
         if not self._serving:
             return
-        m = self.metrics
-        answers = sum(m.answers.labels(t)._value.get() for t in ("request", "watch"))
         logger.info("progress answers=%d queued=%d in_flight=%d watermark=%d "
-                    "partition_steps=%s model_version=%s", answers, len(self._batcher),
+                    "partition_steps=%s model_version=%s", self._answered, len(self._batcher),
                     self._in_flight, self.live.watermark if self.live else -1,
                     dict(sorted(self._progress.items())), self.scorer.version)
 

@@ -20,11 +20,13 @@ import typer
 
 from liverank.model.cli import bench_scorer_command
 from liverank.replay.bench import bench_replay
+from liverank.services.bench_service import bench_service_command
 
 app = typer.Typer(help="Benchmarks: each figure is printed next to its in-run reference.",
                   no_args_is_help=True)
 app.command("scorer")(bench_scorer_command)
 app.command("replay")(bench_replay)
+app.command("service")(bench_service_command)
 
 Row = tuple[str, str, float, str, float]  # component, figure, value, reference, ref value
 

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 SERVING_SETTINGS = ("kafka_bootstrap", "topic_prefix", "partitions", "broker_kind", "store",
                     "model_dir", "model_poll_s", "top_k", "window_slack", "batch_size",
                     "batch_wait_ms", "watermark_wait_ms", "stopped_horizon", "future_horizon",
-                    "recommend_on_watch", "web_port", "scorer_threads", "worker_id")
+                    "recommend_on_watch", "web_port", "scorer_threads", "worker_id",
+                    "fetch_wait_ms", "kafka_timeout_s")
 
 
 def settings_epilog() -> str:
@@ -44,8 +45,8 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     from liverank.services import kafka
     from liverank.services.app import Service, load_scorer
 
+    scorer = load_scorer(settings.model_dir, settings.scorer_threads)  # a bad model fails first
     kafka.ensure_topics(settings)
-    scorer = load_scorer(settings.model_dir, settings.scorer_threads)
     service = Service(settings, scorer, model_dir=settings.model_dir)
     logger.info("worker app_id=%s model_version=%s bootstrap=%s web_port=%d store=%s",
                 service.app.conf.id, scorer.version, settings.kafka_bootstrap,

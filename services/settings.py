@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=0, description="Port of /health and /metrics.")
     scorer_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
     worker_id: str = Field("liverank-service", description="Faust app id / consumer group.")
+    fetch_wait_ms: float = Field(
+        20.0, ge=0, description="Longest a consumer fetch waits at the broker for new data "
+        "(tansu answers a fetch only when it expires; Faust's own default is 1500 ms)."
+    )
     model_poll_s: float = Field(
         2.0, ge=0, description="How often the worker checks the model directory for a new "
         "version (rename or symlink flip); 0 turns the check off."

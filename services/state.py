@@ -71,6 +71,11 @@ class LiveStreams:
         self._free: list[int] = []
         self._names: list[str] = []
         self._name_id: dict[str, int] = {}
+        self._stream = np.zeros(0, dtype=np.int64)  # stream id per slot
+        self._streamer = np.zeros(0, dtype=np.int32)  # index into _names
+        self._start = np.zeros(0, dtype=np.int64)  # NO_STEP: start not seen
+        self._stop = np.zeros(0, dtype=np.int64)  # NO_STEP: still live
+        self._used = np.zeros(0, dtype=np.bool_)
         self._alloc(1024)
         self._cache: dict[int, Candidates] = {}
         self._pruned_below = -1  # intervals that stopped before this step may be gone
@@ -78,14 +83,14 @@ class LiveStreams:
 
     # --- intervals -------------------------------------------------------------------
     def _alloc(self, capacity: int) -> None:
-        """Create (or grow to ``capacity``) the slot arrays; new slots go on the free list."""
-        old = self._stream.shape[0] if hasattr(self, "_stream") else 0
+        """Grow the slot arrays to ``capacity``; the new slots go on the free list."""
+        old = self._stream.shape[0]
         extra = capacity - old
-        self._stream = _grow(getattr(self, "_stream", None), extra, 0, np.int64)
-        self._streamer = _grow(getattr(self, "_streamer", None), extra, 0, np.int32)
-        self._start = _grow(getattr(self, "_start", None), extra, NO_STEP, np.int64)
-        self._stop = _grow(getattr(self, "_stop", None), extra, NO_STEP, np.int64)
-        self._used = _grow(getattr(self, "_used", None), extra, False, np.bool_)
+        self._stream = _grow(self._stream, extra, 0)
+        self._streamer = _grow(self._streamer, extra, 0)
+        self._start = _grow(self._start, extra, NO_STEP)
+        self._stop = _grow(self._stop, extra, NO_STEP)
+        self._used = _grow(self._used, extra, False)
         self._free.extend(range(capacity - 1, old - 1, -1))
 
     def _slot(self, stream: int, streamer: str) -> int:
@@ -213,9 +218,8 @@ class LiveStreams:
         return len(self._slot_of)
 
 
-def _grow(arr: np.ndarray | None, extra: int, fill: object, dtype: object) -> np.ndarray:
-    tail = np.full(extra, fill, dtype=dtype)  # type: ignore[call-overload]
-    return tail if arr is None else np.concatenate([arr, tail])
+def _grow(arr: np.ndarray, extra: int, fill: object) -> np.ndarray:
+    return np.concatenate([arr, np.full(extra, fill, dtype=arr.dtype)])
 
 
 class EventClock:

@@ -21,13 +21,9 @@ from liverank.model.data.twitch import Interactions
 from liverank.model.scorer import FakeScorer
 from liverank.replay import timeline as tl
 from liverank.services import events as ev
-from liverank.services.app import (
-    SEAL_KEY,
-    MemoryPublisher,
-    Service,
-    load_scorer,
-    write_fake_model,
-)
+from liverank.services.app import SEAL_KEY, Service
+from liverank.services.clients import MemoryPublisher
+from liverank.services.scoring import CachedFakeScorer, load_scorer, write_fake_model
 from liverank.services.settings import Settings
 from liverank.services.state import LiveStreams, UserWindows, answer_batch, plan_batch
 
@@ -292,6 +288,7 @@ def test_load_scorer_names_a_bad_model_directory(tmp_path: Path) -> None:
 def test_the_serving_path_never_imports_torch() -> None:
     code = ("import sys\n"
             "import liverank.services.app, liverank.services.serve, liverank.services.cli\n"
+            "import liverank.services.clients, liverank.services.scoring\n"
             "from liverank.services.app import Service, load_scorer\n"
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
             "assert not bad, bad\n"
@@ -300,3 +297,18 @@ def test_the_serving_path_never_imports_torch() -> None:
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_cached_fake_scorer_ranks_exactly_like_the_fake_scorer() -> None:
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    live = LiveStreams(partitions=1, stopped_horizon=10_000)
+    for e in stream:
+        live.apply(e, 0)  # type: ignore[arg-type]
+    jobs = plan_batch([(ev.user_key(e.user), e, None) for e in users],
+                      UserWindows({}, length=5, slack=8), recommend_on_watch=True)
+    from liverank.services.state import rank_inputs
+
+    requests, _ = rank_inputs(jobs, live)
+    cached = CachedFakeScorer(window_len=5)
+    assert cached.rank(requests, 10) == FakeScorer(window_len=5).rank(requests, 10)
+    assert len(cached._sets) <= 64

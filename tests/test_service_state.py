@@ -383,3 +383,30 @@ def test_online_requests_and_rankings_equal_the_offline_evaluation_list_for_list
         assert list(mine.window) == list(req.window) and mine.step == req.step
         assert sorted(mine.candidates) == sorted(req.candidates)
         assert my_ranked == ranked
+
+
+async def test_micro_batcher_bounds_size_and_wait() -> None:
+    import asyncio
+    import time
+
+    b: st.MicroBatcher[int] = st.MicroBatcher(max_size=3, max_wait_s=0.05, max_pending=5)
+    for i in range(4):
+        b.put(i)
+    assert await b.get() == [0, 1, 2]  # full: no wait
+    t0 = time.monotonic()
+    assert await b.get() == [3]  # the rest after at most max_wait_s
+    assert 0.03 < time.monotonic() - t0 < 0.5
+    for i in range(5):
+        b.put(i)
+    assert b.full
+    waiter = asyncio.ensure_future(b.room())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()  # the producer side waits while max_pending are queued
+    assert await b.get() == [0, 1, 2]
+    await asyncio.wait_for(waiter, 1)
+    getter = asyncio.ensure_future(b.get())
+    await asyncio.sleep(0.01)
+    b.put(9)
+    assert await asyncio.wait_for(getter, 1) == [3, 4, 9]
+    with pytest.raises(ValueError, match="max_size"):
+        st.MicroBatcher(0, 0.1)

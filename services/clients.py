@@ -1,0 +1,228 @@
+"""The worker's librdkafka clients: the answer publisher and the stream-events feed.
+
+Both are plain confluent-kafka with a thread each (librdkafka releases the GIL while it
+waits), handing results to the asyncio loop; no faust import. `MemoryPublisher` is the
+in-memory fake the Faust test context uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TopicPartition as KafkaPartition
+
+from liverank.services import kafka
+from liverank.services.metrics import Metrics
+from liverank.services.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+# --- publishing ----------------------------------------------------------------------------------
+# (topic, key, value, partition); partition None: placed by the key (murmur2, as Faust)
+Outgoing = tuple[str, bytes | None, bytes, int | None]
+Offsets = dict[tuple[str, int], int]  # (topic, partition) -> highest offset acknowledged
+
+
+class Publisher(Protocol):
+    def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
+        """Send ``messages``; the future is done when the broker acknowledged all of them
+        (or fails with `PublishError`)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PublishError(RuntimeError):
+    """The broker did not acknowledge a message: the batch is not acked, so it is redone."""
+
+
+class _Pending:
+    """Delivery bookkeeping of one `publish` call (the poll thread counts down)."""
+
+    __slots__ = ("error", "fut", "left", "loop", "offsets")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Offsets],
+                 left: int):
+        self.loop, self.fut, self.left = loop, fut, left
+        self.error: KafkaError | None = None
+        self.offsets: Offsets = {}
+
+
+class KafkaPublisher:
+    """A librdkafka producer (idempotent, murmur2 keys, small linger) with a poll thread that
+    runs the delivery callbacks; each `publish` gets a future for its own messages."""
+
+    def __init__(self, config: dict[str, Any], metrics: Metrics | None = None):
+        # Answers are latency-bound: send within a millisecond rather than the 5 ms default.
+        self._producer = Producer({**config, "linger.ms": 1})
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="liverank-publisher",
+                                        daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def _delivered(self, pending: _Pending, err: KafkaError | None, msg: Message) -> None:
+        with self._lock:  # poll thread
+            if err is not None:
+                pending.error = err
+                if self._metrics is not None:
+                    self._metrics.publish_failures.inc()
+            else:  # a delivered message always has its topic, partition and offset
+                tp = (str(msg.topic()), int(msg.partition() or 0))
+                offset = int(msg.offset() or 0)
+                if offset > pending.offsets.get(tp, -1):
+                    pending.offsets[tp] = offset
+            pending.left -= 1
+            done = pending.left == 0
+        if done:
+            pending.loop.call_soon_threadsafe(_settle, pending)
+
+    def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Offsets] = loop.create_future()
+        if not messages:
+            fut.set_result({})
+            return fut
+        pending = _Pending(loop, fut, len(messages))
+        on_delivery = functools.partial(self._delivered, pending)
+        produce = self._producer.produce
+        for topic, key, value, partition in messages:
+            while True:
+                try:
+                    if partition is None:
+                        produce(topic, value, key, on_delivery=on_delivery)
+                    else:
+                        produce(topic, value, key, partition, on_delivery=on_delivery)
+                    break
+                except BufferError:  # local queue full: let the poll thread deliver some
+                    time.sleep(0.005)
+        return fut
+
+    def close(self) -> None:
+        self._producer.flush(10)
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def _settle(pending: _Pending) -> None:
+    if pending.fut.done():
+        return
+    if pending.error is not None:
+        pending.fut.set_exception(PublishError(
+            f"the broker did not acknowledge a message: {pending.error}"))
+    else:
+        pending.fut.set_result(pending.offsets)
+
+
+class MemoryPublisher:
+    """Keeps what would be published, per topic (tests, the Faust test context)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, list[tuple[bytes | None, bytes]]] = {}
+        self.partitions: dict[str, list[int | None]] = {}
+
+    def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
+        for topic, key, value, partition in messages:
+            self.sent.setdefault(topic, []).append((key, value))
+            self.partitions.setdefault(topic, []).append(partition)
+        fut: asyncio.Future[Offsets] = asyncio.get_running_loop().create_future()
+        fut.set_result({})
+        return fut
+
+    def close(self) -> None:
+        return None
+
+
+# --- the stream feed -----------------------------------------------------------------------------
+class StreamFeed:
+    """Reads every partition of ``stream-events`` from the beginning, in a thread, without a
+    consumer group, and hands batches to the event loop (at most a few queued: backpressure).
+
+    ``caught_up`` is set once every partition reported end-of-partition from a fetch (the
+    signal that is right on tansu, whose high watermarks are not)."""
+
+    def __init__(self, settings: Settings, topic: str, partitions: int,
+                 deliver: Callable[[list[tuple[int, int, bytes]]], None],
+                 loop: asyncio.AbstractEventLoop, batch: int = 5000):
+        self.topic, self.partitions = topic, partitions
+        # No group: assign() only. A short fetch wait: tansu holds every fetch that long.
+        self._config = {**kafka.consumer_config(settings),
+                        "fetch.wait.max.ms": int(settings.fetch_wait_ms)}
+        self._deliver = deliver
+        self._loop = loop
+        self._batch = batch
+        self._slots = threading.Semaphore(4)
+        self._stop = threading.Event()
+        self.caught_up = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="liverank-stream-feed",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        consumer = Consumer(self._config)
+        consumer.assign([KafkaPartition(self.topic, p, 0) for p in range(self.partitions)])
+        eof: set[int] = set()
+        logger.info("stream feed started topic=%s partitions=%d", self.topic, self.partitions)
+        try:
+            while not self._stop.is_set():
+                msgs = consume_now(consumer, self._batch, 0.1)
+                good: list[tuple[int, int, bytes]] = []
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        good.append((int(m.partition() or 0), int(m.offset() or 0),
+                                     m.value() or b""))
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        eof.add(int(m.partition() or 0))
+                    else:
+                        logger.error("stream feed error topic=%s error=%s", self.topic, err)
+                caught = len(eof) == self.partitions and not self.caught_up.is_set()
+                if good or caught:
+                    while not self._slots.acquire(timeout=0.5):
+                        if self._stop.is_set():
+                            return
+                    self._loop.call_soon_threadsafe(self._hand_over, good, caught)
+        except KafkaException as exc:
+            logger.error("stream feed stopped topic=%s error=%s", self.topic, exc)
+        finally:
+            consumer.close()
+
+    def _hand_over(self, records: list[tuple[int, int, bytes]], caught: bool) -> None:
+        try:  # on the event loop
+            self._deliver(records)
+            if caught and not self.caught_up.is_set():
+                logger.info("stream feed caught up topic=%s", self.topic)
+                self.caught_up.set()
+        finally:
+            self._slots.release()
+
+
+def consume_now(consumer: Consumer, most: int, wait_s: float) -> list[Message]:
+    """What is there (up to ``most``), else the first message within ``wait_s`` and what
+    came with it. (``consume(n, t)`` itself waits the whole ``t`` unless n messages arrive:
+    measured 1 s for one message with t=1.)"""
+    msgs = consumer.consume(num_messages=most, timeout=0)
+    if not msgs:
+        msgs = consumer.consume(num_messages=1, timeout=wait_s)
+        if msgs:
+            msgs += consumer.consume(num_messages=most - 1, timeout=0)
+    return msgs
