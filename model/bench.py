@@ -26,9 +26,10 @@ BATCHES = (1, 32, 256)
 CANDIDATES = (500, 3000)
 
 
-def _random_checkpoint(directory: Path, items: int) -> Path:
-    """A freshly initialised liverank model (2 blocks, d 64, L 16) saved as a checkpoint."""
-    import numpy as np
+def _random_checkpoint(directory: Path, items: int, names: tuple[str, ...] | None = None,
+                       counts: np.ndarray | None = None) -> Path:
+    """A freshly initialised liverank model (2 blocks, d 64, L 16) saved as a checkpoint;
+    ``names``/``counts`` give it a real item index (default: ``items`` made-up streamers)."""
     import torch
 
     from .features import ItemIndex, TimeEncoding
@@ -36,15 +37,31 @@ def _random_checkpoint(directory: Path, items: int) -> Path:
     from .train import CHECKPOINT_FORMAT, save_checkpoint
 
     torch.manual_seed(0)
-    cfg = ModelConfig(n_items=items)
-    index = ItemIndex(tuple(f"s{i}" for i in range(items)),
-                      np.arange(items, 0, -1, dtype=np.int64))
+    if names is None:
+        names = tuple(f"s{i}" for i in range(items))
+        counts = np.arange(items, 0, -1, dtype=np.int64)
+    assert counts is not None
+    cfg = ModelConfig(n_items=len(names))
+    index = ItemIndex(names, np.asarray(counts, dtype=np.int64))
     meta = {"format": CHECKPOINT_FORMAT, "version": "bench-random", "model": cfg.to_json(),
             "train": {}, "time_encoding": TimeEncoding().to_json(),
             "items": list(index.names), "popularity": index.counts.tolist(), "data": {},
             "history": []}
     save_checkpoint(directory, SeqRec(cfg), meta)
     return directory
+
+
+def export_random_model(names: tuple[str, ...], counts: np.ndarray, out: Path) -> Path:
+    """A randomly initialised liverank model over ``names``, exported to ONNX at ``out``.
+
+    For serving benchmarks: scoring cost depends on the model's shapes, not its training.
+    Needs torch (the ``train`` extra); the service itself never does.
+    """
+    from .export import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export(_random_checkpoint(Path(tmp) / "ckpt", len(names), names, counts), out)
+    return out
 
 
 def _requests(names: list[str], batch: int, candidates: int, window_len: int,

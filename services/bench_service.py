@@ -138,31 +138,20 @@ def _bench_model(ds: Any, work: Path) -> Path:
         return configured
     path = work / "random-model"
     if not (path / "model.json").exists():
-        _random_model(ds, work / "random-ckpt", path)
+        _random_model(ds, path)
     return path
 
 
-def _random_model(ds: Any, ckpt: Path, out: Path) -> None:
-    """A randomly initialised liverank model over the data's streamers, exported to ONNX:
-    serving cost depends on the shapes, not on the training (the bench needs no torch
-    otherwise; this runs only when no model was given)."""
+def _random_model(ds: Any, out: Path) -> None:
+    """A randomly initialised liverank model over the data's streamers (see
+    `export_random_model`); runs only when no model was given."""
     import numpy as np
-    import torch
 
-    from liverank.model.export import export
-    from liverank.model.features import TimeEncoding
-    from liverank.model.sasrec import ModelConfig, SeqRec
-    from liverank.model.train import CHECKPOINT_FORMAT, save_checkpoint
+    from liverank.model.bench import export_random_model
 
-    torch.manual_seed(0)
     names = tuple(str(n) for n in ds.streamer_names[1:])
     counts = np.bincount(ds.streamer, minlength=len(names) + 1)[1:].astype(np.int64)
-    cfg = ModelConfig(n_items=len(names))
-    meta = {"format": CHECKPOINT_FORMAT, "version": "bench-random", "model": cfg.to_json(),
-            "train": {}, "time_encoding": TimeEncoding().to_json(), "items": list(names),
-            "popularity": counts.tolist(), "data": {}, "history": []}
-    save_checkpoint(ckpt, SeqRec(cfg), meta)
-    export(ckpt, out)
+    export_random_model(names, counts, out)
 
 
 def _fake_like(model: Path, work: Path) -> Path:

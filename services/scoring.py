@@ -10,15 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zlib
-from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from liverank.model.features import CandidateSet
-from liverank.model.scorer import FakeScorer, OnnxScorer, RankRequest, Scored, Scorer
+from liverank.model.scorer import FakeScorer, OnnxScorer, Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +30,7 @@ def load_scorer(model_dir: str | Path, threads: int = 1) -> Scorer:
     if isinstance(meta, dict) and meta.get("format") == FAKE_MODEL_FORMAT:
         logger.warning("serving the FAKE scorer dir=%s version=%s (test model)", model_dir,
                        meta.get("version"))
-        return CachedFakeScorer(window_len=int(meta.get("window_len", 16)),
+        return FakeScorer(window_len=int(meta.get("window_len", 16)),
                                 version=str(meta.get("version", "fake-1")))
     return OnnxScorer(model_dir, threads=threads)
 
@@ -59,37 +53,3 @@ def model_stamp(model_dir: str | Path) -> tuple[str, int, int, int] | None:
         return real, os.stat(real).st_ino, meta.st_mtime_ns, meta.st_size
     except OSError:
         return None
-
-
-class CachedFakeScorer(FakeScorer):
-    """`FakeScorer`'s scores, with its per-candidate-list work (sorting the names, one CRC32
-    per name) done once per live set instead of once per request: requests at one step
-    share the live set, and with ~1,000 candidates that work made the fake scorer slower
-    than the ONNX model (measured 1.2k vs 2.4k answers/s), useless as the benchmark's
-    "no model cost" reference."""
-
-    _sets: OrderedDict[tuple[str, ...], tuple[CandidateSet, np.ndarray]]
-
-    def score_all(self, requests: Sequence[RankRequest]) -> list[Scored]:
-        if not hasattr(self, "_sets"):
-            self._sets = OrderedDict()
-        out = []
-        for req in requests:
-            key = tuple(req.candidates)
-            hit = self._sets.get(key)
-            if hit is None:
-                cset = self.candidates(key)
-                base = np.asarray([zlib.crc32(n.encode()) / 2**33 for n in cset.names],
-                                  dtype=np.float32)
-                hit = self._sets[key] = (cset, base)
-                if len(self._sets) > 64:
-                    self._sets.popitem(last=False)
-            cset, base = hit
-            window = list(req.window[-self.window_len:]) if self.window_len else []
-            counts = np.zeros(len(cset.names), dtype=np.float32)
-            for name, _ in window:
-                col = cset.cols.get(name)
-                if col is not None:
-                    counts[col] += 1.0
-            out.append(Scored(cset.names, base + counts, not window))
-        return out
