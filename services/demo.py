@@ -256,6 +256,10 @@ def _write_markdown(report: dict[str, Any], out: Path, data: Path) -> None:
         f"Data: `{data}`. Online figures from the replay through the running service; "
         "POP ranks the same requests by watches seen so far among the live streamers.", "",
         "```", format_summary(report), "```", "",
+        "The replay runs at `--speed max`: it produces every event in seconds and the service "
+        "drains the backlog, so the latency figures measure that backlog, not the service "
+        "(`liverank bench service` measures latency at a paced rate). MRR here is cut at k.",
+        "",
         "## Stage timings (s)", "",
         "| stage | seconds |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in report["stages_s"].items()],
