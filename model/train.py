@@ -205,7 +205,6 @@ class Batcher:
     cfg: TrainConfig
     enc: TimeEncoding
     sampler: LiveSampler | None
-    item_keys: np.ndarray  # model item -> dataset key (uniform negatives)
 
     def __call__(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         s = self.seqs
@@ -219,9 +218,12 @@ class Batcher:
         if self.cfg.negatives == "live" and self.sampler is not None:
             neg, ok = self.sampler.sample(flat_steps, flat_pos, n, rng)
         else:
-            items = rng.integers(1, self.index.n_items + 1, size=(flat_pos.shape[0], n))
-            neg = self.item_keys[items]
-            ok = neg != flat_pos[:, None]
+            # Uniform over the dataset's streamers, not over model items: the OOV item
+            # stands for every rare streamer and must be drawn as often as they are, else
+            # it is a frequent positive that is never a negative and its score grows until
+            # all unknown candidates (tied) fill the top of every ranking.
+            neg = rng.integers(1, self.item_of.shape[0], size=(flat_pos.shape[0], n))
+            ok = self.item_of[neg] != self.item_of[flat_pos][:, None]
         cand_keys = np.concatenate([tkeys[..., None], neg.reshape(b, length, n)], axis=-1)
         if self.model.repeat:
             rep = repeat_features_positions(keys, steps, valid, tsteps, cand_keys, self.enc)
@@ -344,10 +346,7 @@ def train(ds: Interactions, out: str | Path, model_cfg: ModelConfig, cfg: TrainC
         raise ValueError(f"{ds.source}: no user has two training rows")
     live = availability(ds, cfg.availability)  # type: ignore[arg-type]
     sampler = LiveSampler(live, ds.n_streamers) if cfg.negatives == "live" else None
-    item_keys = np.zeros(index.vocab_size, dtype=np.int64)
-    item_keys[item_of[1:]] = np.arange(1, ds.n_streamers + 1)
-    item_keys[index.oov] = 0
-    batcher = Batcher(seqs, item_of, index, model_cfg, cfg, enc, sampler, item_keys)
+    batcher = Batcher(seqs, item_of, index, model_cfg, cfg, enc, sampler)
     val = _validation_targets(ds, split, model_cfg.window_len, cfg)
     model = SeqRec(model_cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from liverank.model.data.synth import generate
 from liverank.model.data.twitch import write_twitch
 from liverank.model.export import export
+from liverank.model.features import TimeEncoding
 from liverank.model.scorer import OnnxScorer, RankRequest
-from liverank.model.train import configs, train
+from liverank.model.train import Batcher, build_index, configs, make_sequences, train
 from liverank.services.cli import app
 
 OFFSETS = {"val_offset": 120, "test_offset": 60}
@@ -78,3 +79,22 @@ def test_cli_train_export_evaluate(tiny: object, tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"),
                             "--preset", "tiny", "--negatives", "sometimes", *offsets])
     assert r.exit_code == 2 and "negatives" in r.output
+
+
+def test_uniform_negatives_draw_the_oov_item_but_never_the_positives_item(tiny: object) -> None:
+    # Regression: uniform negatives were drawn over known items only, so the OOV item (all
+    # rare streamers together, a frequent target) was never a negative; its score grew until
+    # the tied unknown candidates filled every top 10 (GRU/MF stuck at NDCG@10 ~0.025).
+    ds = tiny
+    model_cfg, cfg = configs("gru", "tiny", threads=1, min_count=5, **OFFSETS)
+    mask = ds.start < ds.max_step - OFFSETS["val_offset"]
+    index, item_of = build_index(ds, mask, cfg.min_count)
+    seqs = make_sequences(ds, mask, model_cfg.window_len)
+    batcher = Batcher(seqs, item_of, index, model_cfg, cfg, TimeEncoding(), None)
+    batch = batcher(np.arange(len(seqs)), np.random.default_rng(0))
+    cand, ok = batch["cand_items"].numpy(), batch["neg_ok"].numpy()
+    neg, pos = cand[..., 1:], cand[..., :1]
+    oov_share = (item_of[1:] == index.oov).mean()
+    assert 0.05 < oov_share < 0.95, "tiny data should have rare (OOV) streamers"
+    assert abs((neg == index.oov).mean() - oov_share) < 0.05
+    assert not (ok & (neg == pos))[batch["valid"].numpy()].any()
