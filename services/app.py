@@ -70,6 +70,7 @@ from liverank.services.state import (
     dead_letter_kind,
     plan_batch,
     rank_inputs,
+    wait_signal,
 )
 
 logger = logging.getLogger(__name__)
@@ -414,10 +415,7 @@ class Service:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self._wm_moved.clear()
-            try:
-                await asyncio.wait_for(self._wm_moved.wait(), left)
-            except TimeoutError:
+            if not await wait_signal(self._wm_moved, left):
                 return
 
     # --- user events -----------------------------------------------------------------------

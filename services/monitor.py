@@ -41,21 +41,29 @@ STEPS_PER_DAY = 144
 class _Live:
     """Streams on air at the current point of a timeline walked in (step, seq) order: a
     step's stream events come before its user events, so at a request this is the live set
-    of the request's step."""
+    of the request's step. Live streamers are kept as counts of their live streams, so a
+    request reads them without rebuilding a set from every stream."""
 
     now: dict[int, str] = field(default_factory=dict)  # stream -> streamer
+    streams_of: dict[str, int] = field(default_factory=dict)  # streamer -> live streams
 
     def add(self, e: ev.StreamStart | ev.StreamStop) -> None:
         if isinstance(e, ev.StreamStart):
+            if e.stream not in self.now:
+                self.streams_of[e.streamer] = self.streams_of.get(e.streamer, 0) + 1
             self.now[e.stream] = e.streamer
-        else:
-            self.now.pop(e.stream, None)
+        elif (name := self.now.pop(e.stream, None)) is not None:
+            left = self.streams_of[name] - 1
+            if left:
+                self.streams_of[name] = left
+            else:
+                del self.streams_of[name]
 
     def is_live(self, stream: int) -> bool:
         return stream in self.now
 
-    def streamers(self) -> set[str]:
-        return set(self.now.values())
+    def streamers(self) -> Iterable[str]:
+        return self.streams_of.keys()
 
 
 def _target_rank(items: list[ev.RecItem], streamer: str) -> int | None:
@@ -65,9 +73,9 @@ def _target_rank(items: list[ev.RecItem], streamer: str) -> int | None:
     return None
 
 
-def _pop_rank(counts: dict[str, int], live: set[str], target: str) -> int | None:
+def _pop_rank(counts: dict[str, int], live: Iterable[str], target: str) -> int | None:
     """Rank of ``target`` among ``live`` by watches so far (ties: name), 1-based."""
-    if target not in live:
+    if target not in live:  # a set or a dict keys view: O(1)
         return None
     mine = counts.get(target, 0)
     better = sum(1 for s in live
@@ -133,7 +141,7 @@ class OnlineEvaluator:
                         total_items += 1
                         live_items += live.is_live(item.stream)
                         recommended.add(item.streamer)
-                    live_catalogue |= live.streamers()
+                    live_catalogue.update(live.streamers())
                 continue
             req = pending.pop(e.user, None)
             if req is not None and req.step == e.step:

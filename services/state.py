@@ -459,6 +459,18 @@ def _recommendation(job: Job, ranked: Ranked, cands: Candidates, version: str,
         items=items, late=late)
 
 
+async def wait_signal(signal: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for the next ``set()`` of ``signal`` (cleared first), at most ``timeout_s``;
+    False on timeout. The one "sleep until something changes or the deadline" used by the
+    micro-batcher and the watermark wait."""
+    signal.clear()
+    try:
+        await asyncio.wait_for(signal.wait(), timeout_s)
+    except TimeoutError:
+        return False
+    return True
+
+
 def dead_letter_kind(reason: str) -> str:
     """A low-cardinality label for a dead letter's reason (for the metrics)."""
     if reason.startswith("not a JSON record"):
@@ -521,10 +533,7 @@ class MicroBatcher(Generic[T]):
             left = self._first_at + self.max_wait_s - time.monotonic()
             if left <= 0:
                 break
-            self._added.clear()
-            try:
-                await asyncio.wait_for(self._added.wait(), left)
-            except TimeoutError:
+            if not await wait_signal(self._added, left):
                 break
         batch = self._items[: self.max_size]
         del self._items[: self.max_size]

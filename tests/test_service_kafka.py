@@ -258,6 +258,22 @@ def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
     assert "faust_" in text  # Faust's own sensors in the same registry
 
 
+def replay_until_a_third_answered(models: Models, settings: Settings, worker: Worker
+                                  ) -> tuple[threading.Thread, set[str]]:
+    """Start a paced replay (the whole log in about 16 s, so what a test does next lands
+    mid-replay: at 8 s a worker was once seen to answer everything before the kill) and
+    return once a third of the requests were answered."""
+    speed = (models.data.max_step + 1) * 600 / 16
+    feeder = threading.Thread(target=replay, args=(models, settings, speed))
+    feeder.start()
+    want = request_ids(models)
+    deadline = time.monotonic() + 60
+    while len(read_answers(settings)) < len(want) // 3:
+        assert time.monotonic() < deadline, worker.tail()
+        time.sleep(0.3)
+    return feeder, want
+
+
 def test_sigkill_mid_replay_then_restart_answers_like_an_uninterrupted_run(
         models: Models, kafka_settings: Settings, kafka_broker_kind: str, tmp_path: Path,
         workers: list[Worker]) -> None:
@@ -269,15 +285,7 @@ def test_sigkill_mid_replay_then_restart_answers_like_an_uninterrupted_run(
                    window_slack=slack).start()
     workers.append(first)
     first.wait_ready()
-    # Paced: the whole log in about 8 s, so the kill lands mid-replay.
-    speed = (models.data.max_step + 1) * 600 / 8
-    feeder = threading.Thread(target=replay, args=(models, kafka_settings, speed))
-    feeder.start()
-    want = request_ids(models)
-    deadline = time.monotonic() + 60
-    while len(read_answers(kafka_settings)) < len(want) // 3:
-        assert time.monotonic() < deadline, first.tail()
-        time.sleep(0.3)
+    feeder, want = replay_until_a_third_answered(models, kafka_settings, first)
     first.kill()
     before = len(read_answers(kafka_settings))
     second = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
@@ -307,14 +315,7 @@ def test_model_swap_mid_replay_loses_nothing_and_answers_name_their_model(
     worker = Worker(kafka_settings, kafka_broker_kind, current, tmp_path, poll_s=0.2).start()
     workers.append(worker)
     worker.wait_ready()
-    speed = (models.data.max_step + 1) * 600 / 8
-    feeder = threading.Thread(target=replay, args=(models, kafka_settings, speed))
-    feeder.start()
-    want = request_ids(models)
-    deadline = time.monotonic() + 60
-    while len(read_answers(kafka_settings)) < len(want) // 3:
-        assert time.monotonic() < deadline, worker.tail()
-        time.sleep(0.3)
+    feeder, want = replay_until_a_third_answered(models, kafka_settings, worker)
     flip = tmp_path / "flip"
     flip.symlink_to(models.v2)
     os.replace(flip, current)  # atomic switch to the new version

@@ -284,12 +284,18 @@ def test_replaying_a_batch_again_changes_no_window_and_gives_the_same_jobs() -> 
     assert [j.window for j in again] == [j.window for j in first]
 
 
-def test_watch_trigger_includes_the_watch_and_excludes_its_streamer() -> None:
+def tiny_live() -> tuple[Interactions, tl.Timeline, st.LiveStreams]:
+    """Tiny data, its timeline and a live index fed with every stream event."""
     data = tiny()
     t = tl.build_timeline(data)
     live = st.LiveStreams(partitions=1, stopped_horizon=10_000)
     for e in stream_events(t):
         live.apply(e, 0)
+    return data, t, live
+
+
+def test_watch_trigger_includes_the_watch_and_excludes_its_streamer() -> None:
+    data, t, live = tiny_live()
     windows = st.UserWindows({}, length=5, slack=3)
     jobs = st.plan_batch(user_items(t), windows, recommend_on_watch=True)
     watch_jobs = [j for j in jobs if j.trigger == "watch"]
@@ -304,11 +310,7 @@ def test_watch_trigger_includes_the_watch_and_excludes_its_streamer() -> None:
 
 
 def test_answers_hold_min_k_live_items_sorted_by_score_with_their_streams() -> None:
-    data = tiny()
-    t = tl.build_timeline(data)
-    live = st.LiveStreams(partitions=1, stopped_horizon=10_000)
-    for e in stream_events(t):
-        live.apply(e, 0)
+    data, t, live = tiny_live()
     jobs = st.plan_batch(user_items(t), st.UserWindows({}, length=5, slack=3))
     recs = st.answer_batch(jobs, live, CountScorer(), k=10, now_ms=lambda: 12345,
                            late=lambda j: j.event.step == 3)
