@@ -48,6 +48,7 @@ from .features import (
     repeat_features_last,
     time_features,
     top_k,
+    top_k_rows,
     window_arrays,
 )
 
@@ -100,6 +101,27 @@ class Scored:
         return rank_of(self.scores, col)
 
 
+def rank_scored(scored: Sequence[Scored], k: int) -> list[Ranked]:
+    """``[s.top(k) for s in scored]``, with one row-wise top-k per candidate list: requests
+    of one step share their candidate tuple, so their scores stack into one matrix."""
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(scored):
+        groups.setdefault(id(s.streamers), []).append(i)
+    out: list[Ranked | None] = [None] * len(scored)
+    for rows in groups.values():
+        names = scored[rows[0]].streamers
+        if len(rows) == 1 or not names:
+            for i in rows:
+                out[i] = scored[i].top(k)
+            continue
+        matrix = np.stack([scored[i].scores for i in rows])
+        cols = top_k_rows(matrix, k)
+        values = np.take_along_axis(matrix, cols, axis=1).tolist()
+        for i, row_cols, row_values in zip(rows, cols.tolist(), values, strict=True):
+            out[i] = Ranked([names[c] for c in row_cols], row_values, scored[i].fallback)
+    return out  # type: ignore[return-value]
+
+
 class ModelDirError(ValueError):
     """An exported model directory that cannot be served: names the file and the problem."""
 
@@ -129,7 +151,7 @@ class BaseScorer:
         return found
 
     def rank(self, requests: Sequence[RankRequest], k: int) -> list[Ranked]:
-        return [s.top(k) for s in self.score_all(requests)]
+        return rank_scored(self.score_all(requests), k)
 
     def score_all(self, requests: Sequence[RankRequest]) -> list[Scored]:
         # Requests of one step usually share one candidate object: look it up once per call.

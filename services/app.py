@@ -201,56 +201,78 @@ class _Gap:
 
 
 class GapGuard:
-    """Faust (0.15) sometimes fetches past records right after a (re)assignment and then
-    marks the skipped offsets as acked (``Consumer._add_gap``, meant for compacted topics),
-    so they are committed unprocessed: requests lost for good (faust-streaming #216, #606;
-    seen here on restarts). For user-events, where a gap is never legitimate, this guard
-    records the gap instead of acking it; the agent reads the records back with librdkafka
-    and processes them before the event after the gap; the gap is acked once their answers
-    are delivered."""
+    """Every user-events record reaches the agent, in offset order, exactly once per
+    assignment, whatever Faust's fetcher did.
+
+    Faust (0.15) drops fetched records of a partition it has paused (during recovery after
+    a (re)assignment, or while a stream's buffer is full). When it notices (the next record
+    of that partition is not the next offset) it marks the skipped offsets as acked
+    (``Consumer._add_gap``, meant for compacted topics), so they are committed unprocessed;
+    when it does not notice (no record read yet since the assignment, or a commit at offset
+    0) they are simply never delivered: requests lost for good (faust-streaming #216, #606;
+    both seen here on restarts, the first also during a model swap).
+
+    So the guard checks offsets itself: per partition it expects the committed offset
+    first (Faust has sought there before it delivers anything; no commit: the start of the
+    partition) and then each next offset. A record past the expected offset reveals a gap:
+    the agent reads the missing records back with librdkafka and processes them before it;
+    the gap is acked to Faust once their answers are delivered. Faust's own gap acking is
+    switched off for user-events, where a gap is never legitimate.
+    """
 
     def __init__(self, consumer: Any, topic: str, settings: Settings):
         self.consumer, self.topic, self.settings = consumer, topic, settings
         self._original = consumer._add_gap
         consumer._add_gap = self._add_gap  # the instance attribute wins over the method
-        self.pending: dict[TP, _Gap] = {}
+        self.expected: dict[TP, int] = {}  # next offset the agent should get, per partition
         self.refetched = 0
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        if tp.topic != self.topic:
+        if tp.topic != self.topic:  # other topics (changelogs): Faust's behaviour
             await self._original(tp, offset_from, offset_to)
-            return
-        committed = self.consumer._committed_offset.get(tp)
-        first = min(offset_from, committed) if committed is not None else offset_from
-        logger.warning("fetcher skipped offsets topic=%s partition=%d first=%d last=%d: "
-                       "reading them back", tp.topic, tp.partition, first, offset_to)
-        self.pending[tp] = _Gap(tp, first, offset_to)
 
-    def due(self, event: Any) -> _Gap | None:
-        """The gap to read back before ``event``, if any."""
+    def forget(self, tps: Iterable[TP]) -> None:
+        """After a revocation or an assignment Faust starts from the committed offset again."""
+        for tp in tps:
+            self.expected.pop(tp, None)
+
+    def check(self, event: Any) -> _Gap | None:
+        """The records missing before ``event`` (to read back and process first), if any."""
         msg = event.message
-        gap = self.pending.get(msg.tp)
-        if gap is not None and msg.offset > gap.last:
-            return self.pending.pop(msg.tp)
-        return None
+        tp, offset = msg.tp, msg.offset
+        expected = self.expected.get(tp)
+        self.expected[tp] = offset + 1
+        if expected is None:
+            # Faust keeps the committed offset (next to read) here; None: no commit, or 0.
+            expected = self.consumer._committed_offset.get(tp) or 0
+        if offset <= expected:  # in order (or a re-delivery after a seek back)
+            return None
+        logger.warning("fetcher skipped offsets topic=%s partition=%d first=%d last=%d: "
+                       "reading them back", tp.topic, tp.partition, expected, offset - 1)
+        return _Gap(tp, expected, offset - 1)
 
     def read_back(self, gap: _Gap) -> list[_Refetched]:
-        """Blocking (run it in a thread): the records of ``gap`` from the broker."""
+        """Blocking (run it in a thread): the records of ``gap`` from the broker (fewer when
+        retention already deleted the first ones)."""
         consumer = Consumer(kafka.consumer_config(self.settings))
         consumer.assign([KafkaPartition(gap.tp.topic, gap.tp.partition, gap.first)])
         out: list[_Refetched] = []
         deadline = time.monotonic() + self.settings.kafka_timeout_s * 3
         try:
-            while not out or out[-1].message.offset < gap.last:
+            done = False
+            while not done:
                 if time.monotonic() > deadline:
                     raise KafkaException(f"could not read back {gap}")
                 for m in consume_now(consumer, 1000, 0.5):
-                    if m.error() is None and m.offset() <= gap.last:
-                        rec = _Record(m.topic(), m.partition(), m.offset(), m.key(),
-                                      m.value(), list(m.headers() or []))
-                        out.append(_Refetched(rec, gap))
-                    elif m.error() is None:
+                    if m.error() is not None:
+                        continue
+                    if m.offset() > gap.last:
+                        done = True
                         break
+                    rec = _Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
+                                  list(m.headers() or []))
+                    out.append(_Refetched(rec, gap))
+                    done = m.offset() == gap.last
         finally:
             consumer.close()
         gap.left = len(out)
@@ -263,6 +285,10 @@ class GapGuard:
         gap.left -= 1
         if gap.left == 0:
             await self._original(gap.tp, gap.first, gap.last)
+
+    async def settle_empty(self, gap: _Gap) -> None:
+        """A gap with nothing left to read back (deleted by retention): ack it now."""
+        await self._original(gap.tp, gap.first, gap.last)
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -278,12 +304,13 @@ class Service:
     stream feed, the publisher, the live index and the metrics.
 
     ``publisher``/``live`` can be given (tests); without ``live`` the stream feed starts
-    with the app and reads ``stream-events`` from the broker.
+    with the app and reads ``stream-events`` from the broker. ``check_offsets=False`` turns
+    the `GapGuard` off, for Faust's test context (it numbers offsets across partitions).
     """
 
     def __init__(self, settings: Settings, scorer: Scorer, *, model_dir: str | None = None,
                  publisher: Publisher | None = None, live: LiveStreams | None = None,
-                 web: bool = True):
+                 web: bool = True, check_offsets: bool = True):
         self.settings = settings
         self.scorer = scorer
         self.model_dir = model_dir
@@ -325,6 +352,9 @@ class Service:
             raise RuntimeError(f"windows table key serializer is {serializer}, not raw")
         self._view = _TableView(self.table)
         self.gaps = GapGuard(self.app.consumer, self.topics[kafka.USER_EVENTS], settings)
+        self._check_offsets = check_offsets
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
         _set_fetch_wait(self.app.consumer, settings.fetch_wait_ms)
         self.windows = UserWindows(self._view, scorer.window_len, settings.window_slack)
         self.agent = self.app.agent(self.user_topic, name="recommend")(self._recommend)
@@ -385,6 +415,12 @@ class Service:
 
         self.app.page("/health", name="health")(health)
 
+    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        self.gaps.forget(args[0])  # the revoked partitions
+
+    async def _on_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        self.gaps.forget(args[0])  # the assigned partitions
+
     # --- stream events ---------------------------------------------------------------------
     def on_stream_records(self, records: Iterable[tuple[int, int, bytes]]) -> None:
         """Apply (partition, offset, value) records of stream-events to the live index."""
@@ -424,12 +460,15 @@ class Service:
         manual = stream.noack()  # acked in `_deliver`, once the broker has the answers
         worker = asyncio.ensure_future(self._process(manual))
         batcher = self._batcher
-        guard = self.gaps
+        guard = self.gaps if self._check_offsets else None
         loop = asyncio.get_running_loop()
         try:
             async for event in manual.events():
-                if guard.pending and (gap := guard.due(event)) is not None:
-                    for old in await loop.run_in_executor(None, guard.read_back, gap):
+                if guard is not None and (gap := guard.check(event)) is not None:
+                    back = await loop.run_in_executor(None, guard.read_back, gap)
+                    if not back:
+                        await guard.settle_empty(gap)
+                    for old in back:
                         batcher.put(old)
                 batcher.put(event)
                 if batcher.full:

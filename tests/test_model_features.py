@@ -15,6 +15,7 @@ from liverank.model.features import (
     repeat_features_positions,
     time_features,
     top_k,
+    top_k_rows,
     window_arrays,
 )
 
@@ -31,6 +32,22 @@ def test_top_k_breaks_ties_by_column_order_even_at_the_cut() -> None:
     assert top_k(scores, 3).tolist() == [1, 3, 2]
     assert top_k(scores, 10).tolist() == [1, 3, 2, 4, 0]
     assert top_k(scores, 0).tolist() == []
+
+
+def test_top_k_rows_equals_top_k_of_every_row_ties_included() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        b, c = int(rng.integers(1, 12)), int(rng.integers(1, 40))
+        # few distinct values: ties at the cut are common; sometimes all distinct
+        high = int(rng.choice([3, 10, 10_000]))
+        scores = rng.integers(0, high, size=(b, c)).astype(np.float32)
+        k = int(rng.integers(1, 15))
+        got = top_k_rows(scores, k)
+        assert got.shape == (b, min(k, c))
+        for row in range(b):
+            assert got[row].tolist() == top_k(scores[row], k).tolist()
+    assert top_k_rows(np.zeros((3, 0), dtype=np.float32), 5).shape == (3, 0)
+    assert top_k_rows(np.zeros((0, 4), dtype=np.float32), 5).shape == (0, 4)
 
 
 def test_rank_of_matches_the_full_top_k_order() -> None:

@@ -151,6 +151,8 @@ def test_answers_do_not_depend_on_batch_composition_and_oov_ties_go_by_name(
     split = time_split(tiny, **OFFSETS)
     requests = [r for _, r, _ in iter_requests(tiny, split.pivot_2, split.max_step, 40)][:200]
     together = scorer.rank(requests, 10)
+    assert together == [s.top(10) for s in scorer.score_all(requests)]  # row-wise top-k
+    assert len({id(r.candidates) for r in requests}) < len(requests)  # shared lists, stacked
     alone = [scorer.rank([r], 10)[0] for r in requests[::7]]
     assert [r.streamers for r in together[::7]] == [r.streamers for r in alone]
     unknown = [f"zz-new-{i}" for i in range(6)]

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from confluent_kafka import Producer
 
@@ -36,8 +37,9 @@ from liverank.model.data.synth import write as write_synth
 from liverank.model.data.twitch import Interactions, load_interactions
 from liverank.model.evaluate import iter_requests
 from liverank.model.scorer import Ranked
+from liverank.replay.producer import replay as replay_to
 from liverank.replay.producer import replay_to_kafka
-from liverank.replay.timeline import build_timeline
+from liverank.replay.timeline import REQUEST, build_timeline
 from liverank.services import events as ev
 from liverank.services import kafka
 from liverank.services.broker import free_port
@@ -202,8 +204,8 @@ def same_ranking(rec: ev.Recommendation, ref: Ranked) -> bool:
     return True
 
 
-def replay(models: Models, settings: Settings, speed: float | None = None) -> None:
-    report = replay_to_kafka(build_timeline(models.data), settings, speed=speed)
+def replay(models: Models, settings: Settings) -> None:
+    report = replay_to_kafka(build_timeline(models.data), settings)
     assert report.ok, report.first_error
 
 
@@ -258,19 +260,66 @@ def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
     assert "faust_" in text  # Faust's own sensors in the same registry
 
 
-def replay_until_a_third_answered(models: Models, settings: Settings, worker: Worker
-                                  ) -> tuple[threading.Thread, set[str]]:
-    """Start a paced replay (the whole log in about 8 s, so what a test does next lands
-    mid-replay) and return once a third of the requests were answered."""
-    speed = (models.data.max_step + 1) * 600 / 8
-    feeder = threading.Thread(target=replay, args=(models, settings, speed))
+class GatedSink:
+    """A producer that stops before the ``gate``-th user event until `open` is called, so
+    what a test does while it waits lands mid-replay, whatever the machine's speed."""
+
+    def __init__(self, settings: Settings, gate: int):
+        self.producer = Producer(kafka.producer_config(settings))
+        self.user_topic = settings.topic(kafka.USER_EVENTS)
+        self.gate, self.sent = gate, 0
+        self.reached, self._open = threading.Event(), threading.Event()
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, partition: int = -1,
+                **kwargs: object) -> None:
+        if topic == self.user_topic:
+            if self.sent == self.gate:
+                self.producer.flush(30)  # everything before the gate is on the broker
+                self.reached.set()
+                assert self._open.wait(120), "the gate was never opened"
+            self.sent += 1
+        self.producer.produce(topic, value, key, partition, **kwargs)
+
+    def open(self) -> None:
+        self._open.set()
+
+    def poll(self, timeout: float = 0) -> int:
+        return int(self.producer.poll(timeout))
+
+    def flush(self, timeout: float = 60) -> int:
+        return int(self.producer.flush(timeout))
+
+    def __len__(self) -> int:
+        return len(self.producer)
+
+
+def gated_replay(models: Models, settings: Settings, worker: Worker, share: float = 0.6
+                 ) -> tuple[threading.Thread, GatedSink, set[str]]:
+    """Replay at full speed up to ``share`` of the user events and hold the rest back;
+    return once the worker answered a third of all requests (all before the gate)."""
+    tl = build_timeline(models.data)
+    counts = kafka.ensure_topics(settings)
+    users = int(np.count_nonzero(tl.kind >= REQUEST))
+    sink = GatedSink(settings, int(users * share))
+    errors: list[str] = []
+
+    def run() -> None:
+        report = replay_to(tl, sink, partitions=counts[settings.topic(kafka.STREAM_EVENTS)],
+                           stream_topic=settings.topic(kafka.STREAM_EVENTS),
+                           user_topic=sink.user_topic)
+        if not report.ok:
+            errors.append(str(report.first_error))
+
+    feeder = threading.Thread(target=run, daemon=True)
     feeder.start()
     want = request_ids(models)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while len(read_answers(settings)) < len(want) // 3:
         assert time.monotonic() < deadline, worker.tail()
-        time.sleep(0.3)
-    return feeder, want
+        assert not errors, errors
+        time.sleep(0.2)
+    assert sink.reached.is_set() or feeder.is_alive()
+    return feeder, sink, want
 
 
 def test_sigkill_mid_replay_then_restart_answers_like_an_uninterrupted_run(
@@ -284,15 +333,17 @@ def test_sigkill_mid_replay_then_restart_answers_like_an_uninterrupted_run(
                    window_slack=slack).start()
     workers.append(first)
     first.wait_ready()
-    feeder, want = replay_until_a_third_answered(models, kafka_settings, first)
+    feeder, gate, want = gated_replay(models, kafka_settings, first)
     first.kill()
     before = len(read_answers(kafka_settings))
+    assert before < len(want)  # killed mid-replay: the requests past the gate are unsent
     second = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
                     window_slack=slack).start()
     workers.append(second)
+    gate.open()
     feeder.join(timeout=60)
+    assert not feeder.is_alive()
     recs = wait_answers(kafka_settings, want, 150, second)
-    assert before < len(want)  # it was killed mid-way
     ref = offline(models, models.v1)
     by_id: dict[str, list[ev.Recommendation]] = {}
     for r in recs:
@@ -314,11 +365,17 @@ def test_model_swap_mid_replay_loses_nothing_and_answers_name_their_model(
     worker = Worker(kafka_settings, kafka_broker_kind, current, tmp_path, poll_s=0.2).start()
     workers.append(worker)
     worker.wait_ready()
-    feeder, want = replay_until_a_third_answered(models, kafka_settings, worker)
+    feeder, gate, want = gated_replay(models, kafka_settings, worker, share=0.5)
     flip = tmp_path / "flip"
     flip.symlink_to(models.v2)
-    os.replace(flip, current)  # atomic switch to the new version
+    os.replace(flip, current)  # atomic switch to the new version, mid-replay
+    deadline = time.monotonic() + 30
+    while "liverank_model_swaps_total 1.0" not in worker.metrics():
+        assert time.monotonic() < deadline, worker.tail()
+        time.sleep(0.2)
+    gate.open()  # the rest is answered by the new version
     feeder.join(timeout=60)
+    assert not feeder.is_alive()
     recs = wait_answers(kafka_settings, want, 120, worker)
     assert len(recs) == len(want) == len({r.request_id for r in recs})
     v1, v2 = load_scorer(models.v1).version, load_scorer(models.v2).version
@@ -340,8 +397,9 @@ def test_model_swap_mid_replay_loses_nothing_and_answers_name_their_model(
 
 async def test_gap_guard_reads_skipped_offsets_back_and_acks_them_after_delivery(
         kafka_settings: Settings) -> None:
-    """The Faust workaround on its own: a gap on user-events is not acked, its records are
-    read back from the broker in order, and the gap is acked once they were delivered."""
+    """The Faust workaround on its own: the guard checks offsets itself (Faust's own gap
+    acking is off for user-events), reads missing records back from the broker in order,
+    and acks a gap to Faust once its records were delivered."""
     from faust.types import TP
 
     from liverank.services.app import GapGuard
@@ -355,7 +413,7 @@ async def test_gap_guard_reads_skipped_offsets_back_and_acks_them_after_delivery
 
     class FakeConsumer:
         def __init__(self) -> None:
-            self._committed_offset = {TP(topic, 3): 5}
+            self._committed_offset = {TP(topic, 3): 5, TP(topic, 2): None}
             self.acked: list[tuple[TP, int, int]] = []
 
         async def _add_gap(self, tp: TP, first: int, last: int) -> None:
@@ -364,18 +422,27 @@ async def test_gap_guard_reads_skipped_offsets_back_and_acks_them_after_delivery
     consumer = FakeConsumer()
     guard = GapGuard(consumer, topic, kafka_settings)
     await consumer._add_gap(TP("other", 0), 1, 2)  # other topics: Faust's behaviour
-    await consumer._add_gap(TP(topic, 3), 6, 12)  # user-events: recorded, not acked
+    await consumer._add_gap(TP(topic, 3), 6, 13)  # user-events: Faust's gap is not acked
     assert consumer.acked == [(TP("other", 0), 1, 2)]
 
     class Event:
-        def __init__(self, offset: int) -> None:
-            self.message = type("M", (), {"tp": TP(topic, 3), "offset": offset})()
+        def __init__(self, partition: int, offset: int) -> None:
+            self.message = type("M", (), {"tp": TP(topic, partition), "offset": offset})()
 
-    assert guard.due(Event(4)) is None  # not past the gap yet
-    gap = guard.due(Event(13))
-    assert gap is not None and guard.due(Event(14)) is None
+    # Partition 3 was committed at 5: Faust delivers 13 first (5..12 dropped while paused).
+    gap = guard.check(Event(3, 13))
+    assert gap is not None and (gap.first, gap.last) == (5, 12)
+    assert guard.check(Event(3, 14)) is None  # in order again
+    assert guard.check(Event(3, 14)) is None  # a re-delivery is not a gap
+    later = guard.check(Event(3, 17))
+    assert later is not None and (later.first, later.last) == (15, 16)
+    # Partition 2 has no commit: the first record must be offset 0.
+    assert guard.check(Event(2, 0)) is None
+    guard.forget([TP(topic, 2)])  # reassigned: expected from the committed offset again
+    first = guard.check(Event(2, 4))
+    assert first is not None and (first.first, first.last) == (0, 3)
+
     back = guard.read_back(gap)
-    # From the committed offset (Faust's own gap starts one later) through the gap's end.
     assert [e.message.offset for e in back] == list(range(5, 13))
     assert [e.message.value for e in back] == [f"v{i}".encode() for i in range(5, 13)]
     assert back[0].message.headers == [("produced_ms", b"5")]
@@ -384,3 +451,4 @@ async def test_gap_guard_reads_skipped_offsets_back_and_acks_them_after_delivery
     assert len(consumer.acked) == 1  # not before the last one is delivered
     await guard.delivered(back[-1])
     assert consumer.acked[-1] == (TP(topic, 3), 5, 12)
+    assert guard.refetched == 8
