@@ -415,10 +415,10 @@ class Service:
 
         self.app.page("/health", name="health")(health)
 
-    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
         self.gaps.forget(args[0])  # the revoked partitions
 
-    async def _on_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
         self.gaps.forget(args[0])  # the assigned partitions
 
     # --- stream events ---------------------------------------------------------------------
