@@ -225,6 +225,19 @@ class _BenchWorker:
                 return float(line.split()[-1])
         return 0.0
 
+    def ready(self) -> bool:
+        """/health says ready: live index caught up, table recovered, partitions assigned."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health",
+                                        timeout=2) as r:
+                return bool(json.loads(r.read()).get("ready"))
+        except (OSError, ValueError, urllib.error.HTTPError):
+            return False
+
     def wait_answers(self, n: int, timeout: float) -> None:
         import time
 
@@ -405,12 +418,15 @@ def _latency(base: Settings, tl: Any, model: Path, work: Path, rate: float) -> d
     worker = _BenchWorker(settings, model, work, "latency")
     try:
         deadline = time.monotonic() + 120
-        while worker.answers() < 0:  # /metrics answers once the worker is up
+        while not worker.ready():  # measure the steady state, not the group join
             if time.monotonic() > deadline or worker.proc.poll() is not None:
-                raise RuntimeError(f"bench latency worker did not start; see {worker.log}")
+                raise RuntimeError(f"bench latency worker not ready; see {worker.log}")
             time.sleep(0.5)
-        time.sleep(3)  # recovery and the stream feed catching up
-        sink = _PacedSink(Producer(kafka.producer_config(settings)), rate * messages / n)
+        producer = Producer(kafka.producer_config(settings))
+        # Connected, with its idempotent producer id, before the clock starts: otherwise the
+        # first ~0.5 s of records wait in librdkafka and count as service latency.
+        producer.list_topics(timeout=30)
+        sink = _PacedSink(producer, rate * messages / n)
         report = replay(tl, sink, partitions=parts,
                         stream_topic=settings.topic(kafka.STREAM_EVENTS),
                         user_topic=settings.topic(kafka.USER_EVENTS))

@@ -37,6 +37,10 @@ class Publisher(Protocol):
         (or fails with `PublishError`)."""
         ...
 
+    def connect(self, timeout_s: float) -> None:
+        """Blocking: reach the broker before the first `publish`."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -90,6 +94,14 @@ class KafkaPublisher:
         if done:
             pending.loop.call_soon_threadsafe(_settle, pending)
 
+    def connect(self, timeout_s: float) -> None:
+        """Blocking: a metadata request opens the connection, and librdkafka gets its
+        idempotent producer id right after, before the first answer is waiting for it."""
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise PublishError(f"publisher cannot reach the broker: {exc}") from exc
+
     def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Offsets] = loop.create_future()
@@ -141,6 +153,9 @@ class MemoryPublisher:
         fut: asyncio.Future[Offsets] = asyncio.get_running_loop().create_future()
         fut.set_result({})
         return fut
+
+    def connect(self, timeout_s: float) -> None:
+        return None
 
     def close(self) -> None:
         return None

@@ -448,10 +448,10 @@ def answer_batch(
 def _recommendation(job: Job, ranked: Ranked, cands: Candidates, version: str,
                     published_ms: int, late: bool) -> ev.Recommendation:
     e = job.event
-    items = [ev.RecItem(stream=cands.streams[name], streamer=name, score=float(score),
-                        rank=i + 1)
+    streams = cands.streams  # positional RecItem(stream, streamer, score, rank): hot path
+    items = [ev.RecItem(streams[name], name, float(score), i)
              for i, (name, score) in enumerate(zip(ranked.streamers, ranked.scores,
-                                                   strict=True))]
+                                                   strict=True), start=1)]
     return ev.Recommendation(
         event_id=f"rec:{e.event_id}", seq=e.seq, step=e.step, event_time_ms=e.event_time_ms,
         user=e.user, request_id=e.event_id, trigger=job.trigger, produced_ms=job.produced_ms,

@@ -317,3 +317,76 @@ def test_fake_scorer_cache_keeps_rankings_and_stays_bounded() -> None:
     fresh = [FakeScorer(window_len=5).rank([r], 10)[0] for r in requests]
     assert first == fresh
     assert len(cached._sets) <= FakeScorer.CACHE_SIZE
+
+
+async def test_records_reach_the_streams_without_tasks_unless_the_flow_is_suspended() -> None:
+    """`_deliver_without_tasks`: Faust's per-record ``wait_first(on_message(..),
+    suspend_flow.wait())`` awaits ``on_message`` directly while the flow runs; anything else
+    (another pair, a suspended flow) still goes through Faust's own ``wait_first``."""
+    from liverank.services.app import _deliver_without_tasks
+
+    class Consumer:
+        should_stop = False
+
+        def __init__(self) -> None:
+            self.suspend_flow = asyncio.Event()
+            self.slow: list[int] = []
+
+        async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+            self.slow.append(len(coros))
+            for c in coros:
+                c.close()
+            return None
+
+    consumer = Consumer()
+    _deliver_without_tasks(consumer)
+    got: list[int] = []
+
+    async def on_message(n: int) -> int:
+        got.append(n)
+        return n * 2
+
+    result = await consumer.wait_first(on_message(1), consumer.suspend_flow.wait())
+    assert got == [1] and result.results == [2] and consumer.slow == []
+    consumer.suspend_flow.set()  # a rebalance: Faust's way, so it can interrupt
+    await consumer.wait_first(on_message(2), consumer.suspend_flow.wait())
+    assert got == [1] and consumer.slow == [2]
+    consumer.suspend_flow.clear()
+
+    async def other() -> None:
+        return None
+
+    await consumer.wait_first(other(), consumer.suspend_flow.wait())  # not a delivery
+    assert consumer.slow == [2, 2]
+
+
+def test_faust_sensor_skips_per_message_hooks_and_metrics_keep_faust_families() -> None:
+    from liverank.services.app import LeanPrometheusMonitor
+
+    svc, _ = service()
+    monitor = svc.app.monitor
+    assert isinstance(monitor, LeanPrometheusMonitor)
+    before = generate_latest(svc.metrics.registry)
+    monitor.on_message_in(tl_tp(), 1, None)
+    monitor.on_message_out(tl_tp(), 1, None)
+    assert generate_latest(svc.metrics.registry) == before  # nothing counted per message
+    text = before.decode()
+    assert "faust_" in text and "liverank_answers_total" in text
+
+
+def tl_tp() -> Any:
+    from faust.types import TP
+
+    return TP(f"{PREFIX}user-events", 0)
+
+
+def test_publisher_that_cannot_reach_the_broker_says_so() -> None:
+    from liverank.services import kafka
+    from liverank.services.clients import KafkaPublisher, PublishError
+
+    publisher = KafkaPublisher(kafka.producer_config(settings(kafka_timeout_s=1.0)))
+    try:
+        with pytest.raises(PublishError, match="cannot reach the broker"):
+            publisher.connect(1.0)
+    finally:
+        publisher._stop.set()
