@@ -53,6 +53,7 @@ from liverank.services.clients import (
     Publisher,
     PublishError,
     StreamFeed,
+    committed_floor,
     consume_now,
 )
 from liverank.services.metrics import Metrics, new_registry
@@ -78,6 +79,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["GapGuard", "MemoryPublisher", "Service", "load_scorer", "write_fake_model"]
 
 PRODUCED_MS = "produced_ms"  # header set by the replay: when the record was produced
+PRUNE_EVERY_S = 10.0  # how often the live index is pruned behind the committed floor
 
 
 def now_ms() -> int:
@@ -356,13 +358,15 @@ class Service:
     stream feed, the publisher, the live index and the metrics.
 
     ``publisher``/``live`` can be given (tests); without ``live`` the stream feed starts
-    with the app and reads ``stream-events`` from the broker. ``check_offsets=False`` turns
-    the `GapGuard` off, for Faust's test context (it numbers offsets across partitions).
+    with the app and reads ``stream-events`` from the broker. ``guard_consumer=False`` turns
+    off the checks on what Faust's consumer delivers (offset gaps, records of revoked
+    partitions), for Faust's test context (it numbers offsets across partitions and assigns
+    nothing).
     """
 
     def __init__(self, settings: Settings, scorer: Scorer, *, model_dir: str | None = None,
                  publisher: Publisher | None = None, live: LiveStreams | None = None,
-                 web: bool = True, check_offsets: bool = True):
+                 web: bool = True, guard_consumer: bool = True):
         self.settings = settings
         self.scorer = scorer
         self.model_dir = model_dir
@@ -407,7 +411,8 @@ class Service:
             raise RuntimeError(f"windows table key serializer is {serializer}, not raw")
         self._view = _TableView(self.table)
         self.gaps = GapGuard(self.app.consumer, self.topics[kafka.USER_EVENTS], settings)
-        self._check_offsets = check_offsets
+        self._guard_consumer = guard_consumer
+        self._stale = 0  # queued events read under the previous assignment (see `handle`)
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         _set_fetch_wait(self.app.consumer, settings.fetch_wait_ms)
@@ -417,6 +422,7 @@ class Service:
         self.app.task(self._run_io)
         self.app.timer(1.0, name="liverank-gauges")(self._refresh_gauges)
         self.app.timer(10.0, name="liverank-progress")(self._log_progress)
+        self.app.timer(PRUNE_EVERY_S, name="liverank-prune")(self._prune)
         if model_dir and settings.model_poll_s > 0:
             self.app.timer(settings.model_poll_s, name="liverank-model-watch")(
                 self.check_model)
@@ -497,10 +503,22 @@ class Service:
         self.app.page("/health", name="health")(health)
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
-        self.gaps.forget(args[0])  # the revoked partitions
+        self._restart_partitions(args[0])
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
-        self.gaps.forget(args[0])  # the assigned partitions
+        self._restart_partitions(args[0])
+
+    def _restart_partitions(self, tps: Iterable[TP]) -> None:
+        """Faust reads revoked-then-assigned partitions again from their committed offsets:
+        forget the offsets the guard expects and the steps they had reached (pruning the live
+        index by a step a partition will re-read from would drop intervals it still needs)."""
+        tps = list(tps)
+        self.gaps.forget(tps)
+        topic = self.topics[kafka.USER_EVENTS]
+        for tp in tps:
+            if tp.topic == topic:
+                self._progress.pop(tp.partition, None)
+        self._stale = len(self._batcher)
 
     # --- stream events ---------------------------------------------------------------------
     def on_stream_records(self, records: Iterable[tuple[int, int, bytes]]) -> None:
@@ -541,7 +559,7 @@ class Service:
         manual = stream.noack()  # acked in `_deliver`, once the broker has the answers
         worker = asyncio.ensure_future(self._process(manual))
         batcher = self._batcher
-        guard = self.gaps if self._check_offsets else None
+        guard = self.gaps if self._guard_consumer else None
         loop = asyncio.get_running_loop()
         try:
             async for event in manual.events():
@@ -614,7 +632,14 @@ class Service:
         decoded: list[_Decoded] = []
         owner = self._view.owner = {}
         progress = self._progress
-        for e in events:
+        # Events queued before a rebalance, of partitions this worker lost, are left to their
+        # new owner (it reads them again from the committed offset; processing them here
+        # would write windows it owns now).
+        stale, self._stale = self._stale, max(0, self._stale - len(events))
+        owned = self._owned() if stale else None
+        for i, e in enumerate(events):
+            if owned is not None and i < stale and e.message.tp not in owned:
+                continue
             d = self._decode_user(e)
             if d is not None:
                 decoded.append(d)
@@ -631,7 +656,6 @@ class Service:
             await self._answer(jobs, out)
         out.extend(self._view.records)
         self._count_watches_not_live(decoded)
-        self._prune()
         m = self.metrics
         m.batch_size.observe(len(events))
         m.requests_per_batch.observe(len(jobs))
@@ -673,14 +697,30 @@ class Service:
         m.watermark_wait.observe(t1 - t0)
         m.scoring.observe(t2 - t1)
 
-    def _prune(self) -> None:
-        """Drop stopped intervals behind the step every assigned user-events partition has
-        reached (a partition not seen yet holds pruning back)."""
+    def _owned(self) -> set[TP] | None:
+        """The user-events partitions assigned here (None: no consumer checks, tests)."""
+        if not self._guard_consumer:
+            return None
+        return set(self.app.assignor.assigned_actives())
+
+    async def _prune(self) -> None:
+        """Timer: drop stopped intervals behind the group's committed floor (see
+        `committed_floor`; not the steps this worker has processed, which a rebalance or a
+        restart can send back to the committed offsets)."""
+        if self.live is None or not self._serving or not self._guard_consumer:
+            return
         topic = self.topics[kafka.USER_EVENTS]
-        parts = {tp.partition for tp in self.app.assignor.assigned_actives()
-                 if tp.topic == topic} or set(self._progress)
-        if parts and parts <= self._progress.keys() and self.live is not None:
-            self.live.prune(min(self._progress[p] for p in parts))
+        floor = await asyncio.get_running_loop().run_in_executor(
+            None, self._committed_floor, topic)
+        if floor is not None:
+            dropped = self.live.prune(floor)
+            if dropped:
+                logger.info("pruned live index floor=%d dropped=%d intervals=%d", floor,
+                            dropped, len(self.live))
+
+    def _committed_floor(self, topic: str) -> int | None:
+        parts = kafka.partition_count(self.settings, topic)
+        return committed_floor(self.settings, topic, self.app.conf.id, parts, _step_of)
 
     def _count_watches_not_live(self, decoded: list[_Decoded]) -> None:
         live = self.live
@@ -793,6 +833,12 @@ class Service:
 def _log_failure(fut: asyncio.Future[Offsets]) -> None:
     if fut.exception() is not None:
         logger.error("dead letter not delivered error=%s", fut.exception())
+
+
+def _step_of(raw: bytes) -> int:
+    """The step of a user-events record (`committed_floor`); EventError (a ValueError)
+    for a record that is not one."""
+    return ev.decode_user_event(raw).step
 
 
 def _produced_ms(headers: Any) -> int | None:

@@ -15,7 +15,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from liverank.services import kafka
@@ -229,6 +236,65 @@ class StreamFeed:
                 self.caught_up.set()
         finally:
             self._slots.release()
+
+
+# --- how far the consumer group may still read back -----------------------------------------------
+def committed_floor(settings: Settings, topic: str, group: str, partitions: int,
+                    step_of: Callable[[bytes], int]) -> int | None:
+    """Blocking: the smallest step a consumer of ``group`` may still read on ``topic``.
+
+    Per partition, the step (``step_of(value)``) of the record at the group's committed
+    offset — the first record when nothing is committed, the last one when everything is;
+    an empty partition adds no bound. After a restart or a rebalance every worker resumes
+    from these offsets and steps only grow along a partition, so no request older than the
+    floor can arrive again: what the live index holds for earlier steps can go.
+
+    Reads records, never watermarks (tansu's are wrong, see `liverank.services.tansu`).
+    None when it cannot tell (broker unreachable, an unreadable record): prune nothing.
+    """
+    conf = {**kafka.consumer_config(settings), "group.id": group, "enable.auto.commit": False}
+    consumer = Consumer(conf)
+    try:
+        tps = [KafkaPartition(topic, p) for p in range(partitions)]
+        done = consumer.committed(tps, settings.kafka_timeout_s)
+        at = {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_BEGINNING for tp in done}
+        steps, ended = _first_steps(consumer, topic, at, step_of, settings.kafka_timeout_s)
+        # All of a partition committed: its last record bounds what can still come.
+        back = {p: at[p] - 1 for p in ended if at[p] > 0}
+        if back:
+            more, _ = _first_steps(consumer, topic, back, step_of, settings.kafka_timeout_s)
+            steps.update(more)
+        return min(steps.values()) if steps else None
+    except (KafkaException, ValueError, TimeoutError) as exc:
+        logger.warning("cannot tell the committed floor topic=%s error=%s", topic, exc)
+        return None
+    finally:
+        consumer.close()
+
+
+def _first_steps(consumer: Consumer, topic: str, at: dict[int, int],
+                 step_of: Callable[[bytes], int], timeout_s: float
+                 ) -> tuple[dict[int, int], set[int]]:
+    """The step of the record at each partition's offset ``at[p]``, and the partitions that
+    have no record there (end of partition)."""
+    consumer.assign([KafkaPartition(topic, p, o) for p, o in at.items()])
+    steps: dict[int, int] = {}
+    ended: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(steps) + len(ended) < len(at):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no record or end of partition from {topic} in {timeout_s} s")
+        for m in consume_now(consumer, 100, 0.5):
+            p = int(m.partition() or 0)
+            if p in steps or p in ended:
+                continue
+            err = m.error()
+            if err is None:
+                steps[p] = step_of(m.value() or b"")
+            elif err.code() == KafkaError._PARTITION_EOF:
+                ended.add(p)
+    consumer.unassign()
+    return steps, ended
 
 
 def consume_now(consumer: Consumer, most: int, wait_s: float) -> list[Message]:

@@ -50,7 +50,7 @@ def service(scorer: Any = None, live: LiveStreams | None = None, model_dir: str 
     # Faust's test context numbers offsets across partitions: no offset checks here (the
     # guard is tested on the broker, tests/test_service_kafka.py).
     svc = Service(settings(**kw), scorer or FakeScorer(window_len=5), publisher=pub,
-                  live=live, model_dir=model_dir, web=False, check_offsets=False)
+                  live=live, model_dir=model_dir, web=False, guard_consumer=False)
     return svc, pub
 
 

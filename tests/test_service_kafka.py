@@ -260,6 +260,13 @@ def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
     assert "faust_" in text  # Faust's own sensors in the same registry
 
 
+def answers_metric(worker: Worker) -> float:
+    for line in worker.metrics().splitlines():
+        if line.startswith('liverank_answers_total{trigger="request"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 class GatedSink:
     """A producer that stops before the ``gate``-th user event until `open` is called, so
     what a test does while it waits lands mid-replay, whatever the machine's speed."""
@@ -293,10 +300,10 @@ class GatedSink:
         return len(self.producer)
 
 
-def gated_replay(models: Models, settings: Settings, worker: Worker, share: float = 0.6
-                 ) -> tuple[threading.Thread, GatedSink, set[str]]:
+def gated_replay(models: Models, settings: Settings, worker: Worker, share: float = 0.6,
+                 answered: float = 1 / 3) -> tuple[threading.Thread, GatedSink, set[str]]:
     """Replay at full speed up to ``share`` of the user events and hold the rest back;
-    return once the worker answered a third of all requests (all before the gate)."""
+    return once the worker answered ``answered`` of all requests (all before the gate)."""
     tl = build_timeline(models.data)
     counts = kafka.ensure_topics(settings)
     users = int(np.count_nonzero(tl.kind >= REQUEST))
@@ -314,31 +321,38 @@ def gated_replay(models: Models, settings: Settings, worker: Worker, share: floa
     feeder.start()
     want = request_ids(models)
     deadline = time.monotonic() + 90
-    while len(read_answers(settings)) < len(want) // 3:
+    while answers_metric(worker) < len(want) * answered:  # /metrics: a quick poll
         assert time.monotonic() < deadline, worker.tail()
         assert not errors, errors
-        time.sleep(0.2)
+        time.sleep(0.02)
     assert sink.reached.is_set() or feeder.is_alive()
     return feeder, sink, want
 
 
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_sigkill_mid_replay_then_restart_answers_like_an_uninterrupted_run(
         models: Models, kafka_settings: Settings, kafka_broker_kind: str, tmp_path: Path,
-        workers: list[Worker]) -> None:
+        workers: list[Worker], store: str) -> None:
+    """memory://: the table comes back from the changelog alone; rocksdb:// (production):
+    from the local store the killed worker left in the same data directory, then the
+    changelog from the offset the store says it holds."""
     kafka.ensure_topics(kafka_settings)
     # The replay compresses days into seconds, so between a commit and the kill a user can
     # watch many streams; the window slack must cover them (tiny users have <= 40 rows).
     slack = "40"
     first = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
-                   window_slack=slack).start()
+                   window_slack=slack, store=store).start()
     workers.append(first)
     first.wait_ready()
-    feeder, gate, want = gated_replay(models, kafka_settings, first)
+    # A backlog of 80% of the log, killed at the first tenth answered: mid-batch, with
+    # answers and window records published past the last commit.
+    feeder, gate, want = gated_replay(models, kafka_settings, first, share=0.8,
+                                      answered=0.1)
     first.kill()
     before = len(read_answers(kafka_settings))
     assert before < len(want)  # killed mid-replay: the requests past the gate are unsent
     second = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
-                    window_slack=slack).start()
+                    window_slack=slack, store=store).start()
     workers.append(second)
     gate.open()
     feeder.join(timeout=60)
@@ -354,6 +368,41 @@ def test_sigkill_mid_replay_then_restart_answers_like_an_uninterrupted_run(
             assert same_ranking(a, ref[rid]), (rid, a.items, ref[rid])
     dups = len(recs) - len(want)
     print(f"restart: {before} answers before SIGKILL, {dups} duplicates")  # noqa: T201
+
+
+def test_a_second_worker_joining_mid_replay_takes_partitions_and_answers_agree(
+        models: Models, kafka_settings: Settings, kafka_broker_kind: str, tmp_path: Path,
+        workers: list[Worker]) -> None:
+    """Two replicas in one group (the Kubernetes deployment): the second joins mid-replay,
+    the rebalance moves user partitions and their windows (restored from the changelog);
+    every request is answered, duplicates from the handover carry the same answer, and
+    every answer equals the offline ranking."""
+    kafka.ensure_topics(kafka_settings)
+    slack = "40"  # as in the restart test: the handover replays what was not committed
+    first = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
+                   window_slack=slack).start()
+    workers.append(first)
+    first.wait_ready()
+    feeder, gate, want = gated_replay(models, kafka_settings, first, share=0.5)
+    second = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
+                    window_slack=slack).start()
+    workers.append(second)
+    second.wait_ready()  # ready only once the rebalance and its table recovery are done
+    gate.open()
+    feeder.join(timeout=60)
+    assert not feeder.is_alive()
+    recs = wait_answers(kafka_settings, want, 150, second)
+    assert answers_metric(second) > 0 and answers_metric(first) > 0  # both served
+    ref = offline(models, models.v1)
+    by_id: dict[str, list[ev.Recommendation]] = {}
+    for r in recs:
+        by_id.setdefault(r.request_id, []).append(r)
+    assert set(by_id) == want
+    for rid, answers in by_id.items():
+        for a in answers:
+            assert same_ranking(a, ref[rid]), (rid, a.items, ref[rid])
+    print(f"two workers: {answers_metric(first):.0f} + {answers_metric(second):.0f} "  # noqa: T201
+          f"answers, {len(recs) - len(want)} duplicates")
 
 
 def test_model_swap_mid_replay_loses_nothing_and_answers_name_their_model(
@@ -452,3 +501,42 @@ async def test_gap_guard_reads_skipped_offsets_back_and_acks_them_after_delivery
     await guard.delivered(back[-1])
     assert consumer.acked[-1] == (TP(topic, 3), 5, 12)
     assert guard.refetched == 8
+
+
+def test_committed_floor_is_the_oldest_step_the_group_may_read_again(
+        kafka_settings: Settings) -> None:
+    """What the live index may forget: per partition the step at the group's committed
+    offset (first record without a commit, last record once all is committed), the
+    smallest over partitions; empty partitions add no bound."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from liverank.services.clients import committed_floor
+
+    kafka.ensure_topics(kafka_settings)
+    topic = kafka_settings.topic(kafka.USER_EVENTS)
+    p = Producer(kafka.producer_config(kafka_settings))
+    for partition, steps in {0: [1, 2, 3, 4, 5], 1: [2, 3, 4], 3: [7, 8]}.items():
+        for step in steps:
+            p.produce(topic, b"%d" % step, b"k", partition)
+    assert p.flush(10) == 0
+    group = f"{kafka_settings.topic_prefix}floor"
+    committer = Consumer({**kafka.consumer_config(kafka_settings, group),
+                          "enable.auto.commit": False})
+
+    def commit(offsets: dict[int, int]) -> None:
+        committer.commit(offsets=[TopicPartition(topic, q, o) for q, o in offsets.items()],
+                         asynchronous=False)
+
+    def floor() -> int | None:
+        return committed_floor(kafka_settings, topic, group, 4, int)
+
+    try:
+        assert floor() == 1  # nothing committed: every partition's first record
+        commit({0: 3, 3: 2})  # p0 resumes at step 4; p3 is done (its last record: 8)
+        assert floor() == 2  # p1, never committed, starts at step 2
+        commit({1: 1})
+        assert floor() == 3
+        commit({1: 3})  # all of p1 committed: its last record, step 4
+        assert floor() == 4
+    finally:
+        committer.close()
