@@ -15,10 +15,15 @@ Data flow of one worker (docs/service.md has the why):
   and publish through a librdkafka `KafkaPublisher`. A batch's events are acked when the
   broker acknowledged its answers, while the next batches are already being processed.
 * Bad records go to ``dead-letters`` with the reason; the worker keeps going.
-* ``/health`` (ready after the live index caught up and table recovery finished, not while
-  rebalancing) and ``/metrics`` (Faust's sensors and `Metrics`, one registry).
+* ``/health`` (ready after the live index caught up, the publisher connected and table
+  recovery finished, not while rebalancing) and ``/metrics`` (Faust's sensors, without
+  their per-message hooks, and `Metrics`, one registry).
 * A timer watches the model directory; a new version (directory rename or symlink flip) is
-  loaded and hash-checked off the loop and switched in between two batches.
+  loaded and hash-checked off the loop and switched in between two batches. Another prunes
+  the live index behind the consumer group's committed floor (`committed_floor`).
+* Faust workarounds, each measured (docs/service.md): `GapGuard` (records Faust drops),
+  `_deliver_without_tasks` (its four tasks per record), `LeanPrometheusMonitor` (its
+  per-message sensor hooks), `_set_fetch_wait` (its 1.5 s fetch wait).
 
 This is the only module of the service that imports faust.
 """

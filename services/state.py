@@ -8,8 +8,9 @@ Faust agent in `liverank.services.app` stays thin: decode, update, score, send.
   step s" from the intervals, so it does not depend on the order the stream events and the
   requests were read in; a request waits (`ready`) until every partition delivered a
   watermark >= s. Stopped intervals stay until they are ``stopped_horizon`` steps behind
-  the step every user-events partition has reached (`prune`), so a request behind the
-  stream feed, or behind another partition, is still answered exactly.
+  the oldest step the consumer group may still read (`prune`; the service takes it from
+  the committed offsets), so a request behind the stream feed, behind another partition,
+  or read again after a rebalance or a restart is still answered exactly.
 * `EventClock`: the newest step seen, to refuse negative steps and steps far in the future.
 * `UserWindows`: per user, the last ``length + slack`` watches as `Entry` rows sorted by
   ``seq``, idempotent by event id, read once and written once per micro-batch.

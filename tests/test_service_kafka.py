@@ -2,12 +2,15 @@
 
 * every request gets exactly one answer, of min(k, live) live streams sorted by score, equal
   (scores within 1e-5) to the offline ranking of `liverank evaluate`'s requests;
-* SIGKILL mid-replay, restart: every request answered, duplicates share a request_id and an
-  answer, and every answer equals the offline one (which the first test shows is what an
-  uninterrupted run gives);
+* SIGKILL mid-replay, restart (memory:// and rocksdb:// stores): every request answered,
+  duplicates share a request_id and an answer, and every answer equals the offline one
+  (which the first test shows is what an uninterrupted run gives);
+* a second worker joining mid-replay: the same, across the rebalance;
 * a model swap by symlink flip mid-replay: nothing lost or answered twice, and each answer
-  is the ranking of the model version it names.
+  is the ranking of the model version it names;
+* `GapGuard` and `committed_floor` on their own.
 
+Mid-replay is made certain by a gate in the replay (`GatedSink`), not by timing.
 The model is a tiny one trained and exported by ``liverank train`` / ``export`` once per
 session (about 20 s for two); if training is unavailable the tests use the fake scorer and
 say so. Each test has its own topic prefix and consumer group; every wait is bounded.
