@@ -31,6 +31,7 @@ This is the only module of the service that imports faust.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import weakref
@@ -587,6 +588,7 @@ class Service:
         previous: asyncio.Future[None] | None = None  # acks go in batch order
         await self.feed_ready.wait()  # the live index has read stream-events to its end
         await self.publisher_ready.wait()
+        _freeze_heap()
         self._serving = True
         logger.info("serving model_version=%s batch_size=%d batch_wait_ms=%s",
                     self.scorer.version, self.settings.batch_size, self.settings.batch_wait_ms)
@@ -825,6 +827,7 @@ class Service:
         if new.version == self.scorer.version:
             return False
         old, self.scorer = self.scorer, new  # the next batch is scored by the new version
+        _freeze_heap()
         self.windows.length = new.window_len
         self.windows.capacity = max(self.windows.capacity,
                                     new.window_len + self.settings.window_slack)
@@ -833,6 +836,15 @@ class Service:
         logger.info("model swapped old_version=%s new_version=%s dir=%s", old.version,
                     new.version, self.model_dir)
         return True
+
+
+def _freeze_heap() -> None:
+    """Move everything alive now (Faust, the model, the live index) out of the garbage
+    collector's reach. Why: a full collection walked all of it, 72-76 ms measured twice in
+    one latency run, and every request in flight waited; after the freeze a collection
+    only walks what was allocated since."""
+    gc.collect()
+    gc.freeze()
 
 
 def _log_failure(fut: asyncio.Future[Offsets]) -> None:
