@@ -688,19 +688,22 @@ class Service:
                              late=lambda j: j.event.step > watermark)
         topic = self.topics[kafka.RECOMMENDATIONS]
         m = self.metrics
-        answers = m.answers.labels("request"), m.answers.labels("watch")
         self._answered += len(recs)
+        counts = [0, 0, 0, 0, 0]  # request, watch, late, fallback, stale: one inc() each
+        stale_below = live.pruned_below
+        encode, user_key, observe = ev.encode, ev.user_key, m.latency.observe
         for rec in recs:
-            out.append((topic, ev.user_key(rec.user), ev.encode(rec), None))
-            answers[rec.trigger == "watch"].inc()
+            out.append((topic, user_key(rec.user), encode(rec), None))
+            counts[rec.trigger == "watch"] += 1
             if rec.produced_ms is not None:
-                m.latency.observe(max(0, rec.published_ms - rec.produced_ms) / 1000)
-            if rec.late:
-                m.late.inc()
-            if rec.fallback:
-                m.fallback.inc()
-            if live.stale(rec.step):
-                m.stale.inc()
+                observe(max(0, rec.published_ms - rec.produced_ms) / 1000)
+            counts[2] += rec.late
+            counts[3] += rec.fallback
+            counts[4] += rec.step < stale_below
+        for metric, n in zip((m.answers.labels("request"), m.answers.labels("watch"), m.late,
+                              m.fallback, m.stale), counts, strict=True):
+            if n:
+                metric.inc(n)
         m.watermark_wait.observe(t1 - t0)
         m.scoring.observe(t2 - t1)
 
@@ -733,12 +736,15 @@ class Service:
         live = self.live
         assert live is not None
         cache: dict[int, Candidates] = {}
+        watermark = live.watermark  # once per batch (a numpy min)
+        not_live = 0
         for d in decoded:
             e = d.event
-            if isinstance(e, ev.Watch) and live.ready(e.step):
+            if isinstance(e, ev.Watch) and e.step <= watermark:
                 c = cache.get(e.step) or cache.setdefault(e.step, live.candidates(e.step))
-                if e.streamer not in c.streams:
-                    self.metrics.watch_not_live.inc()
+                not_live += e.streamer not in c.streams
+        if not_live:
+            self.metrics.watch_not_live.inc(not_live)
 
     def _decode_user(self, event: Any) -> _Decoded | None:
         msg = event.message
