@@ -61,6 +61,27 @@ class Sink(Protocol):
     def __len__(self) -> int: ...
 
 
+class ForwardingSink:
+    """A `Sink` that hands everything to ``producer``; subclasses change `produce` (the
+    benchmark's steady pacing, the broker tests' gate)."""
+
+    def __init__(self, producer: Any):
+        self.producer = producer
+
+    def produce(self, topic: str, value: Any = None, key: Any = None, partition: int = -1,
+                **kwargs: Any) -> None:
+        self.producer.produce(topic, value, key, partition, **kwargs)
+
+    def poll(self, timeout: float = 0) -> int:
+        return int(self.producer.poll(timeout))
+
+    def flush(self, timeout: float = 60) -> int:
+        return int(self.producer.flush(timeout))
+
+    def __len__(self) -> int:
+        return len(self.producer)
+
+
 # --- results --------------------------------------------------------------------------------
 
 @dataclass

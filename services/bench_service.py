@@ -367,37 +367,29 @@ def consume_only_main(n: int, result: str) -> None:
     faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
 
 
-class _PacedSink:
+def _paced_sink(producer: Any, rate: float) -> Any:
     """A producer that sends at a steady ``rate`` messages/s (the replay's own pacing
     releases a whole step at once: bursts that would measure the burst, not the service),
     stamping ``produced_ms`` when each message is actually handed to librdkafka."""
+    import time
 
-    def __init__(self, producer: Any, rate: float):
-        import time
+    from liverank.replay.producer import ForwardingSink
 
-        self.producer, self.rate = producer, rate
-        self._t0, self._n = time.monotonic(), 0
+    class PacedSink(ForwardingSink):
+        def __init__(self) -> None:
+            super().__init__(producer)
+            self._t0, self._n = time.monotonic(), 0
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, partition: int = -1,
-                on_delivery: Any = None, timestamp: int = 0, headers: Any = None) -> None:
-        import time
+        def produce(self, topic: str, value: Any = None, key: Any = None,
+                    partition: int = -1, **kwargs: Any) -> None:
+            self._n += 1
+            wait = self._t0 + self._n / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            kwargs["headers"] = [("produced_ms", b"%d" % (time.time_ns() // 1_000_000))]
+            super().produce(topic, value, key, partition, **kwargs)
 
-        self._n += 1
-        wait = self._t0 + self._n / self.rate - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        stamp = [("produced_ms", b"%d" % (time.time_ns() // 1_000_000))]
-        self.producer.produce(topic, value, key, partition, on_delivery=on_delivery,
-                              timestamp=timestamp, headers=stamp)
-
-    def poll(self, timeout: float = 0) -> int:
-        return int(self.producer.poll(timeout))
-
-    def flush(self, timeout: float = 60) -> int:
-        return int(self.producer.flush(timeout))
-
-    def __len__(self) -> int:
-        return len(self.producer)
+    return PacedSink()
 
 
 def _latency(base: Settings, tl: Any, model: Path, work: Path, rate: float) -> dict[str, Any]:
@@ -426,7 +418,7 @@ def _latency(base: Settings, tl: Any, model: Path, work: Path, rate: float) -> d
         # Connected, with its idempotent producer id, before the clock starts: otherwise the
         # first ~0.5 s of records wait in librdkafka and count as service latency.
         producer.list_topics(timeout=30)
-        sink = _PacedSink(producer, rate * messages / n)
+        sink = _paced_sink(producer, rate * messages / n)
         report = replay(tl, sink, partitions=parts,
                         stream_topic=settings.topic(kafka.STREAM_EVENTS),
                         user_topic=settings.topic(kafka.USER_EVENTS))

@@ -40,8 +40,8 @@ from liverank.model.data.synth import write as write_synth
 from liverank.model.data.twitch import Interactions, load_interactions
 from liverank.model.evaluate import iter_requests
 from liverank.model.scorer import Ranked
+from liverank.replay.producer import ForwardingSink, replay_to_kafka
 from liverank.replay.producer import replay as replay_to
-from liverank.replay.producer import replay_to_kafka
 from liverank.replay.timeline import REQUEST, build_timeline
 from liverank.services import events as ev
 from liverank.services import kafka
@@ -207,6 +207,19 @@ def same_ranking(rec: ev.Recommendation, ref: Ranked) -> bool:
     return True
 
 
+def assert_all_answered_as_offline(recs: list[ev.Recommendation], want: set[str],
+                                   ref: dict[str, Ranked]) -> None:
+    """Every request answered; every answer, duplicates (at-least-once) included, carries
+    its request_id and equals the offline ranking."""
+    by_id: dict[str, list[ev.Recommendation]] = {}
+    for r in recs:
+        by_id.setdefault(r.request_id, []).append(r)
+    assert set(by_id) == want
+    for rid, answers in by_id.items():
+        for a in answers:
+            assert same_ranking(a, ref[rid]), (rid, a.items, ref[rid])
+
+
 def replay(models: Models, settings: Settings) -> None:
     report = replay_to_kafka(build_timeline(models.data), settings)
     assert report.ok, report.first_error
@@ -270,37 +283,28 @@ def answers_metric(worker: Worker) -> float:
     return 0.0
 
 
-class GatedSink:
+class GatedSink(ForwardingSink):
     """A producer that stops before the ``gate``-th user event until `open` is called, so
     what a test does while it waits lands mid-replay, whatever the machine's speed."""
 
     def __init__(self, settings: Settings, gate: int):
-        self.producer = Producer(kafka.producer_config(settings))
+        super().__init__(Producer(kafka.producer_config(settings)))
         self.user_topic = settings.topic(kafka.USER_EVENTS)
         self.gate, self.sent = gate, 0
         self.reached, self._open = threading.Event(), threading.Event()
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, partition: int = -1,
-                **kwargs: object) -> None:
+    def produce(self, topic: str, value: object = None, key: object = None,
+                partition: int = -1, **kwargs: object) -> None:
         if topic == self.user_topic:
             if self.sent == self.gate:
                 self.producer.flush(30)  # everything before the gate is on the broker
                 self.reached.set()
                 assert self._open.wait(120), "the gate was never opened"
             self.sent += 1
-        self.producer.produce(topic, value, key, partition, **kwargs)
+        super().produce(topic, value, key, partition, **kwargs)
 
     def open(self) -> None:
         self._open.set()
-
-    def poll(self, timeout: float = 0) -> int:
-        return int(self.producer.poll(timeout))
-
-    def flush(self, timeout: float = 60) -> int:
-        return int(self.producer.flush(timeout))
-
-    def __len__(self) -> int:
-        return len(self.producer)
 
 
 def gated_replay(models: Models, settings: Settings, worker: Worker, share: float = 0.6,
@@ -361,14 +365,7 @@ def test_sigkill_mid_replay_then_restart_answers_like_an_uninterrupted_run(
     feeder.join(timeout=60)
     assert not feeder.is_alive()
     recs = wait_answers(kafka_settings, want, 150, second)
-    ref = offline(models, models.v1)
-    by_id: dict[str, list[ev.Recommendation]] = {}
-    for r in recs:
-        by_id.setdefault(r.request_id, []).append(r)
-    assert set(by_id) == want
-    for rid, answers in by_id.items():
-        for a in answers:  # duplicates (at-least-once) carry the same request_id and answer
-            assert same_ranking(a, ref[rid]), (rid, a.items, ref[rid])
+    assert_all_answered_as_offline(recs, want, offline(models, models.v1))
     dups = len(recs) - len(want)
     print(f"restart: {before} answers before SIGKILL, {dups} duplicates")  # noqa: T201
 
@@ -396,14 +393,7 @@ def test_a_second_worker_joining_mid_replay_takes_partitions_and_answers_agree(
     assert not feeder.is_alive()
     recs = wait_answers(kafka_settings, want, 150, second)
     assert answers_metric(second) > 0 and answers_metric(first) > 0  # both served
-    ref = offline(models, models.v1)
-    by_id: dict[str, list[ev.Recommendation]] = {}
-    for r in recs:
-        by_id.setdefault(r.request_id, []).append(r)
-    assert set(by_id) == want
-    for rid, answers in by_id.items():
-        for a in answers:
-            assert same_ranking(a, ref[rid]), (rid, a.items, ref[rid])
+    assert_all_answered_as_offline(recs, want, offline(models, models.v1))
     print(f"two workers: {answers_metric(first):.0f} + {answers_metric(second):.0f} "  # noqa: T201
           f"answers, {len(recs) - len(want)} duplicates")
 
