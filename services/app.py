@@ -418,7 +418,10 @@ class Service:
         self._view = _TableView(self.table)
         self.gaps = GapGuard(self.app.consumer, self.topics[kafka.USER_EVENTS], settings)
         self._guard_consumer = guard_consumer
-        self._stale = 0  # queued events read under the previous assignment (see `handle`)
+        # The partitions assigned here (None: no consumer checks). Events of others, queued
+        # before a rebalance, are dropped: their new owner reads them from the committed
+        # offset, and processing them here would write windows it owns now.
+        self._owned: set[TP] | None = set() if guard_consumer else None
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         _set_fetch_wait(self.app.consumer, settings.fetch_wait_ms)
@@ -509,9 +512,13 @@ class Service:
         self.app.page("/health", name="health")(health)
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
+        if self._owned is not None:
+            self._owned.difference_update(args[0])
         self._restart_partitions(args[0])
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
+        if self._owned is not None:
+            self._owned.update(args[0])
         self._restart_partitions(args[0])
 
     def _restart_partitions(self, tps: Iterable[TP]) -> None:
@@ -524,7 +531,6 @@ class Service:
         for tp in tps:
             if tp.topic == topic:
                 self._progress.pop(tp.partition, None)
-        self._stale = len(self._batcher)
 
     # --- stream events ---------------------------------------------------------------------
     def on_stream_records(self, records: Iterable[tuple[int, int, bytes]]) -> None:
@@ -568,7 +574,10 @@ class Service:
         guard = self.gaps if self._guard_consumer else None
         loop = asyncio.get_running_loop()
         try:
+            owned = self._owned
             async for event in manual.events():
+                if owned is not None and event.message.tp not in owned:
+                    continue  # revoked while in flight: its new owner has it
                 if guard is not None and (gap := guard.check(event)) is not None:
                     back = await loop.run_in_executor(None, guard.read_back, gap)
                     if not back:
@@ -639,14 +648,10 @@ class Service:
         decoded: list[_Decoded] = []
         owner = self._view.owner = {}
         progress = self._progress
-        # Events queued before a rebalance, of partitions this worker lost, are left to their
-        # new owner (it reads them again from the committed offset; processing them here
-        # would write windows it owns now).
-        stale, self._stale = self._stale, max(0, self._stale - len(events))
-        owned = self._owned() if stale else None
-        for i, e in enumerate(events):
-            if owned is not None and i < stale and e.message.tp not in owned:
-                continue
+        owned = self._owned
+        for e in events:
+            if owned is not None and e.message.tp not in owned:
+                continue  # queued before a rebalance took its partition away
             d = self._decode_user(e)
             if d is not None:
                 decoded.append(d)
@@ -706,12 +711,6 @@ class Service:
                 metric.inc(n)
         m.watermark_wait.observe(t1 - t0)
         m.scoring.observe(t2 - t1)
-
-    def _owned(self) -> set[TP] | None:
-        """The user-events partitions assigned here (None: no consumer checks, tests)."""
-        if not self._guard_consumer:
-            return None
-        return set(self.app.assignor.assigned_actives())
 
     async def _prune(self) -> None:
         """Timer: drop stopped intervals behind the group's committed floor (see
