@@ -417,7 +417,6 @@ class Service:
             raise RuntimeError(f"windows table key serializer is {serializer}, not raw")
         self._view = _TableView(self.table)
         self.gaps = GapGuard(self.app.consumer, self.topics[kafka.USER_EVENTS], settings)
-        self._guard_consumer = guard_consumer
         # The partitions assigned here (None: no consumer checks). Events of others, queued
         # before a rebalance, are dropped: their new owner reads them from the committed
         # offset, and processing them here would write windows it owns now.
@@ -523,8 +522,8 @@ class Service:
 
     def _restart_partitions(self, tps: Iterable[TP]) -> None:
         """Faust reads revoked-then-assigned partitions again from their committed offsets:
-        forget the offsets the guard expects and the steps they had reached (pruning the live
-        index by a step a partition will re-read from would drop intervals it still needs)."""
+        forget the offsets the guard expects and the steps they had reached (the progress
+        log's figures)."""
         tps = list(tps)
         self.gaps.forget(tps)
         topic = self.topics[kafka.USER_EVENTS]
@@ -571,7 +570,7 @@ class Service:
         manual = stream.noack()  # acked in `_deliver`, once the broker has the answers
         worker = asyncio.ensure_future(self._process(manual))
         batcher = self._batcher
-        guard = self.gaps if self._guard_consumer else None
+        guard = self.gaps if self._owned is not None else None
         loop = asyncio.get_running_loop()
         try:
             owned = self._owned
@@ -695,7 +694,6 @@ class Service:
         m = self.metrics
         self._answered += len(recs)
         counts = [0, 0, 0, 0, 0]  # request, watch, late, fallback, stale: one inc() each
-        stale_below = live.pruned_below
         encode, user_key, observe = ev.encode, ev.user_key, m.latency.observe
         for rec in recs:
             out.append((topic, user_key(rec.user), encode(rec), None))
@@ -704,7 +702,7 @@ class Service:
                 observe(max(0, rec.published_ms - rec.produced_ms) / 1000)
             counts[2] += rec.late
             counts[3] += rec.fallback
-            counts[4] += rec.step < stale_below
+            counts[4] += live.stale(rec.step)
         for metric, n in zip((m.answers.labels("request"), m.answers.labels("watch"), m.late,
                               m.fallback, m.stale), counts, strict=True):
             if n:
@@ -716,7 +714,7 @@ class Service:
         """Timer: drop stopped intervals behind the group's committed floor (see
         `committed_floor`; not the steps this worker has processed, which a rebalance or a
         restart can send back to the committed offsets)."""
-        if self.live is None or not self._serving or not self._guard_consumer:
+        if self.live is None or not self._serving or self._owned is None:
             return
         topic = self.topics[kafka.USER_EVENTS]
         floor = await asyncio.get_running_loop().run_in_executor(

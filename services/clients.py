@@ -252,7 +252,7 @@ def committed_floor(settings: Settings, topic: str, group: str, partitions: int,
     Reads records, never watermarks (tansu's are wrong, see `liverank.services.tansu`).
     None when it cannot tell (broker unreachable, an unreadable record): prune nothing.
     """
-    conf = {**kafka.consumer_config(settings), "group.id": group, "enable.auto.commit": False}
+    conf = {**kafka.consumer_config(settings, group), "enable.auto.commit": False}
     consumer = Consumer(conf)
     try:
         tps = [KafkaPartition(topic, p) for p in range(partitions)]

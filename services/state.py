@@ -209,10 +209,6 @@ class LiveStreams:
         """True when intervals a request at ``step`` needs may have been pruned."""
         return step < self._pruned_below
 
-    @property
-    def pruned_below(self) -> int:
-        """Requests at steps below this may find pruned intervals missing (`stale`)."""
-        return self._pruned_below
 
     def live_count(self) -> int:
         """Streams live at the watermark (for the metrics)."""
