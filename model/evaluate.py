@@ -26,13 +26,13 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from liverank.replay.timeline import REQUEST, WATCH, build_timeline
+from liverank.model.data.timeline import REQUEST, WATCH, build_timeline
 
 from .data.availability import Availability, Definition, availability
 from .data.split import TimeSplit
 from .data.twitch import Interactions
 from .metrics import Accumulator
-from .scorer import BaseScorer, OnnxScorer, RankRequest
+from .scorer import BaseScorer, OnnxScorer, RankRequest, load_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -145,14 +145,15 @@ def evaluate_scorers(ds: Interactions, scorers: dict[str, BaseScorer], split: Ti
             "models": models}
 
 
-def load_scorer(path: str | Path, threads: int = 1) -> BaseScorer:
-    """An exported directory (model.json) -> `OnnxScorer`; a checkpoint (checkpoint.json)
-    -> the torch scorer of `liverank.model.train`."""
+def open_scorer(path: str | Path, threads: int = 1) -> BaseScorer:
+    """An exported directory (model.json) -> `load_scorer`, as the service loads it; a
+    training checkpoint (checkpoint.json) -> the torch scorer of `liverank.model.checkpoint`
+    (torch is imported only then)."""
     path = Path(path)
     if (path / "model.json").exists():
-        return OnnxScorer(path, threads=threads)
+        return load_scorer(path, threads=threads)  # type: ignore[return-value]
     if (path / "checkpoint.json").exists():
-        from .train import TorchScorer
+        from .checkpoint import TorchScorer
 
         return TorchScorer.from_checkpoint(path, threads=threads)
     raise FileNotFoundError(f"{path}: neither an exported model (model.json) nor a training "
@@ -201,7 +202,7 @@ def run(ds: Interactions, model_paths: Sequence[Path], split: TimeSplit,
         baselines: bool = True, limit: int | None = None) -> dict[str, Any]:
     scorers: dict[str, BaseScorer] = baseline_scorers(ds, split, definition) if baselines else {}
     for path in model_paths:
-        scorer = load_scorer(path, threads=threads)
+        scorer = open_scorer(path, threads=threads)
         kind = "onnx" if isinstance(scorer, OnnxScorer) else "torch"
         scorers[f"{Path(path).name} ({kind})"] = scorer
     return evaluate_scorers(ds, scorers, split, targets, definition, limit=limit)

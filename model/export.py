@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import load_checkpoint
 from .features import (
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -35,7 +36,6 @@ from .features import (
 )
 from .sasrec import SeqRec
 from .scorer import MODEL_FORMAT, sha256_file
-from .train import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from liverank.core.timebase import STEPS_PER_DAY, STEPS_PER_HOUR
+
 PAD = 0
 GAP_BOUNDARIES = (1, 2, 3, 6, 12, 24, 48, 96, 144, 288, 576, 1008, 2016, 4032)
 COUNT_BOUNDARIES = (2, 3, 4, 6, 10)
@@ -43,8 +45,8 @@ OUTPUT_NAME = "scores"
 class TimeEncoding:
     """How steps become time-of-day, weekday and gap buckets (stored in model.json)."""
 
-    steps_per_hour: int = 6
-    steps_per_day: int = 144
+    steps_per_hour: int = STEPS_PER_HOUR
+    steps_per_day: int = STEPS_PER_DAY
     days_per_week: int = 7
     gap_boundaries: tuple[int, ...] = GAP_BOUNDARIES
     count_boundaries: tuple[int, ...] = COUNT_BOUNDARIES

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import zlib
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -347,53 +347,18 @@ class OnnxScorer(ModelScorer):
         return np.asarray(scores, dtype=np.float32)
 
 
-class FakeScorer(BaseScorer):
-    """A deterministic scorer for tests: no model files, no onnxruntime.
+def load_scorer(model_dir: str | Path, threads: int = 1) -> Scorer:
+    """The scorer of an exported model directory (hash-checked `OnnxScorer`); the one loader
+    of the service and of ``evaluate``. `ModelDirError` names what is wrong with it."""
+    return OnnxScorer(model_dir, threads=threads)
 
-    Score = number of times the candidate appears in the last ``window_len`` window entries
-    plus a stable per-name value in [0, 0.5) (CRC32 of the name); the tie-break index is the
-    name's sort order. An empty window gives ``fallback=True`` with the per-name values.
 
-    The per-candidate-list work (sorting, one CRC32 per name) is cached per live set:
-    requests of one step share it, and without the cache the fake was slower than the ONNX
-    model (1.2k vs 2.4k answers/s), useless as the benchmarks' "no model cost" reference.
-    """
-
-    CACHE_SIZE = 64
-
-    def __init__(self, window_len: int = 16, version: str = "fake-1") -> None:
-        super().__init__(ItemIndex((), np.zeros(0, dtype=np.int64)))
-        self.window_len = window_len
-        self.version = version
-        self._sets: OrderedDict[tuple[str, ...], tuple[CandidateSet, np.ndarray]] = (
-            OrderedDict())
-
-    def candidates(self, names: Sequence[str]) -> CandidateSet:
-        ordered = sorted(set(names))
-        return CandidateSet(tuple(ordered), np.zeros(len(ordered), dtype=np.int64),
-                            {n: i for i, n in enumerate(ordered)})
-
-    def _candidate_scores(self, names: Sequence[str]) -> tuple[CandidateSet, np.ndarray]:
-        key = tuple(names)
-        hit = self._sets.get(key)
-        if hit is None:
-            cset = self.candidates(key)
-            base = np.asarray([zlib.crc32(n.encode()) / 2**33 for n in cset.names],
-                              dtype=np.float32)
-            hit = self._sets[key] = (cset, base)
-            if len(self._sets) > self.CACHE_SIZE:
-                self._sets.popitem(last=False)
-        return hit
-
-    def score_all(self, requests: Sequence[RankRequest]) -> list[Scored]:
-        out = []
-        for req in requests:
-            cset, base = self._candidate_scores(req.candidates)
-            window = list(req.window[-self.window_len:]) if self.window_len else []
-            counts = np.zeros(len(cset.names), dtype=np.float32)
-            for name, _ in window:
-                col = cset.cols.get(name)
-                if col is not None:
-                    counts[col] += 1.0
-            out.append(Scored(cset.names, base + counts, not window))
-        return out
+def model_stamp(model_dir: str | Path) -> tuple[str, int, int, int] | None:
+    """What changes when a model directory is replaced: its real path and inode, and
+    model.json's mtime and size. None while the path does not exist (mid-rename)."""
+    try:
+        real = os.path.realpath(model_dir)
+        meta = os.stat(os.path.join(real, "model.json"))
+        return real, os.stat(real).st_ino, meta.st_mtime_ns, meta.st_size
+    except OSError:
+        return None

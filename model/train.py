@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import CHECKPOINT_FORMAT, TorchScorer, save_checkpoint
 from .data.availability import Availability, availability
 from .data.split import time_split
 from .data.twitch import Interactions
@@ -43,11 +44,9 @@ from .features import (
 )
 from .metrics import Accumulator
 from .sasrec import ModelConfig, SeqRec
-from .scorer import ModelScorer
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "liverank-checkpoint/1"
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "liverank": {"time": True, "repeat": True, "negatives": "live", "loss": "softmax"},
     "sasrec": {"time": False, "repeat": False, "negatives": "uniform", "loss": "softmax"},
@@ -251,35 +250,6 @@ def batch_loss(model: SeqRec, batch: dict[str, torch.Tensor], loss: str) -> torc
     return (per * valid).sum() / valid.sum().clamp(min=1)
 
 
-# -- scoring with torch (validation, checkpoints in `evaluate`, the benchmark) ---------------
-
-
-class TorchScorer(ModelScorer):
-    """The same request path as `OnnxScorer`, running the torch model (eager, no grad)."""
-
-    def __init__(self, model: SeqRec, index: ItemIndex, enc: TimeEncoding, version: str,
-                 threads: int | None = None) -> None:
-        super().__init__(index, model.cfg.window_len, enc, version)
-        self.model = model
-        self.threads = threads
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, threads: int | None = None) -> TorchScorer:
-        model, meta = load_checkpoint(path)
-        index = ItemIndex(tuple(meta["items"]), np.asarray(meta["popularity"], np.int64))
-        return cls(model, index, TimeEncoding.from_json(meta["time_encoding"]),
-                   meta["version"], threads)
-
-    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        self.model.eval()
-        with torch.no_grad():
-            out = self.model(*(torch.from_numpy(inputs[k]) for k in (
-                "items", "watch_time", "query_time", "gaps", "cand_items", "cand_repeat")))
-        return out.numpy().astype(np.float32)
-
-
 def validate(scorer: TorchScorer, targets: list[EvalTarget], batch: int = 256) -> dict:
     acc = Accumulator()
     for lo in range(0, len(targets), batch):
@@ -287,31 +257,6 @@ def validate(scorer: TorchScorer, targets: list[EvalTarget], batch: int = 256) -
         for t, s in zip(chunk, scorer.score_all([t.request for t in chunk]), strict=True):
             acc.add(s.rank_of(t.truth), t.repeat)
     return acc.result()
-
-
-# -- checkpoints -------------------------------------------------------------------------
-
-
-def save_checkpoint(out: Path, model: SeqRec, meta: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "weights.pt")
-    (out / "checkpoint.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-
-
-def load_checkpoint(path: str | Path) -> tuple[SeqRec, dict[str, Any]]:
-    path = Path(path)
-    meta_path, weights = path / "checkpoint.json", path / "weights.pt"
-    for p in (meta_path, weights):
-        if not p.exists():
-            raise FileNotFoundError(f"{path}: not a training checkpoint ({p.name} missing)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, "
-                         f"expected {CHECKPOINT_FORMAT!r}")
-    model = SeqRec(ModelConfig.from_json(meta["model"]))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model.eval()
-    return model, meta
 
 
 # -- the loop ----------------------------------------------------------------------------

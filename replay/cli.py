@@ -59,12 +59,12 @@ def replay_command(
     LIVERANK_PARTITIONS). Prints produced / acknowledged / failed per topic; exits 1 if any
     message was not acknowledged, 2 on bad input or no broker, 130 when interrupted.
     """
+    from liverank.broker.kafka import KafkaSetupError
+    from liverank.core.settings import Settings
+    from liverank.model.data.timeline import REQUEST_MODES, build_timeline
     from liverank.model.data.twitch import DataError, load_interactions
     from liverank.replay.encoder import EncodeError
     from liverank.replay.producer import parse_speed, replay_to_kafka
-    from liverank.replay.timeline import REQUEST_MODES, build_timeline
-    from liverank.services.kafka import KafkaSetupError
-    from liverank.services.settings import Settings
 
     try:
         pace = parse_speed(speed)
@@ -136,7 +136,7 @@ class _progress_bar:  # noqa: N801 - used as a context manager, reads like a fun
         task = self.bar.add_task("replay", total=self.total, rate="-", clock="-")
 
         def on_block(done: int, step: int, report: Any) -> None:
-            from liverank.services.events import event_time_ms
+            from liverank.core.timebase import event_time_ms
 
             t = datetime.fromtimestamp(event_time_ms(step, self.epoch_ms) / 1000, tz=UTC)
             speed = self.bar.tasks[0].speed
@@ -187,12 +187,12 @@ def broker_command(
     Clients find it with LIVERANK_KAFKA_BOOTSTRAP=HOST:PORT (127.0.0.1:9092 is the default
     they use anyway). Everything is lost when it stops.
     """
-    from liverank.services.broker import BrokerError, serve_forever
+    from liverank.broker.embedded import BrokerError, serve_forever
 
     def ready(broker: Any) -> None:
         if create_topics:
-            from liverank.services.kafka import ensure_topics
-            from liverank.services.settings import Settings
+            from liverank.broker.kafka import ensure_topics
+            from liverank.core.settings import Settings
 
             ensure_topics(Settings(kafka_bootstrap=broker.bootstrap, broker_kind="tansu"))
         typer.echo(f"broker ready: LIVERANK_KAFKA_BOOTSTRAP={broker.bootstrap} "

@@ -26,8 +26,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from liverank.replay.timeline import REQUEST, START, STOP, WATCH, WATERMARK, Timeline
-from liverank.services import events as ev
+from liverank.core import events as ev
+from liverank.core.timebase import STEP_MS, event_time_ms
+from liverank.model.data.timeline import REQUEST, START, STOP, WATCH, WATERMARK, Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Encoder:
         names = [msgspec.json.encode(str(n)) for n in data.streamer_names.tolist()]
         last = max(tl.last_step, int(tl.step.max()) if len(tl) else 0)
         self.step_piece = np.array(
-            [b',"step":%d,"event_time_ms":%d' % (s, ev.event_time_ms(s, tl.epoch_ms))
+            [b',"step":%d,"event_time_ms":%d' % (s, event_time_ms(s, tl.epoch_ms))
              for s in range(last + 1)], dtype=object)
         self.user_key = np.array([ev.user_key(u) for u in data.user_ids.tolist()], dtype=object)
         # Per broadcast, built on first use (in the encoding child when there is one): the
@@ -153,7 +154,7 @@ class Encoder:
                                                self.step_piece[ws].tolist(), part[w].tolist(),
                                                strict=True)]
         user = kind[pos] >= REQUEST
-        ts = tl.epoch_ms + step[pos] * ev.STEP_MS
+        ts = tl.epoch_ms + step[pos] * STEP_MS
         return Batch(lo, hi, int(step[0]), int(step[-1]),
                      self.topics[user.view(np.uint8)].tolist(), value.tolist(), key.tolist(),
                      part.tolist(), ts.tolist(), user)

@@ -7,7 +7,7 @@
   watch after it stay in order on one partition.
 
 Message timestamp = event time; header ``produced_ms`` = wall-clock produce time (for
-latency); value = the JSON of `liverank.services.events`. Keys are placed by librdkafka's
+latency); value = the JSON of `liverank.core.events`. Keys are placed by librdkafka's
 ``murmur2_random`` partitioner, which agrees with Faust/aiokafka.
 
 Speed: `liverank.replay.encoder` formats the JSON from the timeline's columns (in a forked
@@ -29,6 +29,10 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
+from liverank.core import events as ev
+from liverank.core.settings import Settings
+from liverank.core.timebase import STEP_MS
+from liverank.model.data.timeline import Timeline
 from liverank.replay.encoder import (
     BLOCK_EVENTS,
     Batch,
@@ -37,13 +41,10 @@ from liverank.replay.encoder import (
     ForkedEncoder,
     encode_blocks,
 )
-from liverank.replay.timeline import Timeline
-from liverank.services import events as ev
-from liverank.services.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-STEP_SECONDS = ev.STEP_MS / 1000
+STEP_SECONDS = STEP_MS / 1000
 PRODUCED_MS_HEADER = "produced_ms"
 HEADER_EVERY = 64  # messages sharing one produced_ms header
 
@@ -333,7 +334,7 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
     answers, before anything is produced."""
     from confluent_kafka import Producer
 
-    from liverank.services import kafka as kf
+    from liverank.broker import kafka as kf
 
     stream_topic = settings.topic(kf.STREAM_EVENTS)
     user_topic = settings.topic(kf.USER_EVENTS)

@@ -35,7 +35,7 @@ import gc
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,12 +48,9 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.streams import _current_event  # see `_as_current`
 from faust.types import TP
 
-from liverank.model.scorer import Scorer
-from liverank.services import events as ev
-from liverank.services import kafka
-from liverank.services.clients import (
+from liverank.broker import kafka
+from liverank.broker.clients import (
     KafkaPublisher,
-    MemoryPublisher,
     Offsets,
     Outgoing,
     Publisher,
@@ -62,15 +59,15 @@ from liverank.services.clients import (
     committed_floor,
     consume_now,
 )
+from liverank.core import events as ev
+from liverank.core.settings import Settings
+from liverank.model.data.live import Candidates, LiveStreams
+from liverank.model.scorer import Scorer, load_scorer, model_stamp
 from liverank.services.metrics import Metrics, new_registry
-from liverank.services.scoring import load_scorer, model_stamp, write_fake_model
-from liverank.services.settings import Settings
 from liverank.services.state import (
     BatchStats,
-    Candidates,
     EventClock,
     Job,
-    LiveStreams,
     MicroBatcher,
     UserWindows,
     build_answers,
@@ -82,7 +79,6 @@ from liverank.services.state import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GapGuard", "MemoryPublisher", "Service", "load_scorer", "write_fake_model"]
 
 PRODUCED_MS = "produced_ms"  # header set by the replay: when the record was produced
 PRUNE_EVERY_S = 10.0  # how often the live index is pruned behind the committed floor
@@ -371,11 +367,13 @@ class Service:
     """
 
     def __init__(self, settings: Settings, scorer: Scorer, *, model_dir: str | None = None,
+                 load: Callable[[str, int], Scorer] = load_scorer,
                  publisher: Publisher | None = None, live: LiveStreams | None = None,
                  web: bool = True, guard_consumer: bool = True):
         self.settings = settings
         self.scorer = scorer
         self.model_dir = model_dir
+        self._load = load
         self._model_stamp = model_stamp(model_dir) if model_dir else None
         self.metrics = Metrics(new_registry())
         self.metrics.set_model(scorer.version)
@@ -442,7 +440,7 @@ class Service:
     def publisher(self) -> Publisher:
         if self._publisher is None:
             self._publisher = KafkaPublisher(kafka.producer_config(self.settings),
-                                             self.metrics)
+                                             self.metrics.publish_failures.inc)
         return self._publisher
 
     async def _run_io(self) -> None:
@@ -819,7 +817,7 @@ class Service:
             return False
         loop = asyncio.get_running_loop()
         try:
-            new = await loop.run_in_executor(None, load_scorer, self.model_dir,
+            new = await loop.run_in_executor(None, self._load, self.model_dir,
                                              self.settings.scorer_threads)
         except (ValueError, OSError, RuntimeError) as exc:
             self.metrics.model_swap_failures.inc()

@@ -14,12 +14,16 @@ This module is imported by the CLI, so faust and onnxruntime are imported inside
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from liverank.services.settings import Settings, settings_reference
+from liverank.core.settings import Settings, settings_reference
+from liverank.model.scorer import Scorer, load_scorer
+
+ScorerLoader = Callable[[str, int], Scorer]  # (model directory, threads) -> scorer
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +42,19 @@ def settings_epilog() -> str:
     return "Settings (environment or .env):\n\n\b\n" + "\n".join(lines)
 
 
-def run(settings: Settings, loglevel: str = "info") -> None:
-    """Create the topics if needed, load the model, and run the Faust worker until stopped."""
+def run(settings: Settings, loglevel: str = "info", *, load: ScorerLoader = load_scorer) -> None:
+    """Create the topics if needed, load the model, and run the Faust worker until stopped.
+
+    ``load`` reads a model directory (at start and at every swap); tests and benchmarks hand
+    in the fake's loader (`liverank.services.testing`)."""
     import faust
 
-    from liverank.services import kafka
-    from liverank.services.app import Service, load_scorer
+    from liverank.broker import kafka
+    from liverank.services.app import Service
 
-    scorer = load_scorer(settings.model_dir, settings.scorer_threads)  # a bad model fails first
+    scorer = load(settings.model_dir, settings.scorer_threads)  # a bad model fails first
     kafka.ensure_topics(settings)
-    service = Service(settings, scorer, model_dir=settings.model_dir)
+    service = Service(settings, scorer, model_dir=settings.model_dir, load=load)
     logger.info("worker app_id=%s model_version=%s bootstrap=%s web_port=%d store=%s",
                 service.app.conf.id, scorer.version, settings.kafka_bootstrap,
                 settings.web_port, settings.store)
@@ -70,8 +77,8 @@ def serve_command(
     publishes to recommendations; bad records go to dead-letters. Exits 2 when the model
     directory or the broker is unusable.
     """
+    from liverank.broker.kafka import KafkaSetupError
     from liverank.model.scorer import ModelDirError
-    from liverank.services.kafka import KafkaSetupError
 
     overrides: dict[str, Any] = {}
     if model is not None:

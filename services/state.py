@@ -1,16 +1,9 @@
-"""Service state without Faust: the live index on event time, user windows, micro-batches.
+"""Service state without Faust: user windows, micro-batches, the answer path.
 
 Everything here is plain Python and numpy, so it is unit-tested without a broker and the
-Faust agent in `liverank.services.app` stays thin: decode, update, score, send.
+Faust agent in `liverank.services.app` stays thin: decode, update, score, send. The live
+index it answers from is `liverank.model.data.live.LiveStreams` (shared with the monitor).
 
-* `LiveStreams`: every broadcast's interval ``[start, stop)`` on event time plus the
-  watermark of every ``stream-events`` partition. ``candidates(s)`` answers "who is live at
-  step s" from the intervals, so it does not depend on the order the stream events and the
-  requests were read in; a request waits (`ready`) until every partition delivered a
-  watermark >= s. Stopped intervals stay until they are ``stopped_horizon`` steps behind
-  the oldest step the consumer group may still read (`prune`; the service takes it from
-  the committed offsets), so a request behind the stream feed, behind another partition,
-  or read again after a rebalance or a restart is still answered exactly.
 * `EventClock`: the newest step seen, to refuse negative steps and steps far in the future.
 * `UserWindows`: per user, the last ``length + slack`` watches as `Entry` rows sorted by
   ``seq``, idempotent by event id, read once and written once per micro-batch.
@@ -30,199 +23,13 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
-import numpy as np
 
+from liverank.core import events as ev
+from liverank.model.data.live import Candidates, LiveStreams
 from liverank.model.scorer import Ranked, RankRequest, Scorer
-from liverank.services import events as ev
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-NO_STEP = np.int64(2**62)  # an unknown start (never live) or a stop not seen yet (still live)
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """The streamers live at one step and, for each, the stream that answers for it."""
-
-    step: int
-    streamers: list[str]
-    streams: dict[str, int]  # streamer name -> stream id (latest started; ties: larger id)
-
-    def __len__(self) -> int:
-        return len(self.streamers)
-
-
-class LiveStreams:
-    """Interval index of broadcasts on event time, with per-partition watermarks.
-
-    Intervals live in numpy slot arrays (a free list reuses the slots of pruned ones), so
-    ``candidates(s)`` is one vectorised pass; its result is cached per step and the cache
-    entries for steps >= t are dropped when a start or stop at step t arrives.
-    """
-
-    def __init__(self, partitions: int, stopped_horizon: int = 144, cache_steps: int = 64):
-        if partitions < 1:
-            raise ValueError(f"partitions must be >= 1, got {partitions}")
-        self.partitions = partitions
-        self.stopped_horizon = stopped_horizon
-        self._cache_steps = cache_steps
-        self._wm = np.full(partitions, -1, dtype=np.int64)
-        self._slot_of: dict[int, int] = {}
-        self._free: list[int] = []
-        self._names: list[str] = []
-        self._name_id: dict[str, int] = {}
-        self._stream = np.zeros(0, dtype=np.int64)  # stream id per slot
-        self._streamer = np.zeros(0, dtype=np.int32)  # index into _names
-        self._start = np.zeros(0, dtype=np.int64)  # NO_STEP: start not seen
-        self._stop = np.zeros(0, dtype=np.int64)  # NO_STEP: still live
-        self._used = np.zeros(0, dtype=np.bool_)
-        self._alloc(1024)
-        self._cache: dict[int, Candidates] = {}
-        self._pruned_below = -1  # intervals that stopped before this step may be gone
-        self.anomalies = 0  # stops without a start, starts after their stop, ...
-
-    # --- intervals -------------------------------------------------------------------
-    def _alloc(self, capacity: int) -> None:
-        """Grow the slot arrays to ``capacity``; the new slots go on the free list."""
-        old = self._stream.shape[0]
-        extra = capacity - old
-        self._stream = _grow(self._stream, extra, 0)
-        self._streamer = _grow(self._streamer, extra, 0)
-        self._start = _grow(self._start, extra, NO_STEP)
-        self._stop = _grow(self._stop, extra, NO_STEP)
-        self._used = _grow(self._used, extra, False)
-        self._free.extend(range(capacity - 1, old - 1, -1))
-
-    def _slot(self, stream: int, streamer: str) -> int:
-        slot = self._slot_of.get(stream)
-        if slot is not None:
-            return slot
-        if not self._free:
-            self._alloc(2 * self._stream.shape[0])
-        slot = self._free.pop()
-        name_id = self._name_id.get(streamer)
-        if name_id is None:
-            name_id = self._name_id[streamer] = len(self._names)
-            self._names.append(streamer)
-        self._slot_of[stream] = slot
-        self._stream[slot], self._streamer[slot] = stream, name_id
-        self._start[slot], self._stop[slot], self._used[slot] = NO_STEP, NO_STEP, True
-        return slot
-
-    def start(self, stream: int, streamer: str, step: int) -> None:
-        slot = self._slot(stream, streamer)
-        if self._start[slot] != NO_STEP and self._start[slot] <= step:
-            return  # a replayed start: the first one holds
-        if self._stop[slot] != NO_STEP:
-            self.anomalies += 1  # the stop came first (e.g. read from the middle of the log)
-        self._start[slot] = step
-        self._invalidate(step)
-
-    def stop(self, stream: int, streamer: str, step: int) -> None:
-        slot = self._slot(stream, streamer)
-        if self._stop[slot] != NO_STEP and self._stop[slot] >= step:
-            return  # a replayed stop: the last one holds
-        if self._start[slot] == NO_STEP:
-            self.anomalies += 1
-        self._stop[slot] = step
-        self._invalidate(step)
-
-    def _invalidate(self, step: int) -> None:
-        if self._cache:
-            for s in [s for s in self._cache if s >= step]:
-                del self._cache[s]
-
-    # --- watermarks ------------------------------------------------------------------
-    def advance(self, partition: int, step: int) -> bool:
-        """Record a watermark of ``partition``; True when the global watermark moved."""
-        if not 0 <= partition < self.partitions:
-            raise ValueError(f"partition {partition} outside 0..{self.partitions - 1}")
-        if step <= self._wm[partition]:
-            return False
-        before = self.watermark
-        self._wm[partition] = step
-        return self.watermark > before
-
-    @property
-    def watermark(self) -> int:
-        """Every partition has delivered all stream events up to this step (-1: not yet)."""
-        return int(self._wm.min())
-
-    def ready(self, step: int) -> bool:
-        return self.watermark >= step
-
-    def apply(self, event: ev.StreamEvent, partition: int) -> bool:
-        """Apply one stream event read from ``partition``; True when the watermark moved."""
-        if isinstance(event, ev.StreamStart):
-            self.start(event.stream, event.streamer, event.step)
-        elif isinstance(event, ev.StreamStop):
-            self.stop(event.stream, event.streamer, event.step)
-        elif isinstance(event, ev.Watermark | ev.End):
-            return self.advance(partition, event.step)
-        return False
-
-    # --- queries ---------------------------------------------------------------------
-    def candidates(self, step: int) -> Candidates:
-        """Streamers live at ``step``: start <= step < stop, one stream per streamer."""
-        hit = self._cache.get(step)
-        if hit is not None:
-            return hit
-        live = np.flatnonzero(self._used & (self._start <= step) & (self._stop > step))
-        # Sort by streamer, then latest start first, then larger stream id first: the first
-        # slot of each streamer is the stream that answers for it (as in availability.py).
-        order = np.lexsort((-self._stream[live], -self._start[live], self._streamer[live]))
-        live = live[order]
-        names_idx = self._streamer[live]
-        first = np.ones(live.shape[0], dtype=bool)
-        first[1:] = names_idx[1:] != names_idx[:-1]
-        live, names_idx = live[first], names_idx[first]
-        names = [self._names[i] for i in names_idx.tolist()]
-        result = Candidates(step, names, dict(zip(names, self._stream[live].tolist(),
-                                                  strict=True)))
-        if len(self._cache) >= self._cache_steps:
-            del self._cache[next(iter(self._cache))]
-        self._cache[step] = result
-        return result
-
-    def prune(self, floor: int) -> int:
-        """Forget intervals that stopped ``stopped_horizon`` steps or more before ``floor``,
-        the step every source of requests has reached; returns how many were dropped.
-
-        The floor must not be the newest request's step: partitions of user-events are
-        read at different speeds, so one may be hours of event time behind another."""
-        cutoff = floor - self.stopped_horizon
-        if cutoff <= self._pruned_below:
-            return 0
-        self._pruned_below = cutoff
-        old = np.flatnonzero(self._used & (self._stop <= cutoff))
-        if old.shape[0]:
-            for stream in self._stream[old].tolist():
-                del self._slot_of[stream]
-            self._used[old] = False
-            self._start[old], self._stop[old] = NO_STEP, NO_STEP
-            self._free.extend(old.tolist())
-            self._cache.clear()
-        return int(old.shape[0])
-
-    def stale(self, step: int) -> bool:
-        """True when intervals a request at ``step`` needs may have been pruned."""
-        return step < self._pruned_below
-
-
-    def live_count(self) -> int:
-        """Streams live at the watermark (for the metrics)."""
-        wm = self.watermark
-        return int(np.count_nonzero(self._used & (self._start <= wm) & (self._stop > wm)))
-
-    def __len__(self) -> int:
-        """Intervals held (live or kept within the horizon)."""
-        return len(self._slot_of)
-
-
-def _grow(arr: np.ndarray, extra: int, fill: object) -> np.ndarray:
-    return np.concatenate([arr, np.full(extra, fill, dtype=arr.dtype)])
-
 
 class EventClock:
     """The newest event step seen; refuses steps below 0 or beyond ``newest + horizon``."""

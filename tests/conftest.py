@@ -4,7 +4,7 @@ The broker, in order: ``LIVERANK_KAFKA_BOOTSTRAP`` / ``KAFKA_BOOTSTRAP_SERVERS``
 testcontainers Kafka when a Docker engine answers; else the embedded tansu on a free port;
 else the test is skipped with the reason printed. Broker tests are marked ``kafka`` (any test
 using these fixtures gets the mark automatically). Every receive in a test must be bounded by a
-timeout: use `liverank.services.kafka.read_topic(..., timeout_s=...)`.
+timeout: use `liverank.broker.kafka.read_topic(..., timeout_s=...)`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from liverank.services.settings import Settings, bootstrap_configured
+from liverank.core.settings import Settings, bootstrap_configured
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _docker_answers(timeout: float = 0.5) -> bool:
 def kafka_broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """(bootstrap, kind) of the session's broker; kind is "kafka", "tansu" or "auto"."""
     if bootstrap_configured():
-        from liverank.services.kafka import resolve_bootstrap
+        from liverank.broker.kafka import resolve_bootstrap
 
         yield resolve_bootstrap(), "auto"
         return
@@ -79,7 +79,7 @@ def kafka_broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
             return
     else:
         reasons.append("no Docker engine answers")
-    from liverank.services.broker import BrokerError, EmbeddedBroker
+    from liverank.broker.embedded import BrokerError, EmbeddedBroker
 
     try:
         broker = EmbeddedBroker.start("127.0.0.1:0")

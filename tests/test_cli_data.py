@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from liverank.services.cli import app
+from liverank.cli.main import app
 
 runner = CliRunner()
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from liverank.cli.demo import DemoOptions, run_demo
 from liverank.model.data.twitch import load_interactions
 from liverank.model.evaluate import iter_requests
 from liverank.model.scorer import OnnxScorer
-from liverank.services.demo import DemoOptions, run_demo
 
 
 @pytest.fixture(scope="module")

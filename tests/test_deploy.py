@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from liverank.services.settings import Settings
+from liverank.core.settings import Settings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to parse the manifests")
 
@@ -44,7 +44,7 @@ def test_service_probes_and_commands() -> None:
 
 
 def test_configuration_reference_is_current() -> None:
-    from liverank.services.settings import settings_markdown
+    from liverank.core.settings import settings_markdown
 
     doc = DEPLOY.parent / "docs" / "configuration.md"
     assert doc.read_text() == settings_markdown(), "run: liverank config --markdown > " + str(doc)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from liverank.services import events as ev
+from liverank.core import events as ev
+from liverank.core.timebase import DEFAULT_EPOCH_MS, event_time_ms
 
 SAMPLES: list[ev.Event] = [
-    ev.StreamStart(event_id="start:5", seq=0, step=3, event_time_ms=ev.event_time_ms(3),
+    ev.StreamStart(event_id="start:5", seq=0, step=3, event_time_ms=event_time_ms(3),
                    stream=5, streamer="alptv"),
-    ev.StreamStop(event_id="stop:5", seq=9, step=7, event_time_ms=ev.event_time_ms(7),
+    ev.StreamStop(event_id="stop:5", seq=9, step=7, event_time_ms=event_time_ms(7),
                   stream=5, streamer="alptv"),
-    ev.Watermark(event_id="wm:3", seq=1, step=3, event_time_ms=ev.event_time_ms(3), partition=2),
+    ev.Watermark(event_id="wm:3", seq=1, step=3, event_time_ms=event_time_ms(3), partition=2),
     ev.End(event_id="end", seq=10, step=7, event_time_ms=1, stream_events=4, user_events=6),
     ev.Watch(event_id="watch:0", seq=3, step=3, event_time_ms=2, user=42, stream=5,
              streamer="alptv"),
@@ -34,8 +35,8 @@ def test_round_trip(event: ev.Event) -> None:
 
 
 def test_event_time() -> None:
-    assert ev.event_time_ms(0) == ev.DEFAULT_EPOCH_MS
-    assert ev.event_time_ms(2, epoch_ms=1000) == 1000 + 2 * 600_000
+    assert event_time_ms(0) == DEFAULT_EPOCH_MS
+    assert event_time_ms(2, epoch_ms=1000) == 1000 + 2 * 600_000
 
 
 def test_watch_carries_no_stop() -> None:

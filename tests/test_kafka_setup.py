@@ -8,11 +8,11 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Producer
 
-from liverank.services import events as ev
-from liverank.services import kafka as kf
-from liverank.services import tansu
-from liverank.services.broker import BrokerError, EmbeddedBroker, free_port, parse_listen
-from liverank.services.settings import Settings
+from liverank.broker import kafka as kf
+from liverank.broker import tansu
+from liverank.broker.embedded import BrokerError, EmbeddedBroker, free_port, parse_listen
+from liverank.core import events as ev
+from liverank.core.settings import Settings
 
 # --- no broker needed ---------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ def test_broker_command_serves_until_sigterm() -> None:
     from pathlib import Path
 
     try:
-        from liverank.services.broker import broker_binary
+        from liverank.broker.embedded import broker_binary
 
         broker_binary()
     except BrokerError as exc:

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 
+from liverank.model.checkpoint import TorchScorer, load_checkpoint
 from liverank.model.data.split import time_split
 from liverank.model.data.synth import generate
 from liverank.model.evaluate import iter_requests
 from liverank.model.export import export, random_inputs
 from liverank.model.features import INPUT_NAMES, TimeEncoding
-from liverank.model.scorer import FakeScorer, ModelDirError, OnnxScorer, RankRequest
-from liverank.model.train import TorchScorer, configs, load_checkpoint, train
+from liverank.model.scorer import ModelDirError, OnnxScorer, RankRequest
+from liverank.model.train import configs, train
+from liverank.services.testing import FakeScorer
 
 OFFSETS = {"val_offset": 120, "test_offset": 60}
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from liverank.cli.main import app
 from liverank.model.data.synth import generate
 from liverank.model.data.twitch import write_twitch
 from liverank.model.export import export
 from liverank.model.features import TimeEncoding
 from liverank.model.scorer import OnnxScorer, RankRequest
 from liverank.model.train import Batcher, build_index, configs, make_sequences, train
-from liverank.services.cli import app
 
 OFFSETS = {"val_offset": 120, "test_offset": 60}
 

@@ -6,10 +6,10 @@ import math
 
 import pandas as pd
 
+from liverank.client.monitor import OnlineEvaluator, format_summary
+from liverank.core import events as ev
+from liverank.model.data.timeline import build_timeline
 from liverank.model.data.twitch import from_frame
-from liverank.replay.timeline import build_timeline
-from liverank.services import events as ev
-from liverank.services.monitor import OnlineEvaluator, format_summary
 
 ROWS = [  # user, stream, streamer, start, stop
     (1, 10, "a", 0, 6),

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from liverank.broker.embedded import free_port
+from liverank.cli.main import app
+from liverank.core import events as ev
+from liverank.core.timebase import event_time_ms
 from liverank.model.data.synth import generate
+from liverank.model.data.timeline import WATERMARK, build_timeline
 from liverank.model.data.twitch import from_frame, write_twitch
 from liverank.replay.encoder import EncodeError, Encoder, blocks, encode_blocks
 from liverank.replay.producer import (
@@ -21,10 +26,6 @@ from liverank.replay.producer import (
     parse_speed,
     replay,
 )
-from liverank.replay.timeline import WATERMARK, build_timeline
-from liverank.services import events as ev
-from liverank.services.broker import free_port
-from liverank.services.cli import app
 
 P = 4  # partitions of stream-events in these tests
 runner = CliRunner()
@@ -80,7 +81,7 @@ def test_replay_sends_every_event_keyed_and_stamped(tiny) -> None:  # type: igno
     assert [e.seq for m, e in body if not isinstance(e, ev.Watermark)] == [
         s for s, k in zip(tl.seq.tolist(), tl.kind.tolist(), strict=True) if k != WATERMARK]
     for m, e in decoded:
-        assert m.timestamp == e.event_time_ms == ev.event_time_ms(e.step)
+        assert m.timestamp == e.event_time_ms == event_time_ms(e.step)
         assert m.headers == [(PRODUCED_MS_HEADER, b"1234")]
         if isinstance(e, ev.Watch | ev.RecRequest):
             assert (m.topic, m.key, m.partition) == ("u", ev.user_key(e.user), -1)

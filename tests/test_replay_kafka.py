@@ -11,14 +11,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 from typer.testing import CliRunner
 
+from liverank.broker import kafka as kf
+from liverank.cli.main import app
+from liverank.core import events as ev
+from liverank.core.settings import Settings
 from liverank.model.data.synth import generate
+from liverank.model.data.timeline import WATERMARK, build_timeline
 from liverank.model.data.twitch import write_twitch
 from liverank.replay.producer import PRODUCED_MS_HEADER, is_end, replay_to_kafka
-from liverank.replay.timeline import WATERMARK, build_timeline
-from liverank.services import events as ev
-from liverank.services import kafka as kf
-from liverank.services.cli import app
-from liverank.services.settings import Settings
 
 pytestmark = pytest.mark.kafka
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
+from liverank.cli.main import app
 from liverank.model.data.availability import availability
 from liverank.model.data.report import TOP_K, is_live, timing, write_report
 from liverank.model.data.synth import generate
 from liverank.model.data.twitch import load_interactions, write_twitch
-from liverank.services.cli import app
 
 runner = CliRunner()
 

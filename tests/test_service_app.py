@@ -16,16 +16,15 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from liverank.core import events as ev
+from liverank.core.settings import Settings
+from liverank.model.data import timeline as tl
+from liverank.model.data.live import LiveStreams
 from liverank.model.data.synth import generate
 from liverank.model.data.twitch import Interactions
-from liverank.model.scorer import FakeScorer
-from liverank.replay import timeline as tl
-from liverank.services import events as ev
 from liverank.services.app import SEAL_KEY, Service
-from liverank.services.clients import MemoryPublisher
-from liverank.services.scoring import load_scorer, write_fake_model
-from liverank.services.settings import Settings
-from liverank.services.state import LiveStreams, UserWindows, answer_batch, plan_batch
+from liverank.services.state import UserWindows, answer_batch, plan_batch
+from liverank.services.testing import FakeScorer, MemoryPublisher, load_fake_model, write_fake_model
 
 PREFIX = "t."
 RECS, DEAD = f"{PREFIX}recommendations", f"{PREFIX}dead-letters"
@@ -50,7 +49,8 @@ def service(scorer: Any = None, live: LiveStreams | None = None, model_dir: str 
     # Faust's test context numbers offsets across partitions: no offset checks here (the
     # guard is tested on the broker, tests/test_service_kafka.py).
     svc = Service(settings(**kw), scorer or FakeScorer(window_len=5), publisher=pub,
-                  live=live, model_dir=model_dir, web=False, guard_consumer=False)
+                  live=live, model_dir=model_dir, load=load_fake_model, web=False,
+                  guard_consumer=False)
     return svc, pub
 
 
@@ -250,7 +250,7 @@ async def test_model_swap_by_symlink_flip_is_picked_up_and_named_in_answers(
     current = tmp_path / "current"
     current.symlink_to(v1)
     stream, users = split_timeline(tl.build_timeline(tiny()))
-    svc, pub = service(scorer=load_scorer(current), model_dir=str(current))
+    svc, pub = service(scorer=load_fake_model(current), model_dir=str(current))
     for e in stream:
         svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
     half = len(users) // 2
@@ -281,18 +281,18 @@ async def test_model_swap_by_symlink_flip_is_picked_up_and_named_in_answers(
 
 
 def test_load_scorer_names_a_bad_model_directory(tmp_path: Path) -> None:
-    from liverank.model.scorer import ModelDirError
+    from liverank.model.scorer import ModelDirError, load_scorer
 
     with pytest.raises(ModelDirError, match="no model.json"):
         load_scorer(tmp_path)
 
 
-def test_the_serving_path_never_imports_torch() -> None:
+def test_the_serving_path_never_imports_torch_or_pandas() -> None:
     code = ("import sys\n"
-            "import liverank.services.app, liverank.services.serve, liverank.services.cli\n"
-            "import liverank.services.clients, liverank.services.scoring\n"
-            "from liverank.services.app import Service, load_scorer\n"
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+            "import liverank.services.app, liverank.services.serve\n"
+            "import liverank.broker.clients, liverank.model.scorer\n"
+            "from liverank.services.app import Service\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pandas')]\n"
             "assert not bad, bad\n"
             "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -381,8 +381,8 @@ def tl_tp() -> Any:
 
 
 def test_publisher_that_cannot_reach_the_broker_says_so() -> None:
-    from liverank.services import kafka
-    from liverank.services.clients import KafkaPublisher, PublishError
+    from liverank.broker import kafka
+    from liverank.broker.clients import KafkaPublisher, PublishError
 
     publisher = KafkaPublisher(kafka.producer_config(settings(kafka_timeout_s=1.0)))
     try:

@@ -35,23 +35,23 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
+from liverank.broker import kafka
+from liverank.broker.embedded import free_port
+from liverank.core import events as ev
+from liverank.core.settings import Settings
 from liverank.model.data.availability import availability
 from liverank.model.data.synth import write as write_synth
+from liverank.model.data.timeline import REQUEST, build_timeline
 from liverank.model.data.twitch import Interactions, load_interactions
 from liverank.model.evaluate import iter_requests
-from liverank.model.scorer import Ranked
+from liverank.model.scorer import Ranked, Scorer, load_scorer
 from liverank.replay.producer import ForwardingSink, replay_to_kafka
 from liverank.replay.producer import replay as replay_to
-from liverank.replay.timeline import REQUEST, build_timeline
-from liverank.services import events as ev
-from liverank.services import kafka
-from liverank.services.broker import free_port
-from liverank.services.scoring import load_scorer, write_fake_model
-from liverank.services.settings import Settings
+from liverank.services.testing import FAKE_MODEL_FORMAT, load_fake_model, write_fake_model
 
 TOL = 1e-5
 K = 10
-CLI = [sys.executable, "-c", "from liverank.services.cli import main; main()"]
+CLI = [sys.executable, "-c", "from liverank.cli.main import main; main()"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,13 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
+        # A fake model directory is served through the fake's loader, handed in by the test
+        # (`liverank serve` itself only serves exported models).
+        cmd = ([sys.executable, "-m", "liverank.services.testing", "serve"]
+               if is_fake(self.model) else CLI + ["serve"])
+        self.env["LIVERANK_MODEL_DIR"] = str(self.model)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(CLI + ["serve", "--model", str(self.model)],
+            self.proc = subprocess.Popen(cmd,
                                          env=self.env, cwd=self.workdir, stdout=log,
                                          stderr=subprocess.STDOUT)
         return self
@@ -183,9 +188,18 @@ def wait_answers(settings: Settings, want: set[str], timeout: float, worker: Wor
         time.sleep(1.0)
 
 
+def is_fake(model_dir: Path) -> bool:
+    return FAKE_MODEL_FORMAT in (model_dir / "model.json").read_text()
+
+
+def load(model_dir: Path) -> Scorer:
+    """The scorer of a model directory: the exported model, or the fake's (test fallback)."""
+    return load_fake_model(model_dir) if is_fake(model_dir) else load_scorer(model_dir)
+
+
 def offline(models: Models, model_dir: Path) -> dict[str, Ranked]:
     """`liverank evaluate`'s requests for every watch, ranked by the same exported model."""
-    scorer = load_scorer(model_dir)
+    scorer = load(model_dir)
     reqs = list(iter_requests(models.data, 0, models.data.max_step, scorer.window_len))
     ranked = scorer.rank([r for _, r, _ in reqs], K)
     return {event_id: r for (event_id, _, _), r in zip(reqs, ranked, strict=True)}
@@ -248,7 +262,7 @@ def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
     av = availability(models.data, "broadcast")
     index = models.data.streamer_index()
     ref = offline(models, models.v1)
-    version = load_scorer(models.v1).version
+    version = load(models.v1).version
     for r in recs:
         live = av.streamers_at(r.step)
         assert len(r.items) == min(K, len(live))
@@ -420,7 +434,7 @@ def test_model_swap_mid_replay_loses_nothing_and_answers_name_their_model(
     assert not feeder.is_alive()
     recs = wait_answers(kafka_settings, want, 120, worker)
     assert len(recs) == len(want) == len({r.request_id for r in recs})
-    v1, v2 = load_scorer(models.v1).version, load_scorer(models.v2).version
+    v1, v2 = load(models.v1).version, load(models.v2).version
     versions = [r.model_version for r in recs]
     assert set(versions) == {v1, v2}, set(versions)
     ref = {v1: offline(models, models.v1), v2: offline(models, models.v2)}
@@ -503,7 +517,7 @@ def test_committed_floor_is_the_oldest_step_the_group_may_read_again(
     smallest over partitions; empty partitions add no bound."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from liverank.services.clients import committed_floor
+    from liverank.broker.clients import committed_floor
 
     kafka.ensure_topics(kafka_settings)
     topic = kafka_settings.topic(kafka.USER_EVENTS)

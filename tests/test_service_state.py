@@ -1,23 +1,22 @@
-"""Service state without Faust: live index on event time, watermarks, windows, micro-batches."""
+"""Service state without Faust: event clock, windows, micro-batches, the answer path.
+
+The live index they answer from is tested in tests/test_live_index.py."""
 
 from __future__ import annotations
 
-import functools
-import random
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import pytest
+from timelines import expected_live, stream_events, tiny
 
-from liverank.model.data.availability import Availability, availability
-from liverank.model.data.synth import generate
-from liverank.model.data.twitch import Interactions, from_frame
+from liverank.core import events as ev
+from liverank.model.data import timeline as tl
+from liverank.model.data.twitch import Interactions
 from liverank.model.evaluate import iter_requests
-from liverank.model.scorer import FakeScorer, Ranked, RankRequest
-from liverank.replay import timeline as tl
-from liverank.services import events as ev
+from liverank.model.scorer import Ranked, RankRequest
 from liverank.services import state as st
+from liverank.services.testing import FakeScorer
 
 
 class CountScorer:
@@ -34,146 +33,6 @@ class CountScorer:
                             reverse=True)[:k]
             out.append(Ranked([c for _, c in scored], [s for s, _ in scored], not r.window))
         return out
-
-
-@functools.lru_cache(maxsize=1)
-def tiny() -> Interactions:
-    return generate("tiny", seed=0)
-
-
-def stream_events(t: tl.Timeline) -> list[ev.Event]:
-    return [e for e in t if isinstance(e, ev.StreamStart | ev.StreamStop | ev.Watermark)]
-
-
-def partitioned(events: list[ev.Event], parts: int) -> list[list[ev.Event]]:
-    """Deal stream events over partitions by stream id; watermarks go to every one."""
-    out: list[list[ev.Event]] = [[] for _ in range(parts)]
-    for e in events:
-        if isinstance(e, ev.Watermark):
-            for p in out:
-                p.append(e)
-        else:
-            out[e.stream % parts].append(e)  # type: ignore[union-attr]
-    return out
-
-
-_AVAILABILITY: dict[int, tuple[Interactions, Availability]] = {}
-
-
-def expected_live(data: Interactions, step: int) -> dict[str, int]:
-    """The broadcast definition of model/data/availability.py, name -> answering stream."""
-    if id(data) not in _AVAILABILITY:
-        _AVAILABILITY[id(data)] = (data, availability(data, "broadcast"))
-    av = _AVAILABILITY[id(data)][1]
-    return {str(data.streamer_names[s]): int(m)
-            for s, m in zip(av.streamers_at(step), av.streams_at(step), strict=True)}
-
-
-# --- LiveStreams ---------------------------------------------------------------------------
-def test_candidates_equal_broadcast_availability_at_every_step() -> None:
-    data = tiny()
-    av = availability(data, "broadcast")
-    live = st.LiveStreams(partitions=1, stopped_horizon=10_000)
-    checked = 0
-    for e in stream_events(tl.build_timeline(data, requests="none")):
-        live.apply(e, 0)
-        if isinstance(e, ev.Watermark) and e.step < av.n_steps:
-            c = live.candidates(e.step)
-            want = {str(data.streamer_names[s]): int(m) for s, m in
-                    zip(av.streamers_at(e.step), av.streams_at(e.step), strict=True)}
-            assert c.streams == want, e.step
-            assert sorted(c.streamers) == sorted(want)
-            checked += len(want)
-    assert checked > 1000  # the tiny data has live streams at most steps
-
-
-def test_overlapping_streams_of_one_streamer_answer_with_the_latest_started() -> None:
-    rows = [(1, 10, "a", 0, 9), (2, 11, "a", 3, 5), (3, 12, "a", 3, 6), (4, 20, "b", 2, 4)]
-    data = from_frame(pd.DataFrame(rows, columns=["user", "stream", "streamer", "start",
-                                                  "stop"]))
-    live = st.LiveStreams(partitions=1)
-    for e in stream_events(tl.build_timeline(data, requests="none")):
-        live.apply(e, 0)
-    for step in range(10):
-        assert live.candidates(step).streams == expected_live(data, step), step
-    assert live.candidates(3).streams == {"a": 12, "b": 20}  # start 3 ties: larger id
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_any_interleaving_of_partitions_gives_the_same_answers_once_ready(seed: int) -> None:
-    data = tiny()
-    parts = partitioned(stream_events(tl.build_timeline(data, requests="none")), 4)
-    live = st.LiveStreams(partitions=4, stopped_horizon=10_000)
-    rng = random.Random(seed)
-    pos = [0] * 4
-    answered = 0
-    while any(p < len(q) for p, q in zip(pos, parts, strict=True)):
-        i = rng.choice([i for i in range(4) if pos[i] < len(parts[i])])
-        for _ in range(rng.randint(1, 30)):  # a burst from one partition
-            if pos[i] < len(parts[i]):
-                live.apply(parts[i][pos[i]], i)
-                pos[i] += 1
-        # Ask about a random step up to the watermark: the answer must be final.
-        if live.watermark >= 0:
-            s = rng.randint(max(0, live.watermark - 5), live.watermark)
-            assert live.ready(s)
-            assert live.candidates(s).streams == expected_live(data, s), s
-            answered += 1
-    assert answered > 50
-
-
-def test_watermark_is_the_minimum_over_partitions() -> None:
-    live = st.LiveStreams(partitions=3)
-    assert live.watermark == -1 and not live.ready(0)
-    assert not live.advance(0, 5)  # others still at -1
-    assert not live.advance(1, 7)
-    assert live.advance(2, 6)
-    assert live.watermark == 5 and live.ready(5) and not live.ready(6)
-    assert not live.advance(2, 3)  # a watermark never goes back
-    assert live.watermark == 5
-    assert live.apply(ev.End(event_id="end", seq=9, step=9, event_time_ms=0), 0)
-    assert live.watermark == 6
-    with pytest.raises(ValueError, match="partition 3"):
-        live.advance(3, 1)
-
-
-def test_an_early_answer_is_recomputed_when_a_start_for_its_step_arrives() -> None:
-    live = st.LiveStreams(partitions=1)
-    live.start(1, "a", 0)
-    assert live.candidates(4).streamers == ["a"]  # asked before the watermark (late answer)
-    live.start(2, "b", 4)
-    live.stop(1, "a", 4)
-    assert live.candidates(4).streams == {"b": 2}
-    assert live.candidates(3).streams == {"a": 1}
-
-
-def test_replayed_stream_events_change_nothing() -> None:
-    live = st.LiveStreams(partitions=1)
-    for _ in range(2):
-        live.start(1, "a", 2)
-        live.stop(1, "a", 5)
-    live.start(1, "a", 3)  # a later duplicate start does not move the first one
-    assert [live.candidates(s).streamers for s in range(1, 7)] == [
-        [], ["a"], ["a"], ["a"], [], []]
-    assert len(live) == 1 and live.anomalies == 0
-
-
-def test_stopped_intervals_are_kept_for_the_horizon_behind_the_pruning_floor() -> None:
-    live = st.LiveStreams(partitions=1, stopped_horizon=10)
-    for i in range(3000):  # more than the initial capacity: the arrays grow
-        live.start(i, f"s{i}", i)
-        live.stop(i, f"s{i}", i + 2)
-    live.advance(0, 3000)
-    assert live.candidates(2000).streams == {"s1999": 1999, "s2000": 2000}
-    assert len(live) == 3000  # nothing is pruned by asking, however far ahead
-    assert live.candidates(500).streams == {"s499": 499, "s500": 500}
-    assert live.prune(2000) == 1989  # stop <= 1990 are gone; 1990..2999 stopped later
-    assert len(live) == 3000 - 1989 and live.prune(1995) == 0
-    assert live.candidates(1991).streams == {"s1990": 1990, "s1991": 1991}  # within horizon
-    assert not live.stale(1990) and live.stale(1989)
-    assert live.candidates(500).streams == {}  # cache dropped: pruned intervals are gone
-    live.start(5000, "s1", 2500)  # a freed slot is reused; its name is still known
-    assert live.candidates(2600).streams == {"s1": 5000, "s2599": 2599, "s2600": 2600}
 
 
 def test_event_clock_refuses_negative_and_far_future_steps() -> None:

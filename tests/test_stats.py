@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from liverank.cli.main import app
 from liverank.model.data.stats import (
     PUBLISHED,
     file_stats,
@@ -18,7 +19,6 @@ from liverank.model.data.stats import (
 )
 from liverank.model.data.synth import generate
 from liverank.model.data.twitch import load_interactions
-from liverank.services.cli import app
 
 runner = CliRunner()
 

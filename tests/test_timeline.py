@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from liverank.core import events as ev
+from liverank.model.data import timeline as tl
 from liverank.model.data.twitch import Interactions, from_frame
-from liverank.replay import timeline as tl
-from liverank.services import events as ev
 
 ROWS = [
     # user, stream, streamer, start, stop

@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from liverank.core.timebase import STEPS_PER_DAY
+
 from .availability import Availability, availability, broadcasts
-from .stats import STEPS_PER_DAY, file_stats, hour_shares, repeat_gaps, user_order
+from .stats import file_stats, hour_shares, repeat_gaps, user_order
 from .twitch import Interactions
 
 logger = logging.getLogger(__name__)

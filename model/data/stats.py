@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from liverank.core.timebase import STEPS_PER_DAY
+
 from .availability import DEFINITIONS, availability, broadcasts
 from .twitch import Interactions
 
-STEPS_PER_DAY = 144
 QUANTILES = (10, 25, 50, 75, 90)
 
 # Published statistics of the full 100k_a.csv (../shared/data/README.md).

@@ -41,12 +41,12 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from liverank.core.timebase import SESSION_GAP, STEPS_PER_DAY
+
 from .twitch import Interactions, from_frame, write_twitch
 
 logger = logging.getLogger(__name__)
 
-STEPS_PER_DAY = 144  # 10-minute steps
-SESSION_GAP = 6  # rows closer than an hour belong to one session
 # Users' busiest time of day: hour 21 of the dataset's own clock, as in the real sample.
 PEAK_STEP = 21 * 6
 

@@ -3,7 +3,7 @@
 One resolver for the broker address (`resolve_bootstrap`), one place that turns `Settings`
 into confluent-kafka configs (security included) and Faust options, `ensure_topics` before
 any client starts, and `read_topic`, which knows when a topic has been read to its end even
-on tansu (whose high watermarks are wrong; see `liverank.services.tansu`).
+on tansu (whose high watermarks are wrong; see `liverank.broker.tansu`).
 
     >>> s = Settings()                                         # doctest: +SKIP
     >>> ensure_topics(s)                                       # doctest: +SKIP
@@ -24,8 +24,8 @@ from typing import Any, Literal
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from liverank.services import tansu
-from liverank.services.settings import DEFAULT_BOOTSTRAP, Settings
+from liverank.broker import tansu
+from liverank.core.settings import DEFAULT_BOOTSTRAP, Settings
 
 logger = logging.getLogger(__name__)
 # librdkafka's own log lines go through Python logging instead of raw stderr.

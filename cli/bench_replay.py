@@ -101,7 +101,7 @@ def _generate(path: Path) -> None:
 
 
 def _settings(bootstrap: str, prefix: str, partitions: int) -> Any:
-    from liverank.services.settings import Settings
+    from liverank.core.settings import Settings
 
     return Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=partitions,
                     broker_kind="tansu")
@@ -109,11 +109,11 @@ def _settings(bootstrap: str, prefix: str, partitions: int) -> Any:
 
 def _encode_all(data: Path, partitions: int) -> tuple[int, list[tuple[Any, ...]]]:
     """Every message of the replay, encoded: (topic, value, key, partition, timestamp)."""
+    from liverank.broker import kafka as kf
+    from liverank.model.data.timeline import build_timeline
     from liverank.model.data.twitch import load_interactions
     from liverank.replay.encoder import Encoder
     from liverank.replay.producer import end_records
-    from liverank.replay.timeline import build_timeline
-    from liverank.services import kafka as kf
 
     tl = build_timeline(load_interactions(data))
     s = _settings("unused:9092", "raw.", partitions)
@@ -131,9 +131,9 @@ def _encode_all(data: Path, partitions: int) -> tuple[int, list[tuple[Any, ...]]
 def _raw_run(msgs: list[tuple[Any, ...]], partitions: int) -> float:
     from confluent_kafka import Producer
 
+    from liverank.broker import kafka as kf
+    from liverank.broker.embedded import EmbeddedBroker
     from liverank.replay.producer import PRODUCED_MS_HEADER, _produce_when_room
-    from liverank.services import kafka as kf
-    from liverank.services.broker import EmbeddedBroker
 
     with EmbeddedBroker.start() as broker:
         s = _settings(broker.bootstrap, "raw.", partitions)
@@ -167,7 +167,7 @@ def _raw_run(msgs: list[tuple[Any, ...]], partitions: int) -> float:
 
 
 def _replay_run(data: Path, partitions: int) -> tuple[int, float]:
-    from liverank.services.broker import EmbeddedBroker
+    from liverank.broker.embedded import EmbeddedBroker
 
     env = {**os.environ, "LIVERANK_PARTITIONS": str(partitions), "LIVERANK_BROKER_KIND": "tansu"}
     exe = Path(sys.executable).with_name("liverank")

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from liverank.services.events import DEFAULT_EPOCH_MS
+from liverank.core.timebase import DEFAULT_EPOCH_MS, STEPS_PER_DAY
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -67,7 +67,8 @@ class Settings(BaseSettings):
         2000.0, ge=0, description="Longest wait for stream watermarks before answering late."
     )
     stopped_horizon: int = Field(
-        144, ge=0, description="Steps a stopped stream's interval is kept in the live index."
+        STEPS_PER_DAY, ge=0,
+        description="Steps a stopped stream's interval is kept in the live index.",
     )
     future_horizon: int = Field(
         1008, ge=0, description="Steps beyond the newest seen after which an event is refused."
@@ -136,7 +137,7 @@ def settings_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `services/settings.py` by `liverank config --markdown`; do not edit.",
+        "Generated from `core/settings.py` by `liverank config --markdown`; do not edit.",
         "Every process builds one `Settings` at its entry point from the environment or a",
         "`.env` file. A `LIVERANK_*` variable that names no setting is an error.",
         "",

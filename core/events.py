@@ -23,11 +23,6 @@ from typing import Literal
 
 import msgspec
 
-STEP_MS = 600_000
-# 2019-10-01T00:00:00Z: the Twitch logs were crawled in autumn 2019. Step 0 maps here unless
-# a run configures another epoch.
-DEFAULT_EPOCH_MS = 1_569_888_000_000
-
 # Kinds, as written in the ``kind`` field.
 STREAM_START = "stream_start"
 STREAM_STOP = "stream_stop"
@@ -41,10 +36,6 @@ DEAD_LETTER = "dead_letter"
 
 class EventError(ValueError):
     """A record that does not decode: the message names the field and what was wrong."""
-
-
-def event_time_ms(step: int, epoch_ms: int = DEFAULT_EPOCH_MS) -> int:
-    return epoch_ms + step * STEP_MS
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import typer
 
+from liverank.cli.bench import app as bench_app
 from liverank.model.cli import register as register_model_commands
 from liverank.model.data.cli import app as data_app
 from liverank.replay.cli import broker_command, replay_command
-from liverank.services.bench import app as bench_app
 from liverank.services.serve import register as register_serve
 
 app = typer.Typer(
@@ -51,7 +51,7 @@ def demo(
     user windows), evaluates the answers online, prints a summary and writes a report
     (markdown, JSON, PNG) under --out. Every process it started is stopped at the end.
     """
-    from liverank.services.demo import DemoError, DemoOptions, run_demo
+    from liverank.cli.demo import DemoError, DemoOptions, run_demo
 
     try:
         run_demo(DemoOptions(scale=scale, data=data, fmt=fmt, seed=seed, out=out,
@@ -67,7 +67,7 @@ def config(
     markdown: bool = typer.Option(False, "--markdown", help="Print docs/configuration.md."),
 ) -> None:
     """Show every setting: environment variable, default and the value in force here."""
-    from liverank.services.settings import Settings, settings_markdown, settings_reference
+    from liverank.core.settings import Settings, settings_markdown, settings_reference
 
     if markdown:
         typer.echo(settings_markdown(), nl=False)
@@ -92,8 +92,8 @@ def monitor(
     POP on the same requests, the share of recommended streams live at their step,
     coverage, latency percentiles and throughput, and writes JSON + a figure.
     """
-    from liverank.services.monitor import collect, format_summary, write_report
-    from liverank.services.settings import Settings
+    from liverank.client.monitor import collect, format_summary, write_report
+    from liverank.core.settings import Settings
 
     report = collect(Settings(), timeout_s=timeout, k=k).report()
     paths = write_report(report, out)

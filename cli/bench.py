@@ -18,9 +18,9 @@ from typing import Any
 
 import typer
 
+from liverank.cli.bench_replay import bench_replay
+from liverank.cli.bench_service import bench_service_command
 from liverank.model.cli import bench_scorer_command
-from liverank.replay.bench import bench_replay
-from liverank.services.bench_service import bench_service_command
 
 app = typer.Typer(help="Benchmarks: each figure is printed next to its in-run reference.",
                   no_args_is_help=True)
@@ -93,7 +93,7 @@ def bench_all(
     for name, (args, result, to_rows) in BENCHES.items():
         if only and name not in only:
             continue
-        cmd = [sys.executable, "-m", "liverank.services.cli",
+        cmd = [sys.executable, "-m", "liverank.cli.main",
                *[a.format(dir=work) for a in args]]
         typer.echo(f"\n=== bench {name}: {' '.join(cmd[2:])}")
         t0 = time.perf_counter()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from liverank.services.monitor import OnlineEvaluator
+    from liverank.client.monitor import OnlineEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def run_step(args: list[str], env: dict[str, str]) -> None:
 
 
 def liverank(*args: str) -> list[str]:
-    return [sys.executable, "-m", "liverank.services.cli", *args]
+    return [sys.executable, "-m", "liverank.cli.main", *args]
 
 
 def _split_offsets(max_step: int) -> tuple[int, int]:
@@ -148,11 +148,11 @@ class DemoOptions:
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run every stage; returns the online report plus stage timings (also written to
     ``opts.out``). Raises `DemoError` naming the stage that failed."""
+    from liverank.broker.embedded import EmbeddedBroker, free_port
+    from liverank.broker.kafka import ensure_topics
+    from liverank.client.monitor import collect, format_summary, write_report
+    from liverank.core.settings import Settings, bootstrap_configured
     from liverank.model.data.twitch import load_interactions
-    from liverank.services.broker import EmbeddedBroker, free_port
-    from liverank.services.kafka import ensure_topics
-    from liverank.services.monitor import collect, format_summary, write_report
-    from liverank.services.settings import Settings, bootstrap_configured
 
     out = opts.out
     out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
 
 
 def _write_markdown(report: dict[str, Any], out: Path, data: Path) -> None:
-    from liverank.services.monitor import format_summary
+    from liverank.client.monitor import format_summary
 
     offline = {}
     with suppress(OSError, ValueError):

@@ -1,8 +1,8 @@
 """The worker's librdkafka clients: the answer publisher and the stream-events feed.
 
 Both are plain confluent-kafka with a thread each (librdkafka releases the GIL while it
-waits), handing results to the asyncio loop; no faust import. `MemoryPublisher` is the
-in-memory fake the Faust test context uses.
+waits), handing results to the asyncio loop; no faust import. The in-memory fake of
+`Publisher` is `liverank.services.testing.MemoryPublisher`, handed in by tests.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from confluent_kafka import (
 )
 from confluent_kafka import TopicPartition as KafkaPartition
 
-from liverank.services import kafka
-from liverank.services.metrics import Metrics
-from liverank.services.settings import Settings
+from liverank.broker import kafka
+from liverank.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +70,10 @@ class KafkaPublisher:
     """A librdkafka producer (idempotent, murmur2 keys, small linger) with a poll thread that
     runs the delivery callbacks; each `publish` gets a future for its own messages."""
 
-    def __init__(self, config: dict[str, Any], metrics: Metrics | None = None):
+    def __init__(self, config: dict[str, Any], on_failure: Callable[[], None] | None = None):
         # Answers are latency-bound: send within a millisecond rather than the 5 ms default.
         self._producer = Producer({**config, "linger.ms": 1})
-        self._metrics = metrics
+        self._on_failure = on_failure  # called (poll thread) per message not delivered
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="liverank-publisher",
@@ -89,8 +88,8 @@ class KafkaPublisher:
         with self._lock:  # poll thread
             if err is not None:
                 pending.error = err
-                if self._metrics is not None:
-                    self._metrics.publish_failures.inc()
+                if self._on_failure is not None:
+                    self._on_failure()
             else:  # a delivered message always has its topic, partition and offset
                 tp = (str(msg.topic()), int(msg.partition() or 0))
                 offset = int(msg.offset() or 0)
@@ -144,28 +143,6 @@ def _settle(pending: _Pending) -> None:
             f"the broker did not acknowledge a message: {pending.error}"))
     else:
         pending.fut.set_result(pending.offsets)
-
-
-class MemoryPublisher:
-    """Keeps what would be published, per topic (tests, the Faust test context)."""
-
-    def __init__(self) -> None:
-        self.sent: dict[str, list[tuple[bytes | None, bytes]]] = {}
-        self.partitions: dict[str, list[int | None]] = {}
-
-    def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
-        for topic, key, value, partition in messages:
-            self.sent.setdefault(topic, []).append((key, value))
-            self.partitions.setdefault(topic, []).append(partition)
-        fut: asyncio.Future[Offsets] = asyncio.get_running_loop().create_future()
-        fut.set_result({})
-        return fut
-
-    def connect(self, timeout_s: float) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 # --- the stream feed -----------------------------------------------------------------------------
@@ -249,7 +226,7 @@ def committed_floor(settings: Settings, topic: str, group: str, partitions: int,
     from these offsets and steps only grow along a partition, so no request older than the
     floor can arrive again: what the live index holds for earlier steps can go.
 
-    Reads records, never watermarks (tansu's are wrong, see `liverank.services.tansu`).
+    Reads records, never watermarks (tansu's are wrong, see `liverank.broker.tansu`).
     None when it cannot tell (broker unreachable, an unreadable record): prune nothing.
     """
     conf = {**kafka.consumer_config(settings, group), "enable.auto.commit": False}

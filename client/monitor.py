@@ -22,48 +22,19 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from liverank.core import events as ev
+from liverank.core.settings import Settings
+from liverank.core.timebase import STEPS_PER_DAY
+from liverank.model.data.live import Candidates, LiveStreams
 from liverank.model.metrics import Accumulator
-from liverank.services import events as ev
-from liverank.services.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-STEPS_PER_DAY = 144
-
-
-@dataclass
-class _Live:
-    """Streams on air at the current point of a timeline walked in (step, seq) order: a
-    step's stream events come before its user events, so at a request this is the live set
-    of the request's step. Live streamers are kept as counts of their live streams, so a
-    request reads them without rebuilding a set from every stream."""
-
-    now: dict[int, str] = field(default_factory=dict)  # stream -> streamer
-    streams_of: dict[str, int] = field(default_factory=dict)  # streamer -> live streams
-
-    def add(self, e: ev.StreamStart | ev.StreamStop) -> None:
-        if isinstance(e, ev.StreamStart):
-            if e.stream not in self.now:
-                self.streams_of[e.streamer] = self.streams_of.get(e.streamer, 0) + 1
-            self.now[e.stream] = e.streamer
-        elif (name := self.now.pop(e.stream, None)) is not None:
-            left = self.streams_of[name] - 1
-            if left:
-                self.streams_of[name] = left
-            else:
-                del self.streams_of[name]
-
-    def is_live(self, stream: int) -> bool:
-        return stream in self.now
-
-    def streamers(self) -> Iterable[str]:
-        return self.streams_of.keys()
 
 
 def _target_rank(items: list[ev.RecItem], streamer: str) -> int | None:
@@ -86,7 +57,7 @@ def _pop_rank(counts: dict[str, int], live: Iterable[str], target: str) -> int |
 class OnlineEvaluator:
     """Feed it every record (any order); `report` replays them in timeline order."""
 
-    def __init__(self, k: int = 10, watch_horizon: int = 144) -> None:
+    def __init__(self, k: int = 10, watch_horizon: int = STEPS_PER_DAY) -> None:
         self.k = k
         self.watch_horizon = watch_horizon
         self.stream_events: list[ev.StreamEvent] = []
@@ -117,7 +88,8 @@ class OnlineEvaluator:
         timeline = sorted(
             [e for e in self.stream_events if not isinstance(e, ev.Watermark)] + self.user_events,
             key=lambda e: (e.step, e.seq))
-        live = _Live()
+        live = LiveStreams(partitions=1, stopped_horizon=0)  # walked in step order
+        day = -1
         seen: dict[int, set[str]] = defaultdict(set)  # user -> streamers watched so far
         counts: dict[str, int] = defaultdict(int)
         pending: dict[int, ev.RecRequest] = {}  # user -> request waiting for its watch
@@ -128,8 +100,11 @@ class OnlineEvaluator:
         live_catalogue: set[str] = set()
         requests = answered = 0
         for e in timeline:
+            if e.step // STEPS_PER_DAY != day:  # intervals that stopped before now: gone
+                day = e.step // STEPS_PER_DAY
+                live.prune(e.step)
             if isinstance(e, ev.StreamStart | ev.StreamStop):
-                live.add(e)
+                live.apply(e, 0)
                 continue
             if isinstance(e, ev.RecRequest):
                 requests += 1
@@ -137,15 +112,17 @@ class OnlineEvaluator:
                 ans = self.answers.get(e.event_id)
                 if ans is not None:
                     answered += 1
+                    on_air = live.candidates(e.step).streams  # streamer -> answering stream
                     for item in ans.items:
                         total_items += 1
-                        live_items += live.is_live(item.stream)
+                        live_items += on_air.get(item.streamer) == item.stream
                         recommended.add(item.streamer)
-                    live_catalogue.update(live.streamers())
+                    live_catalogue.update(on_air)
                 continue
             req = pending.pop(e.user, None)
             if req is not None and req.step == e.step:
-                self._score(req, e, seen, counts, live, model, pop, by_day)
+                self._score(req, e, seen, counts, live.candidates(e.step), model, pop,
+                            by_day)
             seen[e.user].add(e.streamer)
             counts[e.streamer] += 1
         summary = self._summary(model, pop, by_day, requests, answered, live_items,
@@ -175,7 +152,7 @@ class OnlineEvaluator:
         return acc.result()
 
     def _score(self, req: ev.RecRequest, watch: ev.Watch, seen: dict[int, set[str]],
-               counts: dict[str, int], live: _Live, model: Accumulator, pop: Accumulator,
+               counts: dict[str, int], live: Candidates, model: Accumulator, pop: Accumulator,
                by_day: dict[int, Accumulator]) -> None:
         ans = self.answers.get(req.event_id)
         if ans is None:
@@ -184,7 +161,7 @@ class OnlineEvaluator:
         rank = _target_rank(ans.items, watch.streamer)
         model.add(rank, repeat)
         by_day[req.step // STEPS_PER_DAY].add(rank, repeat)
-        pop.add(_pop_rank(counts, live.streamers(), watch.streamer), repeat)
+        pop.add(_pop_rank(counts, live.streams.keys(), watch.streamer), repeat)
 
     def _summary(self, model: Accumulator, pop: Accumulator, by_day: dict[int, Accumulator],
                  requests: int, answered: int, live_items: int, total_items: int,
@@ -278,7 +255,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for metric in ("HR@10", "NDCG@10"):
             ax.plot(xs, [days[str(d)][metric] for d in xs], marker="o", label=metric)
-        ax.set_xlabel("simulated day (144 steps)")
+        ax.set_xlabel(f"simulated day ({STEPS_PER_DAY} steps)")
         ax.set_ylabel("metric over that day's requests")
         ax.set_title("Online accuracy of the live recommendations over simulated time")
         ax.legend()
@@ -292,7 +269,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
 def collect(settings: Settings, timeout_s: float = 120.0, k: int = 10) -> OnlineEvaluator:
     """Read the three topics until the replay's ``End`` records say everything was sent and
     every request has an answer (or ``timeout_s`` passes), and feed an evaluator."""
-    from liverank.services.kafka import read_topic
+    from liverank.broker.kafka import read_topic
 
     s = settings
     deadline = time.monotonic() + timeout_s

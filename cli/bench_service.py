@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from liverank.services.settings import Settings
+from liverank.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
 
     import numpy as np
 
+    from liverank.broker.embedded import EmbeddedBroker
+    from liverank.core.settings import bootstrap_configured
     from liverank.model.data.twitch import load_interactions
-    from liverank.services.broker import EmbeddedBroker
-    from liverank.services.settings import bootstrap_configured
 
     work.mkdir(parents=True, exist_ok=True)
     data = data or _bench_data(work)
@@ -96,7 +96,7 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
         drains: dict[str, list[float]] = {"onnx": [], "fake": []}
         for _ in range(repeat):  # alternating, so a busy spell hurts both variants alike
             drains["onnx"].append(_drain(base, tl, model, work, "onnx"))
-            drains["fake"].append(_drain(base, tl, fake, work, "fake"))
+            drains["fake"].append(_drain(base, tl, fake, work, "fake", fake=True))
         rates = {
             "service (onnxruntime model)": max(drains["onnx"]),
             "(a) service, fake scorer": max(drains["fake"]),
@@ -147,7 +147,7 @@ def _random_model(ds: Any, out: Path) -> None:
     `export_random_model`); runs only when no model was given."""
     import numpy as np
 
-    from liverank.model.bench import export_random_model
+    from liverank.cli.bench_scorer import export_random_model
 
     names = tuple(str(n) for n in ds.streamer_names[1:])
     counts = np.bincount(ds.streamer, minlength=len(names) + 1)[1:].astype(np.int64)
@@ -155,13 +155,14 @@ def _random_model(ds: Any, out: Path) -> None:
 
 
 def _fake_like(model: Path, work: Path) -> Path:
-    from liverank.services.scoring import load_scorer, write_fake_model
+    from liverank.model.scorer import load_scorer
+    from liverank.services.testing import write_fake_model
 
     return write_fake_model(work / "fake-model", "fake-bench", load_scorer(model).window_len)
 
 
 def _slice(ds: Any, lo: int, hi: int, base: Settings) -> Any:
-    from liverank.replay.timeline import build_timeline
+    from liverank.model.data.timeline import build_timeline
 
     return build_timeline(ds, from_step=lo, to_step=hi, epoch_ms=base.epoch_ms)
 
@@ -190,12 +191,13 @@ def _preload(settings: Settings, tl: Any) -> None:
 class _BenchWorker:
     """A ``liverank serve`` subprocess for the benchmark."""
 
-    def __init__(self, settings: Settings, model: Path, work: Path, name: str):
+    def __init__(self, settings: Settings, model: Path, work: Path, name: str,
+                 fake: bool = False):
         import os
         import subprocess
         import sys
 
-        from liverank.services.broker import free_port
+        from liverank.broker.embedded import free_port
 
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIVERANK_")}
@@ -203,12 +205,15 @@ class _BenchWorker:
                 "LIVERANK_TOPIC_PREFIX": settings.topic_prefix,
                 "LIVERANK_BROKER_KIND": settings.broker_kind, "LIVERANK_STORE": "memory://",
                 "LIVERANK_WEB_PORT": str(self.port), "LIVERANK_WORKER_ID": "bench",
-                "LIVERANK_MODEL_POLL_S": "0"}
+                "LIVERANK_MODEL_POLL_S": "0", "LIVERANK_MODEL_DIR": str(model)}
+        # The fake scorer's worker: its loader is handed in by the testing module's entry
+        # point (`liverank serve` serves exported models only).
+        cmd = ([sys.executable, "-m", "liverank.services.testing", "serve"] if fake else
+               [sys.executable, "-c", "from liverank.cli.main import main; main()", "serve"])
         self.log = work / f"worker-{name}.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from liverank.services.cli import main; main()",
-                 "serve", "--model", str(model), "--loglevel", "warning"],
+                [*cmd, "--loglevel", "warning"],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def answers(self) -> float:
@@ -262,21 +267,22 @@ class _BenchWorker:
 
 
 def _answers(settings: Settings) -> list[Any]:
-    from liverank.services import events as ev
-    from liverank.services import kafka
+    from liverank.broker import kafka
+    from liverank.core import events as ev
 
     msgs = kafka.read_topic(settings, settings.topic(kafka.RECOMMENDATIONS), timeout_s=60)
     return [ev.decode(m.value(), ev.Recommendation) for m in msgs]
 
 
-def _drain(base: Settings, tl: Any, model: Path, work: Path, name: str) -> float:
+def _drain(base: Settings, tl: Any, model: Path, work: Path, name: str,
+           fake: bool = False) -> float:
     """Answers/s of one worker draining a backlog: from its first to its last answer."""
     import numpy as np
 
     settings = _fresh(base, name)
     _preload(settings, tl)
     n = int(np.count_nonzero(tl.kind == 3))
-    worker = _BenchWorker(settings, model, work, name)
+    worker = _BenchWorker(settings, model, work, name, fake)
     try:
         worker.wait_answers(n, timeout=900)
     finally:
@@ -291,9 +297,10 @@ def _score_only(tl: Any, model: Path, base: Settings) -> float:
     """onnxruntime alone (1 thread) on the requests the service builds, in its batches."""
     import time
 
-    from liverank.services import events as ev
-    from liverank.services.scoring import load_scorer
-    from liverank.services.state import LiveStreams, UserWindows, plan_batch, rank_inputs
+    from liverank.core import events as ev
+    from liverank.model.data.live import LiveStreams
+    from liverank.model.scorer import load_scorer
+    from liverank.services.state import UserWindows, plan_batch, rank_inputs
 
     scorer = load_scorer(model, threads=1)
     live = LiveStreams(partitions=1, stopped_horizon=10**6)
@@ -330,7 +337,7 @@ def _consume_only(base: Settings, tl: Any, work: Path) -> float:
             "LIVERANK_BROKER_KIND": settings.broker_kind}
     result = work / "consume-only.json"
     result.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-c", "from liverank.services.bench_service import "
+    subprocess.run([sys.executable, "-c", "from liverank.cli.bench_service import "
                     f"consume_only_main; consume_only_main({n}, {str(result)!r})"], env=env,
                    capture_output=True, timeout=900, check=True)
     return float(json.loads(result.read_text())["events_per_s"])
@@ -344,7 +351,7 @@ def consume_only_main(n: int, result: str) -> None:
 
     import faust
 
-    from liverank.services import kafka
+    from liverank.broker import kafka
 
     settings = Settings()
     app = faust.App(f"{settings.topic_prefix}consume-only", **kafka.faust_app_options(settings),
@@ -399,8 +406,8 @@ def _latency(base: Settings, tl: Any, model: Path, work: Path, rate: float) -> d
     import numpy as np
     from confluent_kafka import Producer
 
+    from liverank.broker import kafka
     from liverank.replay.producer import replay
-    from liverank.services import kafka
 
     settings = _fresh(base, "latency")
     counts = kafka.ensure_topics(settings)

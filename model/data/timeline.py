@@ -23,9 +23,10 @@ from typing import Literal
 
 import numpy as np
 
+from liverank.core import events as ev
+from liverank.core.timebase import DEFAULT_EPOCH_MS, SESSION_GAP, event_time_ms
 from liverank.model.data.availability import Broadcasts, broadcasts
 from liverank.model.data.twitch import Interactions
-from liverank.services import events as ev
 
 # Kind codes in the columnar timeline (the order of the phases within a step).
 STOP, START, WATERMARK, REQUEST, WATCH = 0, 1, 2, 3, 4
@@ -33,7 +34,6 @@ _PHASE = np.array([0, 1, 2, 3, 3], dtype=np.int8)
 
 RequestMode = Literal["every-watch", "session-start", "none"]
 REQUEST_MODES: tuple[RequestMode, ...] = ("every-watch", "session-start", "none")
-DEFAULT_SESSION_GAP = 6  # steps (one hour) without a watch before a request counts as a login
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Timeline:
     ref: np.ndarray  # (E,) int64: broadcast index (stream events), row (user events), step
     data: Interactions
     casts: Broadcasts
-    epoch_ms: int = ev.DEFAULT_EPOCH_MS
+    epoch_ms: int = DEFAULT_EPOCH_MS
 
     def __len__(self) -> int:
         return int(self.kind.shape[0])
@@ -61,7 +61,7 @@ class Timeline:
     def event(self, i: int) -> ev.Event:
         kind, step, seq, ref = (int(self.kind[i]), int(self.step[i]), int(self.seq[i]),
                                 int(self.ref[i]))
-        t = ev.event_time_ms(step, self.epoch_ms)
+        t = event_time_ms(step, self.epoch_ms)
         if kind in (STOP, START):
             stream = int(self.casts.stream[ref])
             name = str(self.data.streamer_names[self.casts.streamer[ref]])
@@ -86,7 +86,7 @@ class Timeline:
     def end_event(self) -> ev.End:
         stream_events = int(np.count_nonzero(self.kind <= WATERMARK))
         return ev.End(event_id="end", seq=int(self.seq[-1]) + 1 if len(self) else 0,
-                      step=self.last_step, event_time_ms=ev.event_time_ms(self.last_step,
+                      step=self.last_step, event_time_ms=event_time_ms(self.last_step,
                                                                           self.epoch_ms),
                       stream_events=stream_events, user_events=len(self) - stream_events)
 
@@ -99,10 +99,10 @@ def build_timeline(
     data: Interactions,
     requests: RequestMode = "every-watch",
     requests_from: int | None = None,
-    session_gap: int = DEFAULT_SESSION_GAP,
+    session_gap: int = SESSION_GAP,
     from_step: int | None = None,
     to_step: int | None = None,
-    epoch_ms: int = ev.DEFAULT_EPOCH_MS,
+    epoch_ms: int = DEFAULT_EPOCH_MS,
 ) -> Timeline:
     """Order every event of ``data``; see the module docstring for the order.
 

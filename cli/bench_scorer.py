@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .scorer import ModelScorer, OnnxScorer, RankRequest
+from liverank.model.scorer import ModelScorer, OnnxScorer, RankRequest
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,9 @@ def _random_checkpoint(directory: Path, items: int, names: tuple[str, ...] | Non
     ``names``/``counts`` give it a real item index (default: ``items`` made-up streamers)."""
     import torch
 
-    from .features import ItemIndex, TimeEncoding
-    from .sasrec import ModelConfig, SeqRec
-    from .train import CHECKPOINT_FORMAT, save_checkpoint
+    from liverank.model.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from liverank.model.features import ItemIndex, TimeEncoding
+    from liverank.model.sasrec import ModelConfig, SeqRec
 
     torch.manual_seed(0)
     if names is None:
@@ -57,7 +57,7 @@ def export_random_model(names: tuple[str, ...], counts: np.ndarray, out: Path) -
     For serving benchmarks: scoring cost depends on the model's shapes, not its training.
     Needs torch (the ``train`` extra); the service itself never does.
     """
-    from .export import export
+    from liverank.model.export import export
 
     with tempfile.TemporaryDirectory() as tmp:
         export(_random_checkpoint(Path(tmp) / "ckpt", len(names), names, counts), out)
@@ -91,8 +91,8 @@ def bench_scorer(checkpoint: Path | None = None, items: int = 20000, threads: in
                  seconds: float = 1.0) -> dict[str, Any]:
     import torch
 
-    from .export import export
-    from .train import TorchScorer
+    from liverank.model.checkpoint import TorchScorer
+    from liverank.model.export import export
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:

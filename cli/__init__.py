@@ -1,0 +1,1 @@
+"""The top layer: the ``liverank`` command line, the demo and the benchmarks."""

@@ -1,0 +1,1 @@
+"""Consumers of the service's output: online evaluation (``liverank monitor``)."""
