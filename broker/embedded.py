@@ -26,7 +26,7 @@ from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
-# tansu reports this cluster id in metadata unless told otherwise; `services.tansu` uses it to
+# tansu reports this cluster id in metadata unless told otherwise; `broker.tansu` uses it to
 # recognise the broker, so the embedded one always states it explicitly.
 TANSU_CLUSTER_ID = "tansu_cluster"
 DEFAULT_LISTEN = "127.0.0.1:9092"

@@ -9,7 +9,8 @@ on tansu (whose high watermarks are wrong; see `liverank.broker.tansu`).
     >>> ensure_topics(s)                                       # doctest: +SKIP
     >>> Producer(producer_config(s)).produce(s.topic("user-events"), b"{}")  # doctest: +SKIP
 
-This module imports neither faust nor torch (`faust_app_options` imports faust lazily).
+This module imports neither faust nor torch (the Faust app's options are built in
+`liverank.services.faustcompat`).
 """
 
 from __future__ import annotations
@@ -131,37 +132,6 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
 
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(client_config(settings))
-
-
-def faust_app_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``faust.App(...)``: broker, security, topic defaults, ``store``
-    and, on tansu, `tansu.faust_overrides` (checked: a worker with them joins its group and
-    reads 1,000 messages with a table write each within ~5 s of starting)."""
-    import ssl
-
-    import faust  # the service's dependency, not the replay's
-
-    opts: dict[str, Any] = {
-        "broker": ",".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")),
-        "topic_partitions": settings.partitions,
-        "topic_replication_factor": settings.replication_factor,
-        "store": settings.store,
-        "consumer_auto_offset_reset": "earliest",
-        "broker_request_timeout": max(settings.kafka_timeout_s, 30.0),
-    }
-    security_config(settings)  # same checks and messages as the librdkafka clients
-    ctx = None
-    if settings.security_protocol.endswith("SSL"):
-        ctx = ssl.create_default_context(cafile=settings.ssl_cafile)
-    if settings.security_protocol.startswith("SASL"):
-        opts["broker_credentials"] = faust.SASLCredentials(
-            username=settings.sasl_username, password=settings.sasl_password,
-            mechanism=settings.sasl_mechanism, ssl_context=ctx)
-    elif ctx is not None:
-        opts["broker_credentials"] = faust.SSLCredentials(ctx)
-    if is_tansu(settings):
-        opts.update(tansu.faust_overrides())
-    return opts
 
 
 # --- the broker -----------------------------------------------------------------------------

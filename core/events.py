@@ -19,9 +19,13 @@ Decoding validates types and raises `EventError` naming the bad field, e.g.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
+
+# Kafka header the replay sets on user events: when the record was produced (ms since 1970),
+# so a consumer can measure produce-to-answer latency.
+PRODUCED_MS_HEADER = "produced_ms"
 
 # Kinds, as written in the ``kind`` field.
 STREAM_START = "stream_start"
@@ -34,8 +38,16 @@ RECOMMENDATION = "recommendation"
 DEAD_LETTER = "dead_letter"
 
 
+ErrorKind = Literal["undecodable", "unknown_kind", "missing_field", "wrong_type"]
+
+
 class EventError(ValueError):
-    """A record that does not decode: the message names the field and what was wrong."""
+    """A record that does not decode: the message names the field and what was wrong;
+    ``kind`` says which of a few ways it failed (for metrics and dead-letter routing)."""
+
+    def __init__(self, message: str, kind: ErrorKind):
+        super().__init__(message)
+        self.kind: ErrorKind = kind
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -139,9 +151,39 @@ def decode(data: bytes | str, type_: object = Event) -> Event:
     try:
         return _decoders[type_].decode(data)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
-        raise EventError(str(exc)) from exc
+        raise EventError(str(exc), _invalid_kind(data, type_)) from exc
     except msgspec.DecodeError as exc:
-        raise EventError(f"not a JSON record: {exc}") from exc
+        raise EventError(f"not a JSON record: {exc}", "undecodable") from exc
+
+
+def _tags(type_: object) -> dict[str, type[msgspec.Struct]]:
+    members: tuple[Any, ...] = getattr(type_, "__args__", (type_,))  # a union, or one record
+    return {m.__struct_config__.tag: m for m in members}
+
+
+def _invalid_kind(data: bytes | str, type_: object) -> ErrorKind:
+    """Why valid JSON failed validation, from the record's structure (only on the error
+    path: the decode above stays one typed pass)."""
+    obj = msgspec.json.decode(data)
+    if not isinstance(obj, dict):
+        return "wrong_type"
+    if "kind" not in obj:
+        return "missing_field"
+    record = _tags(type_).get(obj["kind"]) if isinstance(obj["kind"], str) else None
+    if record is None:
+        return "unknown_kind"
+    # msgspec reports a present field of the wrong type before missing fields (it checks
+    # those at the end of the object): classify in the same order, so kind and message agree.
+    missing = False
+    for f in msgspec.structs.fields(record):
+        if f.encode_name not in obj:
+            missing = missing or f.required
+            continue
+        try:
+            msgspec.json.decode(msgspec.json.encode(obj[f.encode_name]), type=f.type)
+        except msgspec.ValidationError:
+            return "wrong_type"
+    return "missing_field" if missing else "wrong_type"
 
 
 def decode_stream_event(data: bytes | str) -> StreamEvent:

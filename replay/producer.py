@@ -45,7 +45,7 @@ from liverank.replay.encoder import (
 logger = logging.getLogger(__name__)
 
 STEP_SECONDS = STEP_MS / 1000
-PRODUCED_MS_HEADER = "produced_ms"
+PRODUCED_MS_HEADER = ev.PRODUCED_MS_HEADER  # the contract's header name
 HEADER_EVERY = 64  # messages sharing one produced_ms header
 
 

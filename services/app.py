@@ -9,23 +9,24 @@ Data flow of one worker (docs/service.md has the why):
   time. Every worker holds the whole index; nothing about it is partitioned or rebalanced.
 * The ``recommend`` agent reads ``user-events`` (raw bytes, keyed by user) without auto
   acks and hands the events to a `MicroBatcher`; a processing task takes micro-batches
-  (bounded size and wait): decode, check, update the ``windows`` Table once per user per
-  batch, wait until every stream-events partition has a watermark >= the batch's newest
-  request step (bounded), score all requests in one `Scorer.rank` call off the event loop,
-  and publish through a librdkafka `KafkaPublisher`. A batch's events are acked when the
-  broker acknowledged its answers, while the next batches are already being processed.
+  (bounded size and wait): decode and check (`records`), update the ``windows`` Table once
+  per user per batch, wait until every stream-events partition has a watermark >= the
+  batch's newest request step (bounded), answer through `state.answer_batch` (scored off
+  the event loop) and publish through a librdkafka `KafkaPublisher`. `OrderedAcks` acks a
+  batch's events when the broker acknowledged its output, in batch order, while the next
+  batches are already being processed; after a failed delivery it acks nothing more and
+  the worker crashes (at-least-once: the unacked records are read again).
 * Bad records go to ``dead-letters`` with the reason; the worker keeps going.
 * ``/health`` (ready after the live index caught up, the publisher connected and table
   recovery finished, not while rebalancing) and ``/metrics`` (Faust's sensors, without
   their per-message hooks, and `Metrics`, one registry).
 * A timer watches the model directory; a new version (directory rename or symlink flip) is
-  loaded and hash-checked off the loop and switched in between two batches. Another prunes
-  the live index behind the consumer group's committed floor (`committed_floor`).
-* Faust workarounds, each measured (docs/service.md): `GapGuard` (records Faust drops),
-  `_deliver_without_tasks` (its four tasks per record), `LeanPrometheusMonitor` (its
-  per-message sensor hooks), `_set_fetch_wait` (its 1.5 s fetch wait).
+  loaded (by the ``load`` function handed in, `load_scorer` by default) off the loop and
+  switched in between two batches. Another prunes the live index behind the consumer
+  group's committed floor (`committed_floor`).
 
-This is the only module of the service that imports faust.
+Faust's internals are touched only in `liverank.services.faustcompat` (version-checked);
+`GapGuard` (`liverank.services.gaps`) is the one workaround with logic of its own.
 """
 
 from __future__ import annotations
@@ -34,18 +35,12 @@ import asyncio
 import gc
 import logging
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, KafkaException
-from confluent_kafka import TopicPartition as KafkaPartition
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-from faust.streams import _current_event  # see `_as_current`
+from faust.sensors.prometheus import FaustMetrics
 from faust.types import TP
 
 from liverank.broker import kafka
@@ -54,34 +49,40 @@ from liverank.broker.clients import (
     Offsets,
     Outgoing,
     Publisher,
-    PublishError,
     StreamFeed,
     committed_floor,
-    consume_now,
 )
 from liverank.core import events as ev
 from liverank.core.settings import Settings
 from liverank.model.data.live import Candidates, LiveStreams
-from liverank.model.scorer import Scorer, load_scorer, model_stamp
+from liverank.model.scorer import Ranked, RankRequest, Scorer, load_scorer, model_stamp
+from liverank.services import faustcompat
+from liverank.services.acks import OrderedAcks
+from liverank.services.faustcompat import LeanPrometheusMonitor
+from liverank.services.gaps import GapGuard, Refetched
 from liverank.services.metrics import Metrics, new_registry
+from liverank.services.records import (
+    Decoded,
+    EventClock,
+    Rejection,
+    dead_letter,
+    decode_stream,
+    decode_user,
+)
 from liverank.services.state import (
     BatchStats,
-    EventClock,
-    Job,
     MicroBatcher,
+    Ownership,
     UserWindows,
-    build_answers,
-    dead_letter_kind,
+    answer_batch,
     plan_batch,
-    rank_inputs,
     wait_signal,
 )
 
 logger = logging.getLogger(__name__)
 
-
-PRODUCED_MS = "produced_ms"  # header set by the replay: when the record was produced
 PRUNE_EVERY_S = 10.0  # how often the live index is pruned behind the committed floor
+IN_FLIGHT_BATCHES = 8  # batches whose output awaits the broker's acknowledgement
 
 
 def now_ms() -> int:
@@ -89,18 +90,6 @@ def now_ms() -> int:
 
 
 # --- the table, seen from each key's own partition ------------------------------------------------
-@contextmanager
-def _as_current(event: faust.types.EventT) -> Iterator[None]:
-    """Make ``event`` Faust's current event. A micro-batch mixes partitions, and Faust picks
-    a table key's store partition and changelog partition from the current event: set it to
-    the event that owns the key, so every user's window lives in its user's partition."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 SEAL_KEY = b"\x00seal"  # not a user key (those are decimal digits): see `_TableView.seals`
 
 
@@ -127,12 +116,12 @@ class _TableView:
         return self._topic
 
     def get(self, key: bytes) -> bytes | None:
-        with _as_current(self.owner[key]):
+        with faustcompat.as_current(self.owner[key]):
             return self.table.data.get(key)  # type: ignore[no-any-return]
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         event = self.owner[key]
-        with _as_current(event):
+        with faustcompat.as_current(event):
             self.table.data[key] = value
         self.records.append((self.topic, key, value, event.message.partition))
 
@@ -140,10 +129,11 @@ class _TableView:
         """One record per partition, sent after the batch's records were acknowledged.
 
         Why: a broker may report a high watermark short of the log end (tansu reports the
-        base offset of the last batch + 1, see NOTES.md), and Faust's recovery reads only up
-        to it. A record produced after the batch's records are acknowledged sits in a later
-        batch, so every record of an acked micro-batch lies below any reported watermark
-        and recovery is exact on every broker. Recovery stores the seal under `SEAL_KEY`.
+        base offset of the last batch + 1; docs/platform-notes.md), and Faust's recovery
+        reads only up to it. A record produced after the batch's records are acknowledged
+        sits in a later batch, so every record of an acked micro-batch lies below any
+        reported watermark and recovery is exact on every broker. Recovery stores the seal
+        under `SEAL_KEY`.
         """
         return [(self.topic, SEAL_KEY, b"[]", p) for p in partitions]
 
@@ -154,216 +144,16 @@ class _TableView:
                 self.table.data.set_persisted_offset(TP(topic, partition), offset)
 
 
-def _set_fetch_wait(consumer: Any, wait_ms: float) -> None:
-    """Faust 0.15 builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting
-    to change it. A broker that holds a fetch until that wait expires (tansu does, even when
-    data arrives) then delays every event by up to 1.5 s once the worker has caught up, so
-    set the wait on the aiokafka consumer before it starts."""
-    thread = getattr(consumer, "_thread", None)
-    create = getattr(thread, "_create_worker_consumer", None)
-    if thread is None or create is None:  # another transport: nothing to adjust
-        return
-
-    def create_with_wait(transport: Any) -> Any:
-        client = create(transport)
-        client._fetch_max_wait_ms = int(wait_ms)
-        return client
-
-    thread._create_worker_consumer = create_with_wait
-
-
-# --- Faust's sensors without their per-message cost ---------------------------------------------
-class LeanPrometheusMonitor(PrometheusMonitor):
-    """Faust's Prometheus sensor (rebalances, commits, sends, assignment, web requests,
-    table operations) without its four per-message hooks and the end-offset tracking.
-
-    Why: measured with py-spy on one worker draining a twitch100k slice, those hooks took
-    ~15% of the GIL-holding time, more than scoring. The service counts events in by topic
-    and kind, answers and latency itself (`liverank.services.metrics`).
-    """
-
-    def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
-        return None
-
-    def on_stream_event_in(self, tp: TP, offset: int, stream: Any, event: Any) -> None:
-        return None
-
-    def on_stream_event_out(self, tp: TP, offset: int, stream: Any, event: Any,
-                            state: Any = None) -> None:
-        return None
-
-    def on_message_out(self, tp: TP, offset: int, message: Any) -> None:
-        return None
-
-    def track_tp_end_offset(self, tp: TP, offset: int) -> None:
-        return None
-
-
-def _deliver_without_tasks(consumer: Any) -> None:
-    """Faust's fetch loop hands every record to the streams through
-    ``consumer.wait_first(on_message(record), suspend_flow.wait())``: four tasks and an
-    ``asyncio.wait`` per record, so that a rebalance can interrupt a delivery blocked on a
-    full buffer. Measured with py-spy on one worker draining a twitch100k slice: ~18% of the
-    GIL-holding time. Here ``on_message`` never blocks (the streams' queues take records
-    without waiting and this app sends nothing through Faust's producer buffer), so while
-    the flow is not suspended the record is delivered by awaiting ``on_message`` directly;
-    every other ``wait_first`` call (and this one during a rebalance or shutdown) keeps
-    Faust's behaviour."""
-    from mode.services import WaitResults
-
-    original = consumer.wait_first
-
-    async def wait_first(*coros: Any, timeout: Any = None) -> Any:
-        if (len(coros) == 2 and getattr(coros[0], "__name__", "") == "on_message"
-                and not consumer.suspend_flow.is_set() and not consumer.should_stop):
-            first, flow = coros
-            flow.close()  # the suspend_flow.wait() coroutine, never started
-            return WaitResults([first], [await first], False)
-        return await original(*coros, timeout=timeout)
-
-    consumer.wait_first = wait_first
-
-
-# --- a Faust workaround: offsets skipped by the fetcher -----------------------------------------
-@dataclass
-class _Record:
-    """A user-events record read back by `GapGuard` (what `Service.handle` reads of one)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
-
-
-class _Refetched:
-    """An event read back by `GapGuard`; it is acked through `GapGuard.delivered`."""
-
-    def __init__(self, message: _Record, gap: _Gap):
-        self.message, self.gap = message, gap
-
-
-@dataclass
-class _Gap:
-    tp: TP
-    first: int  # first offset to read back (the committed offset: may re-read a few)
-    last: int  # last offset skipped
-    left: int = 0  # records read back, not yet delivered
-
-
-class GapGuard:
-    """Every user-events record reaches the agent, in offset order, exactly once per
-    assignment, whatever Faust's fetcher did.
-
-    Faust (0.15) drops fetched records of a partition it has paused (during recovery after
-    a (re)assignment, or while a stream's buffer is full). When it notices (the next record
-    of that partition is not the next offset) it marks the skipped offsets as acked
-    (``Consumer._add_gap``, meant for compacted topics), so they are committed unprocessed;
-    when it does not notice (no record read yet since the assignment, or a commit at offset
-    0) they are simply never delivered: requests lost for good (faust-streaming #216, #606;
-    both seen here on restarts, the first also during a model swap).
-
-    So the guard checks offsets itself: per partition it expects the committed offset
-    first (Faust has sought there before it delivers anything; no commit: the start of the
-    partition) and then each next offset. A record past the expected offset reveals a gap:
-    the agent reads the missing records back with librdkafka and processes them before it;
-    the gap is acked to Faust once their answers are delivered. Faust's own gap acking is
-    switched off for user-events, where a gap is never legitimate.
-    """
-
-    def __init__(self, consumer: Any, topic: str, settings: Settings):
-        self.consumer, self.topic, self.settings = consumer, topic, settings
-        self._original = consumer._add_gap
-        consumer._add_gap = self._add_gap  # the instance attribute wins over the method
-        self.expected: dict[TP, int] = {}  # next offset the agent should get, per partition
-        self.refetched = 0
-
-    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        if tp.topic != self.topic:  # other topics (changelogs): Faust's behaviour
-            await self._original(tp, offset_from, offset_to)
-
-    def forget(self, tps: Iterable[TP]) -> None:
-        """After a revocation or an assignment Faust starts from the committed offset again."""
-        for tp in tps:
-            self.expected.pop(tp, None)
-
-    def check(self, event: Any) -> _Gap | None:
-        """The records missing before ``event`` (to read back and process first), if any."""
-        msg = event.message
-        tp, offset = msg.tp, msg.offset
-        expected = self.expected.get(tp)
-        self.expected[tp] = offset + 1
-        if expected is None:
-            # Faust keeps the committed offset (next to read) here; None: no commit, or 0.
-            expected = self.consumer._committed_offset.get(tp) or 0
-        if offset <= expected:  # in order (or a re-delivery after a seek back)
-            return None
-        logger.warning("fetcher skipped offsets topic=%s partition=%d first=%d last=%d: "
-                       "reading them back", tp.topic, tp.partition, expected, offset - 1)
-        return _Gap(tp, expected, offset - 1)
-
-    def read_back(self, gap: _Gap) -> list[_Refetched]:
-        """Blocking (run it in a thread): the records of ``gap`` from the broker (fewer when
-        retention already deleted the first ones)."""
-        consumer = Consumer(kafka.consumer_config(self.settings))
-        consumer.assign([KafkaPartition(gap.tp.topic, gap.tp.partition, gap.first)])
-        out: list[_Refetched] = []
-        deadline = time.monotonic() + self.settings.kafka_timeout_s * 3
-        try:
-            done = False
-            while not done:
-                if time.monotonic() > deadline:
-                    raise KafkaException(f"could not read back {gap}")
-                for m in consume_now(consumer, 1000, 0.5):
-                    if m.error() is not None:
-                        continue
-                    if m.offset() > gap.last:
-                        done = True
-                        break
-                    rec = _Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                  list(m.headers() or []))
-                    out.append(_Refetched(rec, gap))
-                    done = m.offset() == gap.last
-        finally:
-            consumer.close()
-        gap.left = len(out)
-        self.refetched += len(out)
-        return out
-
-    async def delivered(self, event: _Refetched) -> None:
-        """Ack the gap once every record read back was delivered."""
-        gap = event.gap
-        gap.left -= 1
-        if gap.left == 0:
-            await self._original(gap.tp, gap.first, gap.last)
-
-    async def settle_empty(self, gap: _Gap) -> None:
-        """A gap with nothing left to read back (deleted by retention): ack it now."""
-        await self._original(gap.tp, gap.first, gap.last)
-
-
 # --- the service ---------------------------------------------------------------------------------
-@dataclass
-class _Decoded:
-    key: bytes
-    event: ev.UserEvent
-    produced_ms: int | None
-
-
 class Service:
     """One worker: the Faust app with its topic, table, agent, pages and timers, plus the
     stream feed, the publisher, the live index and the metrics.
 
     ``publisher``/``live`` can be given (tests); without ``live`` the stream feed starts
-    with the app and reads ``stream-events`` from the broker. ``guard_consumer=False`` turns
-    off the checks on what Faust's consumer delivers (offset gaps, records of revoked
-    partitions), for Faust's test context (it numbers offsets across partitions and assigns
-    nothing).
+    with the app and reads ``stream-events`` from the broker. ``load`` reads a model
+    directory at a swap (tests hand in the fake's). ``guard_consumer=False`` turns off the
+    checks on what Faust's consumer delivers (offset gaps, records of revoked partitions),
+    for Faust's test context (it numbers offsets across partitions and assigns nothing).
     """
 
     def __init__(self, settings: Settings, scorer: Scorer, *, model_dir: str | None = None,
@@ -393,15 +183,14 @@ class Service:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="liverank-scorer")
         self._in_counters: dict[tuple[str, str], Any] = {}
         self._progress: dict[int, int] = {}  # user-events partition -> newest step seen
-        self._in_flight = 0  # batches published, not yet acknowledged by the broker
-        self._failed = False  # a publish failed: ack nothing more, the worker is stopping
+        self._acks: OrderedAcks[Offsets] = OrderedAcks(IN_FLIGHT_BATCHES, self._stop_worker)
         self._answered = 0
         self._out: list[Outgoing] | None = None  # what the batch being handled publishes
         self._batcher: MicroBatcher[Any] = MicroBatcher(
             settings.batch_size, settings.batch_wait_ms / 1000, 4 * settings.batch_size)
 
         self.app = faust.App(f"{settings.topic_prefix}{settings.worker_id}",
-                             **kafka.faust_app_options(settings), web_enabled=web,
+                             **faustcompat.faust_app_options(settings), web_enabled=web,
                              web_port=settings.web_port, autodiscover=False)
         self.user_topic = self.app.topic(self.topics[kafka.USER_EVENTS], key_type=bytes,
                                          value_type=bytes, key_serializer="raw",
@@ -414,15 +203,16 @@ class Service:
         if serializer != "raw":
             raise RuntimeError(f"windows table key serializer is {serializer}, not raw")
         self._view = _TableView(self.table)
-        self.gaps = GapGuard(self.app.consumer, self.topics[kafka.USER_EVENTS], settings)
-        # The partitions assigned here (None: no consumer checks). Events of others, queued
-        # before a rebalance, are dropped: their new owner reads them from the committed
-        # offset, and processing them here would write windows it owns now.
-        self._owned: set[TP] | None = set() if guard_consumer else None
+        consumer = self.app.consumer
+        faustcompat.check_gap_guard(consumer)
+        self.gaps = GapGuard(consumer, self.topics[kafka.USER_EVENTS], settings)
+        # The partitions assigned here (None: no consumer checks, Faust's test context).
+        self._owned: Ownership | None = Ownership() if guard_consumer else None
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
-        _set_fetch_wait(self.app.consumer, settings.fetch_wait_ms)
-        _deliver_without_tasks(self.app.consumer)
+        faustcompat.set_fetch_wait(consumer, settings.fetch_wait_ms)
+        faustcompat.deliver_without_tasks(consumer)
+        faustcompat.recovered(self.app)  # fails now, not at the first /health, if missing
         self.windows = UserWindows(self._view, scorer.window_len, settings.window_slack)
         self.agent = self.app.agent(self.user_topic, name="recommend")(self._recommend)
         self.app.task(self._run_io)
@@ -471,10 +261,14 @@ class Service:
             self.publisher.close()
             self._pool.shutdown(wait=False)
 
+    async def _stop_worker(self, exc: BaseException) -> None:
+        """A delivery failed: nothing more is acked (`OrderedAcks`), the worker crashes and
+        its unacked records are processed again after the restart (at-least-once)."""
+        logger.error("publish failed, stopping the worker error=%s", exc)
+        await self.app.crash(exc)
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        recovery = getattr(self.app.tables, "recovery", None)
-        recovered = bool(recovery is not None and recovery.completed.is_set()
-                         and not recovery.in_recovery)
+        recovered = faustcompat.recovered(self.app)
         state = {"live_index": self.feed_ready.is_set(), "recovered": recovered,
                  "rebalancing": bool(self.app.rebalancing), "serving": self._serving,
                  "model_version": self.scorer.version,
@@ -510,12 +304,12 @@ class Service:
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
         if self._owned is not None:
-            self._owned.difference_update(args[0])
+            self._owned.revoked(args[0])
         self._restart_partitions(args[0])
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
         if self._owned is not None:
-            self._owned.update(args[0])
+            self._owned.assigned(args[0])
         self._restart_partitions(args[0])
 
     def _restart_partitions(self, tps: Iterable[TP]) -> None:
@@ -537,14 +331,9 @@ class Service:
         topic = self.topics[kafka.STREAM_EVENTS]
         moved = False
         for partition, offset, raw in records:
-            try:
-                event = ev.decode_stream_event(raw)
-            except ev.EventError as exc:
-                self._dead(topic, raw, str(exc), partition, offset)
-                continue
-            reason = self.clock.check(event.step)
-            if reason is not None:
-                self._dead(topic, raw, reason, partition, offset, event)
+            event = decode_stream(raw, self.clock)
+            if isinstance(event, Rejection):
+                self._dead(topic, raw, event, partition, offset)
                 continue
             self._count_in(topic, event)
             moved |= live.apply(event, partition)
@@ -565,13 +354,13 @@ class Service:
     # --- user events -----------------------------------------------------------------------
     async def _recommend(self, stream: Any) -> None:
         """The agent: hand events to the micro-batcher; `_process` does the work and acks."""
-        manual = stream.noack()  # acked in `_deliver`, once the broker has the answers
+        manual = stream.noack()  # acked once the broker has the answers (`OrderedAcks`)
         worker = asyncio.ensure_future(self._process(manual))
         batcher = self._batcher
-        guard = self.gaps if self._owned is not None else None
+        owned = self._owned
+        guard = self.gaps if owned is not None else None
         loop = asyncio.get_running_loop()
         try:
-            owned = self._owned
             async for event in manual.events():
                 if owned is not None and event.message.tp not in owned:
                     continue  # revoked while in flight: its new owner has it
@@ -590,8 +379,6 @@ class Service:
             worker.cancel()
 
     async def _process(self, stream: Any) -> None:
-        in_flight = asyncio.Semaphore(8)  # batches whose messages await the broker's ack
-        previous: asyncio.Future[None] | None = None  # acks go in batch order
         await self.feed_ready.wait()  # the live index has read stream-events to its end
         await self.publisher_ready.wait()
         _freeze_heap()
@@ -601,38 +388,23 @@ class Service:
         while True:
             events = await self._batcher.get()
             out = await self.handle(events)
-            await in_flight.acquire()
-            self._in_flight += 1
-            previous = asyncio.ensure_future(
-                self._deliver(stream, events, out, in_flight, previous))
+            await self._acks.submit(lambda out=out: self._publish(out),  # type: ignore[misc]
+                                    lambda _, events=events: self._ack(stream, events))
 
-    async def _deliver(self, stream: Any, events: list[Any], out: list[Outgoing],
-                       in_flight: asyncio.Semaphore, previous: asyncio.Future[None] | None
-                       ) -> None:
+    async def _publish(self, out: list[Outgoing]) -> Offsets:
         """Publish a batch's answers, dead letters and window records; after the broker
-        acknowledged them, seal the changelog partitions written to; then, after the
-        previous batch, ack the events, so their offsets may be committed. (Acks in order:
-        Faust commits past a single unacked offset at the head of its list.)"""
-        try:
-            offsets = await self.publisher.publish(out)
-            touched = {p for t, _, _, p in out if t == self._view.topic and p is not None}
-            if touched:
-                offsets.update(await self.publisher.publish(self._view.seals(sorted(touched))))
-        except PublishError as exc:  # not acked: redone after the restart (at-least-once)
-            logger.error("publish failed, stopping the worker error=%s", exc)
-            self._failed = True  # and nothing after it is acked either
-            await self.app.crash(exc)
-            return
-        finally:
-            in_flight.release()
-            self._in_flight -= 1
+        acknowledged them, seal the changelog partitions written to (see `seals`)."""
+        offsets = await self.publisher.publish(out)
+        touched = {p for t, _, _, p in out if t == self._view.topic and p is not None}
+        if touched:
+            offsets.update(await self.publisher.publish(self._view.seals(sorted(touched))))
         self._view.persisted(offsets)
-        if previous is not None:
-            await asyncio.shield(previous)
-        if self._failed:
-            return
+        return offsets
+
+    async def _ack(self, stream: Any, events: list[Any]) -> None:
+        """Ack a delivered batch's events, so their offsets may be committed."""
         for event in events:
-            if isinstance(event, _Refetched):
+            if isinstance(event, Refetched):
                 await self.gaps.delivered(event)
             else:
                 await stream.ack(event)
@@ -642,7 +414,7 @@ class Service:
         (answers and dead letters), in order."""
         out: list[Outgoing] = []
         self._out = out
-        decoded: list[_Decoded] = []
+        decoded: list[Decoded] = []
         owner = self._view.owner = {}
         progress = self._progress
         owned = self._owned
@@ -674,39 +446,29 @@ class Service:
         self._out = None
         return out
 
-    async def _answer(self, jobs: list[Job], out: list[Outgoing]) -> None:
+    async def _answer(self, jobs: list[Any], out: list[Outgoing]) -> None:
         live = self.live
         assert live is not None
         t0 = time.perf_counter()
         await self._wait_watermark(max(j.event.step for j in jobs))
         t1 = time.perf_counter()
         watermark = live.watermark
-        requests, cands = rank_inputs(jobs, live)
-        scorer = self.scorer  # one model version per batch
-        ranked = await asyncio.get_running_loop().run_in_executor(
-            self._pool, scorer.rank, requests, self.settings.top_k)
+        recs = await answer_batch(jobs, live, self.scorer, self.settings.top_k, now_ms,
+                                  late=lambda j: j.event.step > watermark, rank=self._rank)
         t2 = time.perf_counter()
-        recs = build_answers(jobs, ranked, cands, scorer.version, now_ms(),
-                             late=lambda j: j.event.step > watermark)
         topic = self.topics[kafka.RECOMMENDATIONS]
-        m = self.metrics
+        encode, user_key = ev.encode, ev.user_key
+        out.extend([(topic, user_key(rec.user), encode(rec), None) for rec in recs])
         self._answered += len(recs)
-        counts = [0, 0, 0, 0, 0]  # request, watch, late, fallback, stale: one inc() each
-        encode, user_key, observe = ev.encode, ev.user_key, m.latency.observe
-        for rec in recs:
-            out.append((topic, user_key(rec.user), encode(rec), None))
-            counts[rec.trigger == "watch"] += 1
-            if rec.produced_ms is not None:
-                observe(max(0, rec.published_ms - rec.produced_ms) / 1000)
-            counts[2] += rec.late
-            counts[3] += rec.fallback
-            counts[4] += live.stale(rec.step)
-        for metric, n in zip((m.answers.labels("request"), m.answers.labels("watch"), m.late,
-                              m.fallback, m.stale), counts, strict=True):
-            if n:
-                metric.inc(n)
-        m.watermark_wait.observe(t1 - t0)
-        m.scoring.observe(t2 - t1)
+        self.metrics.count_answers(recs, live.stale)
+        self.metrics.watermark_wait.observe(t1 - t0)
+        self.metrics.scoring.observe(t2 - t1)
+
+    async def _rank(self, scorer: Scorer, requests: list[RankRequest], k: int
+                    ) -> list[Ranked]:
+        """Scoring off the event loop, in the worker's one scoring thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, scorer.rank,
+                                                                requests, k)
 
     async def _prune(self) -> None:
         """Timer: drop stopped intervals behind the group's committed floor (see
@@ -727,7 +489,7 @@ class Service:
         parts = kafka.partition_count(self.settings, topic)
         return committed_floor(self.settings, topic, self.app.conf.id, parts, _step_of)
 
-    def _count_watches_not_live(self, decoded: list[_Decoded]) -> None:
+    def _count_watches_not_live(self, decoded: list[Decoded]) -> None:
         live = self.live
         assert live is not None
         cache: dict[int, Candidates] = {}
@@ -741,26 +503,15 @@ class Service:
         if not_live:
             self.metrics.watch_not_live.inc(not_live)
 
-    def _decode_user(self, event: Any) -> _Decoded | None:
+    def _decode_user(self, event: Any) -> Decoded | None:
         msg = event.message
-        topic = msg.topic
         raw = msg.value if isinstance(msg.value, bytes) else b""
-        try:
-            e = ev.decode_user_event(raw)
-        except ev.EventError as exc:
-            self._dead(topic, raw, str(exc), msg.partition, msg.offset)
+        got = decode_user(raw, msg.key, msg.headers, self.clock)
+        if isinstance(got, Rejection):
+            self._dead(msg.topic, raw, got, msg.partition, msg.offset)
             return None
-        key = ev.user_key(e.user)
-        if msg.key is not None and msg.key != key:
-            self._dead(topic, raw, f"message key {msg.key!r} is not the user's key {key!r}",
-                       msg.partition, msg.offset, e)
-            return None
-        reason = self.clock.check(e.step)
-        if reason is not None:
-            self._dead(topic, raw, reason, msg.partition, msg.offset, e)
-            return None
-        self._count_in(topic, e)
-        return _Decoded(key, e, _produced_ms(msg.headers))
+        self._count_in(msg.topic, got.event)
+        return got
 
     def _count_in(self, topic: str, e: ev.Event) -> None:
         kind = type(e).__struct_config__.tag
@@ -770,23 +521,19 @@ class Service:
                 topic, kind)
         counter.inc()
 
-    def _dead(self, topic: str, raw: bytes, reason: str, partition: int | None,
-              offset: int | None, event: ev.Event | None = None) -> None:
-        """Publish a dead letter (id names where the record was, so a re-read is spotted)."""
-        letter = ev.DeadLetter(
-            event_id=f"dead:{topic}:{partition}:{offset}",
-            seq=event.seq if event is not None else -1,
-            step=event.step if event is not None else -1,
-            event_time_ms=event.event_time_ms if event is not None else -1,
-            original=raw, topic=topic, reason=reason)
+    def _dead(self, topic: str, raw: bytes, rejection: Rejection, partition: int | None,
+              offset: int | None) -> None:
+        """Publish a dead letter: with the batch being handled (published and acked with
+        it), or on its own for a stream event (the stream feed has no acks)."""
+        letter = dead_letter(topic, partition, offset, raw, rejection)
         record = (self.topics[kafka.DEAD_LETTERS], None, ev.encode(letter), None)
         if self._out is not None:
-            self._out.append(record)  # published and acked with its batch
+            self._out.append(record)
         else:
             self.publisher.publish([record]).add_done_callback(_log_failure)
-        self.metrics.dead_letters.labels(topic, dead_letter_kind(reason)).inc()
+        self.metrics.dead_letters.labels(topic, rejection.kind).inc()
         logger.warning("dead letter topic=%s partition=%s offset=%s reason=%r", topic,
-                       partition, offset, reason[:200])
+                       partition, offset, rejection.reason[:200])
 
     # --- timers ----------------------------------------------------------------------------
     async def _log_progress(self) -> None:
@@ -795,7 +542,7 @@ class Service:
             return
         logger.info("progress answers=%d queued=%d in_flight=%d watermark=%d "
                     "partition_steps=%s model_version=%s", self._answered, len(self._batcher),
-                    self._in_flight, self.live.watermark if self.live else -1,
+                    self._acks.in_flight, self.live.watermark if self.live else -1,
                     dict(sorted(self._progress.items())), self.scorer.version)
 
     async def _refresh_gauges(self) -> None:
@@ -857,16 +604,3 @@ def _step_of(raw: bytes) -> int:
     """The step of a user-events record (`committed_floor`); EventError (a ValueError)
     for a record that is not one."""
     return ev.decode_user_event(raw).step
-
-
-def _produced_ms(headers: Any) -> int | None:
-    if not headers:
-        return None
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    for k, v in pairs:
-        if k == PRODUCED_MS:
-            try:
-                return int(v.decode() if isinstance(v, bytes) else v)
-            except (ValueError, AttributeError):
-                return None
-    return None

@@ -4,7 +4,6 @@ Everything here is plain Python and numpy, so it is unit-tested without a broker
 Faust agent in `liverank.services.app` stays thin: decode, update, score, send. The live
 index it answers from is `liverank.model.data.live.LiveStreams` (shared with the monitor).
 
-* `EventClock`: the newest step seen, to refuse negative steps and steps far in the future.
 * `UserWindows`: per user, the last ``length + slack`` watches as `Entry` rows sorted by
   ``seq``, idempotent by event id, read once and written once per micro-batch.
 * `plan_batch` / `answer_batch`: a micro-batch of user events -> window updates and `Job`s
@@ -18,9 +17,9 @@ import asyncio
 import bisect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -30,25 +29,6 @@ from liverank.model.scorer import Ranked, RankRequest, Scorer
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-class EventClock:
-    """The newest event step seen; refuses steps below 0 or beyond ``newest + horizon``."""
-
-    def __init__(self, future_horizon: int):
-        self.future_horizon = future_horizon
-        self.newest: int | None = None
-
-    def check(self, step: int) -> str | None:
-        """None when ``step`` is acceptable, else the reason (and the step is not recorded)."""
-        if step < 0:
-            return f"negative step {step}"
-        if self.newest is not None and step > self.newest + self.future_horizon:
-            return (f"step {step} is more than {self.future_horizon} steps beyond the newest "
-                    f"seen ({self.newest})")
-        if self.newest is None or step > self.newest:
-            self.newest = step
-        return None
-
 
 # --- user windows ------------------------------------------------------------------------
 class Entry(msgspec.Struct, frozen=True, array_like=True):
@@ -153,6 +133,26 @@ class UserWindows:
         return self._dirty
 
 
+# --- partitions ------------------------------------------------------------------------
+class Ownership:
+    """The input partitions assigned to this worker, kept from the group's assignment
+    signals. Events of a partition taken away (queued before a rebalance) are dropped:
+    their new owner reads them again from the committed offset, and processing them here
+    would write windows that worker owns now."""
+
+    def __init__(self) -> None:
+        self.partitions: set[Any] = set()
+
+    def assigned(self, tps: Iterable[Any]) -> None:
+        self.partitions.update(tps)
+
+    def revoked(self, tps: Iterable[Any]) -> None:
+        self.partitions.difference_update(tps)
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self.partitions
+
+
 # --- micro-batches -----------------------------------------------------------------------
 Trigger = Literal["request", "watch"]
 
@@ -240,17 +240,27 @@ def build_answers(
             for job, r, c in zip(jobs, ranked, cands, strict=True)]
 
 
-def answer_batch(
+Rank = Callable[[Scorer, list[RankRequest], int], Awaitable[list[Ranked]]]
+
+
+async def rank_inline(scorer: Scorer, requests: list[RankRequest], k: int) -> list[Ranked]:
+    return scorer.rank(requests, k)
+
+
+async def answer_batch(
     jobs: Sequence[Job],
     live: LiveStreams,
     scorer: Scorer,
     k: int,
     now_ms: Callable[[], int],
     late: Callable[[Job], bool] = lambda job: False,
+    rank: Rank = rank_inline,
 ) -> list[ev.Recommendation]:
-    """Score every job in one `Scorer.rank` call and build the `Recommendation` records."""
+    """The one answer path: every job's live candidates, one `Scorer.rank` call for the
+    batch (``rank`` runs it: inline, or in the worker's scoring thread), then the
+    `Recommendation` records. The live index is read on the caller's thread only."""
     requests, cands = rank_inputs(jobs, live)
-    ranked = scorer.rank(requests, k) if requests else []
+    ranked = await rank(scorer, requests, k) if requests else []
     return build_answers(jobs, ranked, cands, scorer.version, now_ms(), late)
 
 
@@ -278,25 +288,6 @@ async def wait_signal(signal: asyncio.Event, timeout_s: float) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-def dead_letter_kind(reason: str) -> str:
-    """A low-cardinality label for a dead letter's reason (for the metrics)."""
-    if reason.startswith("not a JSON record"):
-        return "undecodable"
-    if "missing required field" in reason:
-        return "missing_field"
-    if "$.kind" in reason or "unknown kind" in reason:
-        return "unknown_kind"
-    if reason.startswith("negative step"):
-        return "negative_step"
-    if "beyond the newest" in reason:
-        return "beyond_horizon"
-    if "not the user's key" in reason:
-        return "wrong_key"
-    if reason.startswith("Expected") or "got" in reason:
-        return "wrong_type"
-    return "invalid"
 
 
 class MicroBatcher(Generic[T]):

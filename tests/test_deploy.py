@@ -43,6 +43,15 @@ def test_service_probes_and_commands() -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "replay"
 
 
+def test_the_image_copies_every_package_folder() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    folders = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    copied = set(re.findall(r"^COPY (\w+) \1$", (DEPLOY / "Dockerfile").read_text(), re.M))
+    assert folders and folders <= copied, folders - copied
+
+
 def test_configuration_reference_is_current() -> None:
     from liverank.core.settings import settings_markdown
 

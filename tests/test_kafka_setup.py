@@ -50,16 +50,18 @@ def test_security_settings_reach_every_client(tmp_path: object) -> None:
 
 
 def test_faust_options_follow_settings() -> None:
+    from liverank.services.faustcompat import faust_app_options
+
     s = Settings(kafka_bootstrap="k1:9093,k2:9093", security_protocol="SASL_PLAINTEXT",
                  sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p",
                  broker_kind="kafka", partitions=3, store="memory://")
-    opts = kf.faust_app_options(s)
+    opts = faust_app_options(s)
     assert opts["broker"] == "kafka://k1:9093,kafka://k2:9093"
     assert opts["topic_partitions"] == 3 and opts["store"] == "memory://"
     cred = opts["broker_credentials"]
     assert (cred.username, cred.password) == ("u", "p")
     assert "producer_max_batch_size" not in opts  # Faust defaults on real Kafka
-    on_tansu = kf.faust_app_options(Settings(broker_kind="tansu"))
+    on_tansu = faust_app_options(Settings(broker_kind="tansu"))
     assert on_tansu["producer_max_batch_size"] == 1
     assert on_tansu["broker_session_timeout"] < 60
     assert "broker_credentials" not in on_tansu

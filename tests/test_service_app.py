@@ -13,9 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import faust
 import pytest
+from faust.types import TP
 from prometheus_client import generate_latest
 
+from liverank.broker.clients import PublishError
 from liverank.core import events as ev
 from liverank.core.settings import Settings
 from liverank.model.data import timeline as tl
@@ -99,8 +102,9 @@ async def test_every_request_gets_the_offline_answer_once() -> None:
         ref_live.apply(e, 0)  # type: ignore[arg-type]
     jobs = plan_batch([(ev.user_key(e.user), e, 1000 + e.seq) for e in users],
                       UserWindows({}, length=5, slack=8))
-    want = {r.request_id: r for r in answer_batch(jobs, ref_live, FakeScorer(window_len=5),
-                                                  k=10, now_ms=lambda: 0)}
+    ref = await answer_batch(jobs, ref_live, FakeScorer(window_len=5), k=10,
+                             now_ms=lambda: 0)
+    want = {r.request_id: r for r in ref}
     assert len(recs) == n_req == len(want)
     assert {r.request_id for r in recs} == set(want)
     for r in recs:
@@ -319,49 +323,8 @@ def test_fake_scorer_cache_keeps_rankings_and_stays_bounded() -> None:
     assert len(cached._sets) <= FakeScorer.CACHE_SIZE
 
 
-async def test_records_reach_the_streams_without_tasks_unless_the_flow_is_suspended() -> None:
-    """`_deliver_without_tasks`: Faust's per-record ``wait_first(on_message(..),
-    suspend_flow.wait())`` awaits ``on_message`` directly while the flow runs; anything else
-    (another pair, a suspended flow) still goes through Faust's own ``wait_first``."""
-    from liverank.services.app import _deliver_without_tasks
-
-    class Consumer:
-        should_stop = False
-
-        def __init__(self) -> None:
-            self.suspend_flow = asyncio.Event()
-            self.slow: list[int] = []
-
-        async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
-            self.slow.append(len(coros))
-            for c in coros:
-                c.close()
-            return None
-
-    consumer = Consumer()
-    _deliver_without_tasks(consumer)
-    got: list[int] = []
-
-    async def on_message(n: int) -> int:
-        got.append(n)
-        return n * 2
-
-    result = await consumer.wait_first(on_message(1), consumer.suspend_flow.wait())
-    assert got == [1] and result.results == [2] and consumer.slow == []
-    consumer.suspend_flow.set()  # a rebalance: Faust's way, so it can interrupt
-    await consumer.wait_first(on_message(2), consumer.suspend_flow.wait())
-    assert got == [1] and consumer.slow == [2]
-    consumer.suspend_flow.clear()
-
-    async def other() -> None:
-        return None
-
-    await consumer.wait_first(other(), consumer.suspend_flow.wait())  # not a delivery
-    assert consumer.slow == [2, 2]
-
-
 def test_faust_sensor_skips_per_message_hooks_and_metrics_keep_faust_families() -> None:
-    from liverank.services.app import LeanPrometheusMonitor
+    from liverank.services.faustcompat import LeanPrometheusMonitor
 
     svc, _ = service()
     monitor = svc.app.monitor
@@ -390,3 +353,113 @@ def test_publisher_that_cannot_reach_the_broker_says_so() -> None:
             publisher.connect(1.0)
     finally:
         publisher._stop.set()
+
+
+# --- failure paths ---------------------------------------------------------------------------
+class FailingPublisher(MemoryPublisher):
+    """Delivers the first ``good`` publish calls, then the broker refuses everything (a
+    batch makes two: its answers and window records, then the changelog seals)."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    def publish(self, messages: Sequence[Any]) -> asyncio.Future[Any]:
+        if self.good > 0:
+            self.good -= 1
+            return super().publish(messages)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_exception(PublishError("the broker did not acknowledge a message: boom"))
+        return fut
+
+
+async def test_a_publish_failure_stops_acking_and_crashes_the_worker() -> None:
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    pub = FailingPublisher(good=2)
+    svc = Service(settings(batch_size=8), FakeScorer(window_len=5), publisher=pub,
+                  live=LiveStreams(partitions=1, stopped_horizon=10_000), web=False,
+                  guard_consumer=False)
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    crashed: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    svc.app.crash = crash  # type: ignore[method-assign]
+    acked: list[Any] = []
+    async with svc.agent.test_context() as agent:
+        real_ack = svc._ack
+
+        async def spy(stream: Any, events: list[Any]) -> None:
+            acked.extend(events)
+            await real_ack(stream, events)
+
+        svc._ack = spy  # type: ignore[method-assign]
+        await put_all(agent, users[:64])
+        await wait_for(lambda: bool(crashed))
+        await svc._acks.drain()
+    assert isinstance(crashed[0], PublishError) and "boom" in str(crashed[0])
+    assert isinstance(svc._acks.failed, PublishError)
+    assert 0 < len(acked) <= 8  # the delivered first batch only; nothing after the failure
+    assert len(pub.sent.get(RECS, [])) <= 8
+
+
+async def test_events_of_revoked_partitions_are_dropped_not_answered() -> None:
+    _, users = split_timeline(tl.build_timeline(tiny()))
+    pub = MemoryPublisher()
+    live = LiveStreams(partitions=1, stopped_horizon=10_000)
+    svc = Service(settings(), FakeScorer(window_len=5), publisher=pub, live=live, web=False)
+    topic = f"{PREFIX}user-events"
+    requests = [e for e in users if isinstance(e, ev.RecRequest)][:40]
+
+    def event(e: ev.UserEvent, offset: int) -> Any:
+        msg = faust.types.Message(topic, e.user % 4, offset, 0.0, 0, {}, ev.user_key(e.user),
+                                  ev.encode(e), None)
+        return faust.Event(svc.app, msg.key, msg.value, {}, msg)
+
+    events = [event(e, i) for i, e in enumerate(requests)]
+    svc._owned.assigned([TP(topic, 0), TP(topic, 1)])  # type: ignore[union-attr]
+    svc._owned.revoked([TP(topic, 1)])  # type: ignore[union-attr]
+    live.advance(0, 10**6)
+    out = await svc.handle(events)
+    answered = {ev.decode(v, ev.Recommendation).user for t, _, v, _ in out if t == RECS}
+    kept = {e.user for e in requests if e.user % 4 == 0}
+    assert kept and answered == kept  # partitions 1-3 are not ours: dropped, not answered
+
+
+def test_a_gap_that_cannot_be_read_back_stops_the_worker_loudly() -> None:
+    from confluent_kafka import KafkaException
+
+    from liverank.services.gaps import Gap, GapGuard
+
+    app = faust.App("gap-timeout", broker="kafka://127.0.0.1:1", store="memory://",
+                    autodiscover=False, web_enabled=False)
+    guard = GapGuard(app.consumer, "user-events", settings(kafka_timeout_s=1.0))
+    start = time.monotonic()
+    with pytest.raises(KafkaException, match="could not read back"):
+        guard.read_back(Gap(TP("user-events", 0), 3, 5), timeout_s=1.0)
+    assert time.monotonic() - start < 10
+
+
+async def test_a_stream_event_beyond_the_future_horizon_is_dead_lettered() -> None:
+    pub = MemoryPublisher()
+    live = LiveStreams(partitions=1, stopped_horizon=10_000)
+    svc = Service(settings(future_horizon=100), FakeScorer(window_len=5), publisher=pub,
+                  live=live, web=False, guard_consumer=False)
+    start = ev.StreamStart(event_id="start:1", seq=0, step=5, event_time_ms=0, stream=1,
+                           streamer="a")
+    wm = ev.Watermark(event_id="wm:5", seq=1, step=5, event_time_ms=0)
+    far = ev.Watermark(event_id="wm:5000", seq=2, step=5000, event_time_ms=0)
+    svc.on_stream_records([(0, 0, ev.encode(start)), (0, 1, ev.encode(wm)),
+                           (0, 2, ev.encode(far)), (0, 3, b"\xff")])
+    await asyncio.sleep(0)
+    assert live.watermark == 5  # the far watermark did not move event time
+    letters = decoded(pub, DEAD, ev.DeadLetter)
+    assert [d.event_id for d in letters] == [f"dead:{PREFIX}stream-events:0:2",
+                                             f"dead:{PREFIX}stream-events:0:3"]
+    assert letters[0].step == 5000 and "beyond the newest" in letters[0].reason
+    assert metric(svc, "liverank_dead_letters_total", topic=f"{PREFIX}stream-events",
+                  reason="beyond_horizon") == 1
+    assert metric(svc, "liverank_dead_letters_total", topic=f"{PREFIX}stream-events",
+                  reason="undecodable") == 1

@@ -458,7 +458,7 @@ async def test_gap_guard_reads_skipped_offsets_back_and_acks_them_after_delivery
     and acks a gap to Faust once its records were delivered."""
     from faust.types import TP
 
-    from liverank.services.app import GapGuard
+    from liverank.services.gaps import GapGuard
 
     kafka.ensure_topics(kafka_settings)
     topic = kafka_settings.topic(kafka.USER_EVENTS)

@@ -1,0 +1,212 @@
+"""Faust at arm's length: the one module that touches Faust's and mode's internals.
+
+liverank is written for faust-streaming 0.15 and mode-streaming 0.7 (pinned to those minor
+versions in pyproject.toml). Importing this module checks the installed versions, and every
+workaround checks, when it is installed, that the attributes it patches or reads exist:
+a Faust release that renames one stops the worker at start-up with a `FaustCompatError`
+naming the attribute and the workaround, instead of silently doing nothing. Each workaround
+carries its measured reason; the evidence is in docs/service.md ("Faust workarounds").
+tests/test_faustcompat.py runs every one against real Faust objects.
+
+It also builds the Faust app's options from `Settings` (`faust_app_options`), so the rest
+of the service uses Faust's public API only (``faust.App``, agents, tables, timers, pages).
+"""
+
+from __future__ import annotations
+
+import ssl
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from typing import Any
+
+import faust
+import faust.streams
+import mode.services
+from faust.sensors.prometheus import PrometheusMonitor
+from faust.types import TP
+
+from liverank.broker import kafka, tansu
+from liverank.core.settings import Settings
+
+SUPPORTED = {"faust-streaming": "0.15", "mode-streaming": "0.7"}  # minor versions
+
+
+class FaustCompatError(RuntimeError):
+    """The installed Faust (or mode) is not the one liverank's workarounds were written for."""
+
+
+def check_versions(installed: Callable[[str], str] = version) -> None:
+    """Refuse a Faust or mode minor version other than `SUPPORTED`."""
+    for dist, minor in SUPPORTED.items():
+        found = installed(dist)
+        if found != minor and not found.startswith(minor + "."):
+            raise FaustCompatError(
+                f"{dist} {found} is installed; liverank's Faust workarounds are written for "
+                f"{minor}.x (install liverank's pinned dependencies: pip install -e '.[serve]')")
+
+
+def require(obj: Any, name: str, workaround: str) -> Any:
+    """``getattr(obj, name)``, or a `FaustCompatError` naming what is missing and why."""
+    if not hasattr(obj, name):
+        raise FaustCompatError(
+            f"faust-streaming {version('faust-streaming')}: {type(obj).__name__} has no "
+            f"attribute {name!r}, which liverank's workaround {workaround!r} needs "
+            "(see docs/service.md, Faust workarounds)")
+    return getattr(obj, name)
+
+
+check_versions()
+_CURRENT_EVENT = require(faust.streams, "_current_event", "as_current")
+_WAIT_RESULTS = require(mode.services, "WaitResults", "deliver_without_tasks")
+
+
+# --- the current event: which partition a table key lives in -------------------------------
+@contextmanager
+def as_current(event: faust.types.EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event. Why: a micro-batch mixes partitions, and Faust
+    picks a table key's store and changelog partition from the current event; set it to the
+    event that owns the key, so every user's window lives in its user's partition."""
+    token = _CURRENT_EVENT.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _CURRENT_EVENT.reset(token)
+
+
+# --- the fetch wait ------------------------------------------------------------------------
+def set_fetch_wait(consumer: Any, wait_ms: float) -> None:
+    """Faust 0.15 builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting
+    to change it. A broker that holds a fetch until that wait expires (tansu does, even when
+    data arrives) then delays every event by up to 1.5 s once the worker has caught up: set
+    the wait on the aiokafka consumer when Faust creates it."""
+    thread = require(consumer, "_thread", "set_fetch_wait")
+    create = require(thread, "_create_worker_consumer", "set_fetch_wait")
+
+    def create_with_wait(transport: Any) -> Any:
+        client = create(transport)
+        require(client, "_fetch_max_wait_ms", "set_fetch_wait")
+        client._fetch_max_wait_ms = int(wait_ms)
+        return client
+
+    thread._create_worker_consumer = create_with_wait
+
+
+# --- delivery without four tasks per record --------------------------------------------------
+def deliver_without_tasks(consumer: Any) -> None:
+    """Faust's fetch loop hands every record to the streams through
+    ``consumer.wait_first(on_message(record), suspend_flow.wait())``: four tasks and an
+    ``asyncio.wait`` per record, so that a rebalance can interrupt a delivery blocked on a
+    full buffer. Measured with py-spy on one worker draining a twitch100k slice: ~18% of the
+    GIL-holding time. liverank's ``on_message`` never blocks (the streams' queues take
+    records without waiting and nothing is sent through Faust's producer buffer), so while
+    the flow is not suspended the record is delivered by awaiting ``on_message`` directly;
+    every other ``wait_first`` call (and this one during a rebalance or shutdown) keeps
+    Faust's behaviour."""
+    original = require(consumer, "wait_first", "deliver_without_tasks")
+    flow = require(consumer, "suspend_flow", "deliver_without_tasks")
+    require(consumer, "should_stop", "deliver_without_tasks")
+
+    async def wait_first(*coros: Any, timeout: Any = None) -> Any:
+        if (len(coros) == 2 and getattr(coros[0], "__name__", "") == "on_message"
+                and not flow.is_set() and not consumer.should_stop):
+            first, suspended = coros
+            suspended.close()  # the suspend_flow.wait() coroutine, never started
+            return _WAIT_RESULTS([first], [await first], False)
+        return await original(*coros, timeout=timeout)
+
+    consumer.wait_first = wait_first
+
+
+# --- offsets Faust skips or acks by itself ---------------------------------------------------
+def replace_add_gap(consumer: Any, handler: Callable[[TP, int, int], Awaitable[None]]
+                    ) -> Callable[[TP, int, int], Awaitable[None]]:
+    """Route Faust's gap acking (``Consumer._add_gap(tp, first, last)``: offsets it marks as
+    acked without delivering them) to ``handler``; returns Faust's own, to call for the
+    topics where a gap is legitimate and to ack a gap once it was really processed."""
+    original = require(consumer, "_add_gap", "GapGuard")
+    consumer._add_gap = handler  # the instance attribute wins over the method
+    return original  # type: ignore[no-any-return]
+
+
+def committed_offset(consumer: Any, tp: TP) -> int | None:
+    """The committed offset Faust sought to after an assignment (the next record it
+    delivers), or None when the group has committed nothing there (or offset 0)."""
+    committed = require(consumer, "_committed_offset", "GapGuard")
+    return committed.get(tp) or None  # type: ignore[no-any-return]
+
+
+def check_gap_guard(consumer: Any) -> None:
+    """Fail at start-up, not at the first gap, when the guard's attributes are missing."""
+    require(consumer, "_add_gap", "GapGuard")
+    require(consumer, "_committed_offset", "GapGuard")
+
+
+# --- table recovery ------------------------------------------------------------------------
+def recovered(app: faust.App) -> bool:
+    """True once Faust's table recovery finished and is not running again (a rebalance)."""
+    recovery = require(app.tables, "recovery", "readiness")
+    completed = require(recovery, "completed", "readiness")
+    return bool(completed.is_set() and not require(recovery, "in_recovery", "readiness"))
+
+
+# --- Faust's sensors without their per-message cost ------------------------------------------
+_SKIPPED_HOOKS = ("on_message_in", "on_stream_event_in", "on_stream_event_out",
+                  "on_message_out", "track_tp_end_offset")
+for _hook in _SKIPPED_HOOKS:  # an override of a renamed hook would silently be dead code
+    require(PrometheusMonitor, _hook, "LeanPrometheusMonitor")
+
+
+class LeanPrometheusMonitor(PrometheusMonitor):
+    """Faust's Prometheus sensor (rebalances, commits, sends, assignment, web requests,
+    table operations) without its four per-message hooks and the end-offset tracking.
+
+    Why: measured with py-spy on one worker draining a twitch100k slice, those hooks took
+    ~15% of the GIL-holding time, more than scoring. The service counts events in by topic
+    and kind, answers and latency itself (`liverank.services.metrics`).
+    """
+
+    def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: TP, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(self, tp: TP, offset: int, stream: Any, event: Any,
+                            state: Any = None) -> None:
+        return None
+
+    def on_message_out(self, tp: TP, offset: int, message: Any) -> None:
+        return None
+
+    def track_tp_end_offset(self, tp: TP, offset: int) -> None:
+        return None
+
+
+# --- the app's options -----------------------------------------------------------------------
+def faust_app_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``faust.App(...)``: broker, security, topic defaults, ``store``
+    and, on tansu, `tansu.faust_overrides` (checked: a worker with them joins its group and
+    reads 1,000 messages with a table write each within ~5 s of starting)."""
+    opts: dict[str, Any] = {
+        "broker": ",".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")),
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "store": settings.store,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_request_timeout": max(settings.kafka_timeout_s, 30.0),
+    }
+    kafka.security_config(settings)  # same checks and messages as the librdkafka clients
+    ctx = None
+    if settings.security_protocol.endswith("SSL"):
+        ctx = ssl.create_default_context(cafile=settings.ssl_cafile)
+    if settings.security_protocol.startswith("SASL"):
+        opts["broker_credentials"] = faust.SASLCredentials(
+            username=settings.sasl_username, password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism, ssl_context=ctx)
+    elif ctx is not None:
+        opts["broker_credentials"] = faust.SSLCredentials(ctx)
+    if kafka.is_tansu(settings):
+        opts.update(tansu.faust_overrides())
+    return opts

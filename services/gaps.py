@@ -1,0 +1,149 @@
+"""`GapGuard`: every user-events record reaches the worker, whatever Faust's fetcher did.
+
+A Faust workaround with its own module because it is liverank logic (offset bookkeeping,
+read-back through librdkafka) around two Faust internals, reached through
+`liverank.services.faustcompat`. The evidence is in docs/service.md ("GapGuard").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import TopicPartition as KafkaPartition
+from faust.types import TP
+
+from liverank.broker import kafka
+from liverank.broker.clients import consume_now
+from liverank.core.settings import Settings
+from liverank.services import faustcompat
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Record:
+    """A user-events record read back by `GapGuard` (what `Service.handle` reads of one)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+class Refetched:
+    """An event read back by `GapGuard`; it is acked through `GapGuard.delivered`."""
+
+    def __init__(self, message: Record, gap: Gap):
+        self.message, self.gap = message, gap
+
+
+@dataclass
+class Gap:
+    tp: TP
+    first: int  # first offset to read back (the committed offset: may re-read a few)
+    last: int  # last offset skipped
+    left: int = 0  # records read back, not yet delivered
+
+
+class GapGuard:
+    """Every user-events record reaches the agent, in offset order, exactly once per
+    assignment, whatever Faust's fetcher did.
+
+    Faust (0.15) drops fetched records of a partition it has paused (during recovery after
+    a (re)assignment, or while a stream's buffer is full). When it notices (the next record
+    of that partition is not the next offset) it marks the skipped offsets as acked
+    (``Consumer._add_gap``, meant for compacted topics), so they are committed unprocessed;
+    when it does not notice (no record read yet since the assignment, or a commit at offset
+    0) they are simply never delivered: requests lost for good (faust-streaming #216, #606;
+    both seen here on restarts, the first also during a model swap).
+
+    So the guard checks offsets itself: per partition it expects the committed offset
+    first (Faust has sought there before it delivers anything; no commit: the start of the
+    partition) and then each next offset. A record past the expected offset reveals a gap:
+    the agent reads the missing records back with librdkafka and processes them before it;
+    the gap is acked to Faust once their answers are delivered. Faust's own gap acking is
+    switched off for user-events, where a gap is never legitimate.
+    """
+
+    def __init__(self, consumer: Any, topic: str, settings: Settings):
+        self.consumer, self.topic, self.settings = consumer, topic, settings
+        self._original = faustcompat.replace_add_gap(consumer, self._add_gap)
+        self.expected: dict[TP, int] = {}  # next offset the agent should get, per partition
+        self.refetched = 0
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic != self.topic:  # other topics (changelogs): Faust's behaviour
+            await self._original(tp, offset_from, offset_to)
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """After a revocation or an assignment Faust starts from the committed offset again."""
+        for tp in tps:
+            self.expected.pop(tp, None)
+
+    def check(self, event: Any) -> Gap | None:
+        """The records missing before ``event`` (to read back and process first), if any."""
+        msg = event.message
+        tp, offset = msg.tp, msg.offset
+        expected = self.expected.get(tp)
+        self.expected[tp] = offset + 1
+        if expected is None:
+            # Faust keeps the committed offset (next to read) here; None: no commit, or 0.
+            expected = faustcompat.committed_offset(self.consumer, tp) or 0
+        if offset <= expected:  # in order (or a re-delivery after a seek back)
+            return None
+        logger.warning("fetcher skipped offsets topic=%s partition=%d first=%d last=%d: "
+                       "reading them back", tp.topic, tp.partition, expected, offset - 1)
+        return Gap(tp, expected, offset - 1)
+
+    def read_back(self, gap: Gap, timeout_s: float | None = None) -> list[Refetched]:
+        """Blocking (run it in a thread): the records of ``gap`` from the broker (fewer when
+        retention already deleted the first ones). `KafkaException` when they cannot be read
+        within ``timeout_s`` (default: three broker timeouts): the worker stops rather than
+        answer later requests without them."""
+        consumer = Consumer(kafka.consumer_config(self.settings))
+        consumer.assign([KafkaPartition(gap.tp.topic, gap.tp.partition, gap.first)])
+        out: list[Refetched] = []
+        wait = self.settings.kafka_timeout_s * 3 if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait
+        try:
+            done = False
+            while not done:
+                if time.monotonic() > deadline:
+                    raise KafkaException(f"could not read back {gap}")
+                for m in consume_now(consumer, 1000, 0.5):
+                    if m.error() is not None:
+                        continue
+                    if m.offset() > gap.last:
+                        done = True
+                        break
+                    rec = Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
+                                  list(m.headers() or []))
+                    out.append(Refetched(rec, gap))
+                    done = m.offset() == gap.last
+        finally:
+            consumer.close()
+        gap.left = len(out)
+        self.refetched += len(out)
+        return out
+
+    async def delivered(self, event: Refetched) -> None:
+        """Ack the gap once every record read back was delivered."""
+        gap = event.gap
+        gap.left -= 1
+        if gap.left == 0:
+            await self._original(gap.tp, gap.first, gap.last)
+
+    async def settle_empty(self, gap: Gap) -> None:
+        """A gap with nothing left to read back (deleted by retention): ack it now."""
+        await self._original(gap.tp, gap.first, gap.last)
