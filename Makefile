@@ -24,9 +24,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/pytest
 
+# ruff, mypy, and import-linter's contracts in pyproject.toml (docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy model services replay
+	$(BIN)/mypy core broker model replay services client cli
+	$(BIN)/lint-imports
 
 demo: $(STAMP)
 	$(BIN)/liverank demo
@@ -35,4 +37,6 @@ bench: $(STAMP)
 	$(BIN)/liverank bench all --out out/bench.json
 
 clean:
-	rm -rf out build *.egg-info .pytest_cache
+	rm -rf out build *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache \
+	       .hypothesis .coverage htmlcov
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

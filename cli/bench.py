@@ -19,8 +19,8 @@ from typing import Any
 import typer
 
 from liverank.cli.bench_replay import bench_replay
+from liverank.cli.bench_scorer import bench_scorer_command
 from liverank.cli.bench_service import bench_service_command
-from liverank.model.cli import bench_scorer_command
 
 app = typer.Typer(help="Benchmarks: each figure is printed next to its in-run reference.",
                   no_args_is_help=True)

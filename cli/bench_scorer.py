@@ -10,6 +10,7 @@ at the same step do in the service.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 
 from liverank.model.scorer import ModelScorer, OnnxScorer, RankRequest
 
@@ -132,3 +134,21 @@ def table(result: dict[str, Any]) -> str:
                      f"{t['users_per_s']:.0f} | {o['model_users_per_s']:.0f} | "
                      f"{t['model_users_per_s']:.0f} |")
     return "\n".join(lines)
+
+
+def bench_scorer_command(
+    checkpoint: Path | None = typer.Option(None, "--checkpoint",
+                                           help="Checkpoint to time (default: a random "
+                                                "SASRec-sized liverank model)."),
+    items: int = typer.Option(20000, "--items", help="Vocabulary of the random model."),
+    threads: int = typer.Option(2, "--threads", help="Threads for onnxruntime and torch."),
+    seconds: float = typer.Option(1.0, "--seconds", help="Time per case and engine."),
+    out: Path = typer.Option(Path("out/bench_scorer.json"), "--out", help="Result JSON."),
+) -> None:
+    """Users/s at batch 1, 32, 256 with 500 and 3,000 candidates: the full `rank` path
+    (features + model + top-k) with onnxruntime vs torch eager, in the same run."""
+    result = bench_scorer(checkpoint, items=items, threads=threads, seconds=seconds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    typer.echo(table(result))
+    typer.echo(f"wrote {out}")

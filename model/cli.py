@@ -1,4 +1,4 @@
-"""``liverank train | evaluate | export`` and ``liverank bench scorer``.
+"""``liverank train | evaluate | export``.
 
 Thin wrappers: torch and onnxruntime are imported inside the commands, so ``liverank
 --help`` stays fast and torch-free.
@@ -11,7 +11,6 @@ Thin wrappers: torch and onnxruntime are imported inside the commands, so ``live
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -118,26 +117,6 @@ def evaluate_command(
     md = write_result(result, json_path)
     typer.echo(markdown_table(result))
     typer.echo(f"wrote {json_path} and {md}")
-
-
-def bench_scorer_command(
-    checkpoint: Path | None = typer.Option(None, "--checkpoint",
-                                           help="Checkpoint to time (default: a random "
-                                                "SASRec-sized liverank model)."),
-    items: int = typer.Option(20000, "--items", help="Vocabulary of the random model."),
-    threads: int = typer.Option(2, "--threads", help="Threads for onnxruntime and torch."),
-    seconds: float = typer.Option(1.0, "--seconds", help="Time per case and engine."),
-    out: Path = typer.Option(Path("out/bench_scorer.json"), "--out", help="Result JSON."),
-) -> None:
-    """Users/s at batch 1, 32, 256 with 500 and 3,000 candidates: the full `rank` path
-    (features + model + top-k) with onnxruntime vs torch eager, in the same run."""
-    from .bench import bench_scorer, table
-
-    result = bench_scorer(checkpoint, items=items, threads=threads, seconds=seconds)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    typer.echo(table(result))
-    typer.echo(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:

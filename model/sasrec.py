@@ -19,7 +19,8 @@ window position and is what `liverank export` writes to ONNX.
   matrix factorisation; the model sees no user id, so the window stands for the user).
 
 Masking: a padding key gets a large *finite* negative logit and every position may attend
-to itself, so an all-padding window never softmaxes over nothing (no NaN, see NOTES.md).
+to itself, so an all-padding window never softmaxes over nothing (no NaN, see
+docs/platform-notes.md#torch-to-onnx).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``liverank replay DATA`` and ``liverank broker``: thin wrappers over `replay.producer` and
-`services.broker`.
+`broker.embedded`.
 
     liverank broker &                                   # embedded tansu on 127.0.0.1:9092
     liverank replay out/data/twitch100k.csv --speed max

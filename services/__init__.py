@@ -1,1 +1,1 @@
-"""The event contract, settings, the CLI and the streaming recommendation service."""
+"""The Faust recommendation worker: the app, its state, decoding, acks, metrics, `serve`."""

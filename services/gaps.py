@@ -2,7 +2,7 @@
 
 A Faust workaround with its own module because it is liverank logic (offset bookkeeping,
 read-back through librdkafka) around two Faust internals, reached through
-`liverank.services.faustcompat`. The evidence is in docs/service.md ("GapGuard").
+`liverank.services.faustcompat`. The evidence is in docs/service.md ("Skipped offsets").
 """
 
 from __future__ import annotations

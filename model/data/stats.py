@@ -2,9 +2,10 @@
 
 Two references: the published counts of the full ``100k_a.csv`` (Rappaz et al.), which a
 synthetic file of any scale should match per entity (rows per user, per streamer, per
-stream id, repeat share, row length), and the temporal patterns measured on the shared
-2,000-user real sample (heavy users; with its ``stop = start + 3`` convention), which give
-the shape of timing rather than exact targets.
+stream id, repeat share, row length), and the temporal patterns measured on the public
+2,000-user real sample (heavy users; with its ``stop = start + 3`` convention; described in
+docs/platform-notes.md#the-real-twitch-sample), which give the shape of timing rather than
+exact targets.
 
 Definitions (all in 10-minute steps; a user's rows are taken in ``start`` order, file order
 breaking ties):
@@ -32,7 +33,7 @@ from .twitch import Interactions
 
 QUANTILES = (10, 25, 50, 75, 90)
 
-# Published statistics of the full 100k_a.csv (../shared/data/README.md).
+# Published statistics of the full 100k_a.csv (docs/platform-notes.md#the-real-twitch-sample).
 PUBLISHED: dict[str, float] = {
     "rows": 3_051_733,
     "users": 100_000,
@@ -47,7 +48,8 @@ PUBLISHED: dict[str, float] = {
     "repeat_share": 0.507,
 }
 
-# Temporal statistics of the shared real sample, as its README publishes them.
+# Temporal statistics of the real 2,000-user sample, as its published description gives them
+# (the sample is described in docs/platform-notes.md#the-real-twitch-sample and docs/data.md).
 SAMPLE_PUBLISHED: dict[str, object] = {
     "repeat_share": 0.639,
     "hour_share_min": 0.026,
@@ -223,7 +225,7 @@ def format_table(stats: dict[str, object]) -> str:
 
 def sample_like_real(ds: Interactions, users: int = 2_000, min_streamer_rows: float = 100.0,
                      seed: int = 0) -> Interactions:
-    """Draw a subset the way the shared real sample was drawn from 100k_a.csv, so that a
+    """Draw a subset the way the real sample was drawn from 100k_a.csv, so that a
     synthetic file's timing can be compared with it like for like.
 
     Streamers keep only if they hold at least ``min_streamer_rows`` rows per 100,000 users of

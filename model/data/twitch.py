@@ -9,7 +9,7 @@ Fast path: pandas' C parser with integer dtypes, then vectorised checks. Only wh
 finds a problem does the loader re-read the file line by line to name every bad row.
 
     >>> ds = load_interactions("100k_a.csv")            # doctest: +SKIP
-    >>> ds = load_interactions("sample.csv", fmt="sample")  # the shared real sample
+    >>> ds = load_interactions("sample.csv", fmt="sample")  # the real sample (docs/data.md)
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ logger = logging.getLogger(__name__)
 COLUMNS = ("user", "stream", "streamer", "start", "stop")
 Format = Literal["twitch", "sample"]
 
-# Conventions of the public 2,000-user sample (see ../shared/data/README.md): stream and stop
-# were dropped, so a row lasts SAMPLE_ROW_STEPS and a streamer's rows form one broadcast until
-# a row starts more than SAMPLE_BROADCAST_GAP steps after the latest stop so far.
+# Conventions of the public 2,000-user sample (docs/platform-notes.md#the-real-twitch-sample):
+# stream and stop were dropped, so a row lasts SAMPLE_ROW_STEPS and a streamer's rows form one
+# broadcast until a row starts more than SAMPLE_BROADCAST_GAP steps after the latest stop so
+# far.
 SAMPLE_ROW_STEPS = 3
 SAMPLE_BROADCAST_GAP = 6
 
@@ -149,7 +150,7 @@ def load_interactions(
 
     Raises `DataError` naming file, line, column and reason at the first bad row, unless
     ``skip_bad_rows``: then bad rows are dropped and listed in ``bad_rows``.
-    ``fmt="sample"`` reads the shared real sample and converts it (see `convert_sample`).
+    ``fmt="sample"`` reads the real 2,000-user sample and converts it (see `convert_sample`).
     """
     path = Path(path)
     if not path.exists():
@@ -281,7 +282,7 @@ def check_row(fields: list[str]) -> tuple[int, int, str, int, int] | BadRow:
 
 
 def convert_sample(path: str | Path) -> Interactions:
-    """Read the shared real sample (``,user_id,streamer_name,start_time,community``).
+    """Read the real 2,000-user sample (``,user_id,streamer_name,start_time,community``).
 
     Applies the sample's published convention: ``stop = start + 3``; a streamer's rows,
     sorted by start, form one broadcast (one synthetic stream id) until a row starts more
