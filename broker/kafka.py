@@ -109,7 +109,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "linger.ms": 5,
         # A larger local queue absorbs bursts at --speed max (fewer BufferError waits).
         "queue.buffering.max.messages": 1_000_000,
-        "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
+        "message.timeout.ms": int(settings.outage_timeout_s * 1000),
     }
 
 

@@ -48,10 +48,13 @@ class Settings(BaseSettings):
         description="Which broker this is; 'auto' asks it. tansu turns on its workarounds.",
     )
     kafka_timeout_s: float = Field(
-        10.0, gt=0, description="Longest wait for the broker to answer before giving up."
+        10.0, gt=0, description="Longest wait for one broker request (a metadata call, a "
+        "read-back) before it counts as failed and is retried."
     )
-    delivery_timeout_s: float = Field(
-        120.0, gt=0, description="Longest wait for one produced message to be acknowledged."
+    outage_timeout_s: float = Field(
+        300.0, gt=0, description="Longest broker outage the worker and the replay wait out "
+        "(backing off, keeping their state) before stopping with an error; also how long a "
+        "produced message may wait for its acknowledgement."
     )
 
     # --- time ----------------------------------------------------------------------------
@@ -75,6 +78,10 @@ class Settings(BaseSettings):
     )
     recommend_on_watch: bool = Field(False, description="Also answer after every watch.")
     store: str = Field("rocksdb://", description="Faust table store (memory:// in tests).")
+    data_dir: str = Field(
+        "out/service-data", description="Directory of the worker's local state (the table "
+        "store): a cache of the changelog, rebuilt from it when missing or inconsistent."
+    )
     web_port: int = Field(6066, ge=0, description="Port of /health and /metrics.")
     scorer_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
     worker_id: str = Field("liverank-service", description="Faust app id / consumer group.")

@@ -359,7 +359,7 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
                 "forked" if isinstance(batches, ForkedEncoder) else "inline")
     return replay(tl, producer, partitions=settings.partitions, stream_topic=stream_topic,
                   user_topic=user_topic, speed=speed, start_step=start_step,
-                  flush_timeout=settings.delivery_timeout_s, batches=batches, **kwargs)
+                  flush_timeout=settings.outage_timeout_s, batches=batches, **kwargs)
 
 
 @dataclass

@@ -194,6 +194,7 @@ def faust_app_options(settings: Settings) -> dict[str, Any]:
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
         "store": settings.store,
+        "datadir": settings.data_dir,  # local state under one directory, not the cwd
         "consumer_auto_offset_reset": "earliest",
         "broker_request_timeout": max(settings.kafka_timeout_s, 30.0),
     }

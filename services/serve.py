@@ -31,7 +31,7 @@ SERVING_SETTINGS = ("kafka_bootstrap", "topic_prefix", "partitions", "broker_kin
                     "model_dir", "model_poll_s", "top_k", "window_slack", "batch_size",
                     "batch_wait_ms", "watermark_wait_ms", "stopped_horizon", "future_horizon",
                     "recommend_on_watch", "web_port", "scorer_threads", "worker_id",
-                    "fetch_wait_ms", "kafka_timeout_s")
+                    "fetch_wait_ms", "kafka_timeout_s", "outage_timeout_s", "data_dir")
 
 
 def settings_epilog() -> str:
