@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -29,6 +29,29 @@ from liverank.broker import kafka
 from liverank.core.settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RateLimitedLog:
+    """Log a repeated condition (a broker away, a failing read) at most once per interval,
+    with how many times it happened since the last line: an outage gives a line every
+    ``every_s`` seconds, not dozens a second."""
+
+    def __init__(self, log: logging.Logger, every_s: float):
+        self.log, self.every_s = log, every_s
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (repeated %d times)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        self.log.warning(msg, *args)
 
 
 # --- publishing ----------------------------------------------------------------------------------
@@ -117,17 +140,36 @@ class KafkaPublisher:
         pending = _Pending(loop, fut, len(messages))
         on_delivery = functools.partial(self._delivered, pending)
         produce = self._producer.produce
-        for topic, key, value, partition in messages:
-            while True:
-                try:
-                    if partition is None:
-                        produce(topic, value, key, on_delivery=on_delivery)
-                    else:
-                        produce(topic, value, key, partition, on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: let the poll thread deliver some
-                    time.sleep(0.005)
+        sent = 0
+        try:
+            for topic, key, value, partition in messages:
+                while True:
+                    try:
+                        if partition is None:
+                            produce(topic, value, key, on_delivery=on_delivery)
+                        else:
+                            produce(topic, value, key, partition, on_delivery=on_delivery)
+                        break
+                    except BufferError:  # local queue full: let the poll thread deliver
+                        time.sleep(0.005)
+                sent += 1
+        except KafkaException as exc:  # refused before sending (too large, unknown topic)
+            self._refused(pending, exc, len(messages) - sent)
         return fut
+
+    def _refused(self, pending: _Pending, exc: KafkaException, unsent: int) -> None:
+        """Messages librdkafka refused outright count as failed deliveries: the batch's
+        future fails (once the ones already sent are settled) and nothing is acked."""
+        logger.error("publish refused by the client messages=%d error=%s", unsent, exc)
+        with self._lock:
+            pending.error = exc.args[0]
+            pending.left -= unsent
+            done = pending.left == 0
+        if self._on_failure is not None:
+            for _ in range(unsent):
+                self._on_failure()
+        if done:
+            _settle(pending)
 
     def close(self) -> None:
         self._producer.flush(10)
@@ -155,8 +197,10 @@ class StreamFeed:
 
     def __init__(self, settings: Settings, topic: str, partitions: int,
                  deliver: Callable[[list[tuple[int, int, bytes]]], None],
-                 loop: asyncio.AbstractEventLoop, batch: int = 5000):
+                 loop: asyncio.AbstractEventLoop, batch: int = 5000,
+                 on_failure: Callable[[BaseException], None] | None = None):
         self.topic, self.partitions = topic, partitions
+        self._on_failure = on_failure  # ``deliver`` raised: the records were not applied
         # No group: assign() only. A short fetch wait: tansu holds every fetch that long.
         self._config = {**kafka.consumer_config(settings),
                         "fetch.wait.max.ms": int(settings.fetch_wait_ms)}
@@ -180,10 +224,16 @@ class StreamFeed:
         consumer = Consumer(self._config)
         consumer.assign([KafkaPartition(self.topic, p, 0) for p in range(self.partitions)])
         eof: set[int] = set()
+        errors = RateLimitedLog(logger, 10.0)
         logger.info("stream feed started topic=%s partitions=%d", self.topic, self.partitions)
         try:
             while not self._stop.is_set():
-                msgs = consume_now(consumer, self._batch, 0.1)
+                try:
+                    msgs = consume_now(consumer, self._batch, 0.1)
+                except KafkaException as exc:  # the broker is away: wait, keep the position
+                    errors.warning("stream feed error topic=%s error=%s", self.topic, exc)
+                    self._stop.wait(1.0)
+                    continue
                 good: list[tuple[int, int, bytes]] = []
                 for m in msgs:
                     err = m.error()
@@ -192,16 +242,14 @@ class StreamFeed:
                                      m.value() or b""))
                     elif err.code() == KafkaError._PARTITION_EOF:
                         eof.add(int(m.partition() or 0))
-                    else:
-                        logger.error("stream feed error topic=%s error=%s", self.topic, err)
+                    else:  # librdkafka retries by itself; say so once in a while
+                        errors.warning("stream feed error topic=%s error=%s", self.topic, err)
                 caught = len(eof) == self.partitions and not self.caught_up.is_set()
                 if good or caught:
                     while not self._slots.acquire(timeout=0.5):
                         if self._stop.is_set():
                             return
                     self._loop.call_soon_threadsafe(self._hand_over, good, caught)
-        except KafkaException as exc:
-            logger.error("stream feed stopped topic=%s error=%s", self.topic, exc)
         finally:
             consumer.close()
 
@@ -211,51 +259,91 @@ class StreamFeed:
             if caught and not self.caught_up.is_set():
                 logger.info("stream feed caught up topic=%s", self.topic)
                 self.caught_up.set()
+        except Exception as exc:  # records not applied: the live index cannot go on
+            logger.error("stream feed could not apply records topic=%s error=%s",
+                         self.topic, exc)
+            self._stop.set()
+            if self._on_failure is None:
+                raise
+            self._on_failure(exc)
         finally:
             self._slots.release()
 
 
 # --- how far the consumer group may still read back -----------------------------------------------
-def committed_floor(settings: Settings, topic: str, group: str, partitions: int,
-                    step_of: Callable[[bytes], int]) -> int | None:
-    """Blocking: the smallest step a consumer of ``group`` may still read on ``topic``.
-
-    Per partition, the step (``step_of(value)``) of the record at the group's committed
-    offset — the first record when nothing is committed, the last one when everything is;
-    an empty partition adds no bound. After a restart or a rebalance every worker resumes
-    from these offsets and steps only grow along a partition, so no request older than the
-    floor can arrive again: what the live index holds for earlier steps can go.
-
-    Reads records, never watermarks (tansu's are wrong, see `liverank.broker.tansu`).
-    None when it cannot tell (broker unreachable, an unreadable record): prune nothing.
-    """
+def committed_records(settings: Settings, topic: str, group: str, partitions: int,
+                      decode: Callable[[bytes], T]) -> dict[int, T]:
+    """Blocking: per partition of ``topic``, ``decode(value)`` of the record at ``group``'s
+    committed offset: the first record when nothing is committed, the last one when
+    everything is; an empty partition is absent. An undecodable record (``decode`` raises
+    ValueError) is skipped: the partition's next record stands for it. After a restart or
+    a rebalance every worker resumes from these offsets, so nothing before them can be
+    read again. Reads records, never watermarks (tansu's are wrong, see
+    `liverank.broker.tansu`). Raises `KafkaException` or `TimeoutError` when the broker
+    does not answer."""
     conf = {**kafka.consumer_config(settings, group), "enable.auto.commit": False}
     consumer = Consumer(conf)
     try:
         tps = [KafkaPartition(topic, p) for p in range(partitions)]
         done = consumer.committed(tps, settings.kafka_timeout_s)
         at = {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_BEGINNING for tp in done}
-        steps, ended = _first_steps(consumer, topic, at, step_of, settings.kafka_timeout_s)
+        found, ended = _first_records(consumer, topic, at, decode, settings.kafka_timeout_s)
         # All of a partition committed: its last record bounds what can still come.
         back = {p: at[p] - 1 for p in ended if at[p] > 0}
         if back:
-            more, _ = _first_steps(consumer, topic, back, step_of, settings.kafka_timeout_s)
-            steps.update(more)
-        return min(steps.values()) if steps else None
-    except (KafkaException, ValueError, TimeoutError) as exc:
-        logger.warning("cannot tell the committed floor topic=%s error=%s", topic, exc)
-        return None
+            more, _ = _first_records(consumer, topic, back, decode, settings.kafka_timeout_s)
+            found.update(more)
+        return found
     finally:
         consumer.close()
 
 
-def _first_steps(consumer: Consumer, topic: str, at: dict[int, int],
-                 step_of: Callable[[bytes], int], timeout_s: float
-                 ) -> tuple[dict[int, int], set[int]]:
-    """The step of the record at each partition's offset ``at[p]``, and the partitions that
-    have no record there (end of partition)."""
+def committed_floor(settings: Settings, topic: str, group: str, partitions: int,
+                    step_of: Callable[[bytes], int]) -> int | None:
+    """Blocking: the smallest step a consumer of ``group`` may still read on ``topic``
+    (`committed_records`; steps only grow along a partition), so what the live index holds
+    for earlier steps can go. None when it cannot tell (broker unreachable): prune nothing.
+    """
+    try:
+        steps = committed_records(settings, topic, group, partitions, step_of)
+    except (KafkaException, TimeoutError) as exc:
+        logger.warning("cannot tell the committed floor topic=%s error=%s", topic, exc)
+        return None
+    return min(steps.values()) if steps else None
+
+
+def consumer_lag(settings: Settings, topic: str, group: str, partitions: list[int]
+                 ) -> dict[int, int]:
+    """Blocking: records of each partition the group has not committed yet (high watermark
+    minus committed offset). Raises `KafkaException` when the broker does not answer.
+    On tansu the high watermark can read low (docs/platform-notes.md), so this can too;
+    it is a progress signal, never used for correctness."""
+    if not partitions:
+        return {}
+    conf = {**kafka.consumer_config(settings, group), "enable.auto.commit": False}
+    consumer = Consumer(conf)
+    try:
+        tps = [KafkaPartition(topic, p) for p in partitions]
+        committed = {tp.partition: tp.offset
+                     for tp in consumer.committed(tps, settings.kafka_timeout_s)}
+        lag = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(KafkaPartition(topic, p),
+                                                       settings.kafka_timeout_s, cached=False)
+            at = committed.get(p, -1)
+            lag[p] = max(0, high - (at if at >= 0 else low))
+        return lag
+    finally:
+        consumer.close()
+
+
+def _first_records(consumer: Consumer, topic: str, at: dict[int, int],
+                   decode: Callable[[bytes], T], timeout_s: float
+                   ) -> tuple[dict[int, T], set[int]]:
+    """The first decodable record at or after each partition's offset ``at[p]``, and the
+    partitions that have none (end of partition)."""
     consumer.assign([KafkaPartition(topic, p, o) for p, o in at.items()])
-    steps: dict[int, int] = {}
+    steps: dict[int, T] = {}
     ended: set[int] = set()
     deadline = time.monotonic() + timeout_s
     while len(steps) + len(ended) < len(at):
@@ -267,7 +355,10 @@ def _first_steps(consumer: Consumer, topic: str, at: dict[int, int],
                 continue
             err = m.error()
             if err is None:
-                steps[p] = step_of(m.value() or b"")
+                try:
+                    steps[p] = decode(m.value() or b"")
+                except ValueError:  # an undecodable record (dead-lettered, never answered):
+                    continue  # the partition's next record bounds what can come again
             elif err.code() == KafkaError._PARTITION_EOF:
                 ended.add(p)
     consumer.unassign()

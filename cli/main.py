@@ -52,10 +52,14 @@ def demo(
     (markdown, JSON, PNG) under --out. Every process it started is stopped at the end.
     """
     from liverank.cli.demo import DemoError, DemoOptions, run_demo
+    from liverank.model.data.twitch import DataError
 
     try:
         run_demo(DemoOptions(scale=scale, data=data, fmt=fmt, seed=seed, out=out,
                              epochs=epochs, timeout_s=timeout))
+    except DataError as exc:  # a bad --data file
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     except DemoError as exc:
         typer.echo(f"demo failed: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -92,10 +96,21 @@ def monitor(
     POP on the same requests, the share of recommended streams live at their step,
     coverage, latency percentiles and throughput, and writes JSON + a figure.
     """
+    from confluent_kafka import KafkaException
+
+    from liverank.broker.kafka import KafkaSetupError
     from liverank.client.monitor import collect, format_summary, write_report
     from liverank.core.settings import Settings
 
-    report = collect(Settings(), timeout_s=timeout, k=k).report()
+    try:
+        evaluator = collect(Settings(), timeout_s=timeout, k=k)
+    except (KafkaSetupError, KafkaException) as exc:  # no broker, bad client settings
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except TimeoutError as exc:  # e.g. no replay's End records on stream-events in time
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    report = evaluator.report()
     paths = write_report(report, out)
     typer.echo(format_summary(report))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

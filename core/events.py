@@ -19,13 +19,18 @@ Decoding validates types and raises `EventError` naming the bad field, e.g.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 # Kafka header the replay sets on user events: when the record was produced (ms since 1970),
 # so a consumer can measure produce-to-answer latency.
 PRODUCED_MS_HEADER = "produced_ms"
+
+# A dead letter carries at most this much of the refused record (and a reason at most
+# `DEAD_LETTER_REASON` characters): far below any broker's message limit (1 MB by default).
+DEAD_LETTER_PAYLOAD = 16 * 1024
+DEAD_LETTER_REASON = 1024
 
 # Kinds, as written in the ``kind`` field.
 STREAM_START = "stream_start"
@@ -50,8 +55,14 @@ class EventError(ValueError):
         self.kind: ErrorKind = kind
 
 
+# Bounded strings: a record that decodes is small, and so is every window and answer built
+# from it (a huge streamer name would otherwise make a window record the broker refuses).
+Name = Annotated[str, msgspec.Meta(max_length=256)]  # Twitch names have at most 25
+Id = Annotated[str, msgspec.Meta(max_length=512)]
+
+
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
-    event_id: str
+    event_id: Id
     seq: int
     step: int
     event_time_ms: int
@@ -61,14 +72,14 @@ class StreamStart(_Event, frozen=True, kw_only=True, tag=STREAM_START):
     """A broadcast goes on air at ``step`` (its first start in the log)."""
 
     stream: int
-    streamer: str
+    streamer: Name
 
 
 class StreamStop(_Event, frozen=True, kw_only=True, tag=STREAM_STOP):
     """A broadcast is off air from ``step`` on (its last stop in the log)."""
 
     stream: int
-    streamer: str
+    streamer: Name
 
 
 class Watermark(_Event, frozen=True, kw_only=True, tag=WATERMARK):
@@ -90,7 +101,7 @@ class Watch(_Event, frozen=True, kw_only=True, tag=WATCH):
 
     user: int
     stream: int
-    streamer: str
+    streamer: Name
 
 
 class RecRequest(_Event, frozen=True, kw_only=True, tag=REC_REQUEST):
@@ -101,7 +112,7 @@ class RecRequest(_Event, frozen=True, kw_only=True, tag=REC_REQUEST):
 
 class RecItem(msgspec.Struct, frozen=True):
     stream: int
-    streamer: str
+    streamer: Name
     score: float
     rank: int
 
@@ -110,10 +121,15 @@ class Recommendation(_Event, frozen=True, kw_only=True, tag=RECOMMENDATION):
     """Top-k live streams for one request (``trigger`` "request") or watch ("watch").
 
     ``event_id`` is ``rec:<request_id>``; ``seq`` is the triggering event's.
+    ``late``: answered before every stream-events partition reached the request's step
+    (streams that started at that step may be missing). ``stale``: the request's step is
+    behind what the service's live index still holds (broadcasts that stopped before it
+    may have been forgotten), so ``items`` may miss streams that were live then: do not
+    take such an answer for the live set of its step.
     """
 
     user: int
-    request_id: str
+    request_id: Id
     trigger: Literal["request", "watch"]
     produced_ms: int | None
     published_ms: int
@@ -121,14 +137,26 @@ class Recommendation(_Event, frozen=True, kw_only=True, tag=RECOMMENDATION):
     fallback: bool
     items: list[RecItem]
     late: bool = False
+    stale: bool = False
 
 
 class DeadLetter(_Event, frozen=True, kw_only=True, tag=DEAD_LETTER):
-    """A record the service could not use. ``seq``/``step`` are -1 when unknown."""
+    """A record the service could not use. ``seq``/``step`` are -1 when unknown.
+
+    ``original`` holds the record's first bytes only (at most `DEAD_LETTER_PAYLOAD`), so a
+    dead letter always fits the broker's message limit whatever the record's size;
+    ``original_size`` and ``original_sha256`` identify the whole record, ``partition`` and
+    ``offset`` say where to read it again.
+    """
 
     original: bytes  # base64 in JSON
     topic: str
     reason: str
+    original_size: int = -1
+    original_sha256: str = ""
+    truncated: bool = False
+    partition: int | None = None
+    offset: int | None = None
 
 
 StreamEvent = StreamStart | StreamStop | Watermark | End

@@ -63,7 +63,11 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------------
     model_dir: str = Field("out/model", description="Exported model directory to serve.")
     top_k: int = Field(10, ge=1, description="Items per recommendation.")
-    window_slack: int = Field(8, ge=0, description="Extra watches kept per user window.")
+    window_slack: int = Field(
+        128, ge=0, description="Most watches a user window keeps beyond its length when "
+        "the committed floor does not let them go (unknown at start, stuck while the broker "
+        "is away); past it a restart may repeat an answer that differs from the first."
+    )
     batch_size: int = Field(256, ge=1, description="Largest micro-batch of requests scored.")
     batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a micro-batch.")
     watermark_wait_ms: float = Field(
@@ -88,6 +92,10 @@ class Settings(BaseSettings):
     fetch_wait_ms: float = Field(
         20.0, ge=0, description="Longest a consumer fetch waits at the broker for new data "
         "(tansu answers a fetch only when it expires; Faust's own default is 1500 ms)."
+    )
+    progress_timeout_s: float = Field(
+        60.0, gt=0, description="A worker with lag that finishes no batch for this long is "
+        "not ready; one whose queued events wait this long with nothing in flight is not live."
     )
     model_poll_s: float = Field(
         2.0, ge=0, description="How often the worker checks the model directory for a new "

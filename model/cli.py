@@ -76,9 +76,13 @@ def export_command(
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch and candidate axes), check parity with
     torch (<= 1e-4, padding-only windows included) and write model.json with hashes."""
-    from .export import export
+    from .export import ExportError, export
 
-    info = export(checkpoint, out)
+    try:
+        info = export(checkpoint, out)
+    except ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(f"exported {out}: version {info['version']}, max |onnx - torch| "
                f"{info['metrics']['onnx_max_abs_diff']:.2e}")
 
@@ -110,6 +114,11 @@ def evaluate_command(
         typer.echo("error: --targets must be all|last and --availability broadcast|rows",
                    err=True)
         raise typer.Exit(2)
+    for path in model:  # what `open_scorer` accepts, checked before the data is loaded
+        if not ((path / "model.json").exists() or (path / "checkpoint.json").exists()):
+            typer.echo(f"error: {path}: neither an exported model (model.json) nor a "
+                       "training checkpoint (checkpoint.json)", err=True)
+            raise typer.Exit(2)
     ds = load_or_exit(data, fmt)  # type: ignore[arg-type]
     split = time_split(ds, val_offset, test_offset)
     result = run(ds, model, split, targets, definition, threads=threads,  # type: ignore[arg-type]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,10 @@ INPUT_SHAPES = {
     "query_time": ["batch", "window_len", 2], "gaps": ["batch", "window_len", "window_len"],
     "cand_items": ["batch", "candidates"], "cand_repeat": ["batch", "candidates", 2],
 }
+
+
+class ExportError(ValueError):
+    """The checkpoint cannot be loaded or ``out`` cannot be used; the message is one line."""
 
 
 def random_inputs(model: SeqRec, enc: TimeEncoding, batch: int, candidates: int,
@@ -115,10 +121,47 @@ def parity(model: SeqRec, path: Path, rounds: int = 4, seed: int = 1) -> float:
 
 
 def export(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write ``model.onnx`` and ``model.json`` from a checkpoint; returns model.json's dict."""
+    """Write ``model.onnx`` and ``model.json`` from a checkpoint; returns model.json's dict.
+
+    Raises `ExportError` before touching ``out`` when the checkpoint cannot be loaded or
+    ``out`` is not a directory; a folder this call created is removed if the export fails.
+    """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a directory")
+    model, meta = _load(Path(checkpoint))
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    model, meta = load_checkpoint(checkpoint)
+    done = False
+    try:
+        info = _write(model, meta, out)
+        done = True
+    finally:
+        if created and not done:
+            shutil.rmtree(out, ignore_errors=True)
+    logger.info("exported checkpoint=%s out=%s version=%s parity=%.2e", checkpoint, out,
+                info["version"], info["metrics"]["onnx_max_abs_diff"])
+    return info
+
+
+def _load(checkpoint: Path) -> tuple[SeqRec, dict[str, Any]]:
+    """`load_checkpoint`, its failures (missing files, bad JSON, a wrong format, weights
+    that do not fit the config) as one-line `ExportError`s naming the checkpoint."""
+    if not checkpoint.is_dir():
+        what = "no such directory" if not checkpoint.exists() else "not a directory"
+        raise ExportError(f"{checkpoint}: {what} (expected a checkpoint from `liverank train`)")
+    try:
+        return load_checkpoint(checkpoint)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError,
+            pickle.UnpicklingError) as exc:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        if str(checkpoint) not in reason:
+            reason = f"{checkpoint}: not a usable checkpoint ({type(exc).__name__}: {reason})"
+        raise ExportError(reason) from exc
+
+
+def _write(model: SeqRec, meta: dict[str, Any], out: Path) -> dict[str, Any]:
     onnx_path = out / "model.onnx"
     write_onnx(model, onnx_path)
     diff = parity(model, onnx_path)
@@ -144,6 +187,4 @@ def export(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         "files": {"model.onnx": {"sha256": digest, "bytes": onnx_path.stat().st_size}},
     }
     (out / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-    logger.info("exported checkpoint=%s out=%s version=%s parity=%.2e", checkpoint, out,
-                info["version"], diff)
     return info

@@ -37,9 +37,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaException
 from faust.sensors.prometheus import FaustMetrics
 from faust.types import TP
 
@@ -50,8 +52,10 @@ from liverank.broker.clients import (
     Outgoing,
     Publisher,
     StreamFeed,
-    committed_floor,
+    committed_records,
+    consumer_lag,
 )
+from liverank.broker.kafka import KafkaSetupError
 from liverank.core import events as ev
 from liverank.core.settings import Settings
 from liverank.model.data.live import Candidates, LiveStreams
@@ -60,6 +64,7 @@ from liverank.services import faustcompat
 from liverank.services.acks import OrderedAcks
 from liverank.services.faustcompat import LeanPrometheusMonitor
 from liverank.services.gaps import GapGuard, Refetched
+from liverank.services.health import BrokerWatch, Health
 from liverank.services.metrics import Metrics, new_registry
 from liverank.services.records import (
     Decoded,
@@ -81,12 +86,21 @@ from liverank.services.state import (
 
 logger = logging.getLogger(__name__)
 
-PRUNE_EVERY_S = 10.0  # how often the live index is pruned behind the committed floor
+BROKER_EVERY_S = 5.0  # lag and committed floor read (and the live index pruned) this often
 IN_FLIGHT_BATCHES = 8  # batches whose output awaits the broker's acknowledgement
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Batch:
+    """What handling a micro-batch produced: everything to publish, in order (answers, dead
+    letters, window records), and the answers among it, counted once delivered."""
+
+    out: list[Outgoing]
+    answers: list[ev.Recommendation]
 
 
 # --- the table, seen from each key's own partition ------------------------------------------------
@@ -184,7 +198,10 @@ class Service:
         self._in_counters: dict[tuple[str, str], Any] = {}
         self._progress: dict[int, int] = {}  # user-events partition -> newest step seen
         self._acks: OrderedAcks[Offsets] = OrderedAcks(IN_FLIGHT_BATCHES, self._stop_worker)
-        self._answered = 0
+        self.broker = BrokerWatch(settings.outage_timeout_s)
+        self.health = Health(settings.progress_timeout_s)
+        self._processing: asyncio.Future[None] | None = None  # the agent's processing task
+        self._answered = 0  # delivered
         self._out: list[Outgoing] | None = None  # what the batch being handled publishes
         self._batcher: MicroBatcher[Any] = MicroBatcher(
             settings.batch_size, settings.batch_wait_ms / 1000, 4 * settings.batch_size)
@@ -213,12 +230,14 @@ class Service:
         faustcompat.set_fetch_wait(consumer, settings.fetch_wait_ms)
         faustcompat.deliver_without_tasks(consumer)
         faustcompat.recovered(self.app)  # fails now, not at the first /health, if missing
-        self.windows = UserWindows(self._view, scorer.window_len, settings.window_slack)
+        self._floor_seq: dict[int, int] = {}  # user-events partition -> committed seq
+        self.windows = UserWindows(self._view, scorer.window_len, settings.window_slack,
+                                   floor_of=self._floor_of)
         self.agent = self.app.agent(self.user_topic, name="recommend")(self._recommend)
         self.app.task(self._run_io)
         self.app.timer(1.0, name="liverank-gauges")(self._refresh_gauges)
         self.app.timer(10.0, name="liverank-progress")(self._log_progress)
-        self.app.timer(PRUNE_EVERY_S, name="liverank-prune")(self._prune)
+        self.app.timer(BROKER_EVERY_S, name="liverank-broker")(self._check_broker)
         if model_dir and settings.model_poll_s > 0:
             self.app.timer(settings.model_poll_s, name="liverank-model-watch")(
                 self.check_model)
@@ -249,7 +268,7 @@ class Service:
                 None, kafka.partition_count, self.settings, topic)
             self.live = LiveStreams(parts, self.settings.stopped_horizon)
             self.feed = StreamFeed(self.settings, topic, parts, self.on_stream_records,
-                                   asyncio.get_running_loop())
+                                   asyncio.get_running_loop(), on_failure=self._feed_failed)
             self.feed.start()
             await self.feed.caught_up.wait()
             self.feed_ready.set()
@@ -262,19 +281,31 @@ class Service:
             self._pool.shutdown(wait=False)
 
     async def _stop_worker(self, exc: BaseException) -> None:
-        """A delivery failed: nothing more is acked (`OrderedAcks`), the worker crashes and
-        its unacked records are processed again after the restart (at-least-once)."""
-        logger.error("publish failed, stopping the worker error=%s", exc)
+        """Something that must not be skipped failed (a delivery, applying stream records,
+        a broker outage past its limit): nothing more is acked (`OrderedAcks`), the worker
+        crashes and its unacked records are processed again after the restart."""
+        logger.error("stopping the worker error=%s", exc)
         await self.app.crash(exc)
 
+    def _feed_failed(self, exc: BaseException) -> None:
+        asyncio.ensure_future(self._stop_worker(exc))
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        recovered = faustcompat.recovered(self.app)
-        state = {"live_index": self.feed_ready.is_set(), "recovered": recovered,
-                 "rebalancing": bool(self.app.rebalancing), "serving": self._serving,
-                 "model_version": self.scorer.version,
-                 "watermark": self.live.watermark if self.live is not None else -1}
-        ok = state["live_index"] and recovered and not state["rebalancing"] and self._serving
-        return bool(ok), state
+        """Readiness (``/readyz``, ``/health``): see `liverank.services.health`."""
+        ok, state = self.health.readiness(
+            live_index=self.feed_ready.is_set(), recovered=faustcompat.recovered(self.app),
+            rebalancing=bool(self.app.rebalancing), serving=self._serving,
+            broker=self.broker)
+        state |= {"model_version": self.scorer.version,
+                  "watermark": self.live.watermark if self.live is not None else -1}
+        return ok, state
+
+    def alive(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness (``/livez``): false only when the worker is wedged."""
+        task = self._processing
+        return self.health.liveness(
+            processing_alive=task is None or not task.done(), queued=len(self._batcher),
+            in_flight=self._acks.in_flight)
 
     def _install_metrics(self) -> None:
         """``/metrics``: Faust's sensor (lean, see `LeanPrometheusMonitor`) and the
@@ -294,13 +325,21 @@ class Service:
         self.app.page("/metrics", name="metrics")(metrics)
 
     def _install_health(self) -> None:
+        """``/readyz`` (and ``/health``, its older name) and ``/livez``: 200 or 503 with the
+        state as JSON."""
         service = self
 
-        async def health(view: Any, request: Any) -> Any:
+        async def ready(view: Any, request: Any) -> Any:
             ok, state = service.ready()
             return view.json({"ready": ok, **state}, status=200 if ok else 503)
 
-        self.app.page("/health", name="health")(health)
+        async def live(view: Any, request: Any) -> Any:
+            ok, state = service.alive()
+            return view.json({"live": ok, **state}, status=200 if ok else 503)
+
+        self.app.page("/readyz", name="readyz")(ready)
+        self.app.page("/health", name="health")(ready)
+        self.app.page("/livez", name="livez")(live)
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
         if self._owned is not None:
@@ -355,7 +394,7 @@ class Service:
     async def _recommend(self, stream: Any) -> None:
         """The agent: hand events to the micro-batcher; `_process` does the work and acks."""
         manual = stream.noack()  # acked once the broker has the answers (`OrderedAcks`)
-        worker = asyncio.ensure_future(self._process(manual))
+        worker = self._processing = asyncio.ensure_future(self._process(manual))
         batcher = self._batcher
         owned = self._owned
         guard = self.gaps if owned is not None else None
@@ -387,18 +426,23 @@ class Service:
                     self.scorer.version, self.settings.batch_size, self.settings.batch_wait_ms)
         while True:
             events = await self._batcher.get()
-            out = await self.handle(events)
-            await self._acks.submit(lambda out=out: self._publish(out),  # type: ignore[misc]
+            self.health.taken()
+            batch = await self.handle(events)
+            await self._acks.submit(lambda b=batch: self._publish(b),  # type: ignore[misc]
                                     lambda _, events=events: self._ack(stream, events))
 
-    async def _publish(self, out: list[Outgoing]) -> Offsets:
+    async def _publish(self, batch: Batch) -> Offsets:
         """Publish a batch's answers, dead letters and window records; after the broker
-        acknowledged them, seal the changelog partitions written to (see `seals`)."""
+        acknowledged them, seal the changelog partitions written to (see `seals`). Answers
+        are counted only once delivered."""
+        out = batch.out
         offsets = await self.publisher.publish(out)
         touched = {p for t, _, _, p in out if t == self._view.topic and p is not None}
         if touched:
             offsets.update(await self.publisher.publish(self._view.seals(sorted(touched))))
         self._view.persisted(offsets)
+        self._answered += len(batch.answers)
+        self.metrics.count_answers(batch.answers)
         return offsets
 
     async def _ack(self, stream: Any, events: list[Any]) -> None:
@@ -408,11 +452,13 @@ class Service:
                 await self.gaps.delivered(event)
             else:
                 await stream.ack(event)
+        self.health.progressed()
 
-    async def handle(self, events: Sequence[Any]) -> list[Outgoing]:
+    async def handle(self, events: Sequence[Any]) -> Batch:
         """One micro-batch: decode, update the windows, answer; returns what to publish
-        (answers and dead letters), in order."""
+        (answers, dead letters and window records), in order."""
         out: list[Outgoing] = []
+        answers: list[ev.Recommendation] = []
         self._out = out
         decoded: list[Decoded] = []
         owner = self._view.owner = {}
@@ -434,7 +480,7 @@ class Service:
         self._view.records = []
         written = self.windows.flush(self._view.__setitem__)
         if jobs:
-            await self._answer(jobs, out)
+            answers = await self._answer(jobs, out)
         out.extend(self._view.records)
         self._count_watches_not_live(decoded)
         m = self.metrics
@@ -444,9 +490,9 @@ class Service:
         if stats.duplicates:
             m.duplicates.inc(stats.duplicates)
         self._out = None
-        return out
+        return Batch(out, answers)
 
-    async def _answer(self, jobs: list[Any], out: list[Outgoing]) -> None:
+    async def _answer(self, jobs: list[Any], out: list[Outgoing]) -> list[ev.Recommendation]:
         live = self.live
         assert live is not None
         t0 = time.perf_counter()
@@ -459,10 +505,9 @@ class Service:
         topic = self.topics[kafka.RECOMMENDATIONS]
         encode, user_key = ev.encode, ev.user_key
         out.extend([(topic, user_key(rec.user), encode(rec), None) for rec in recs])
-        self._answered += len(recs)
-        self.metrics.count_answers(recs, live.stale)
         self.metrics.watermark_wait.observe(t1 - t0)
         self.metrics.scoring.observe(t2 - t1)
+        return recs
 
     async def _rank(self, scorer: Scorer, requests: list[RankRequest], k: int
                     ) -> list[Ranked]:
@@ -470,24 +515,50 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self._pool, scorer.rank,
                                                                 requests, k)
 
-    async def _prune(self) -> None:
-        """Timer: drop stopped intervals behind the group's committed floor (see
-        `committed_floor`; not the steps this worker has processed, which a rebalance or a
-        restart can send back to the committed offsets)."""
-        if self.live is None or not self._serving or self._owned is None:
+    async def _check_broker(self) -> None:
+        """Timer: read the group's lag and committed floor (one broker round, off the loop),
+        prune the live index behind the floor, and keep the outage bookkeeping: a broker
+        away is waited out until ``outage_timeout_s``, then the worker stops, saying why."""
+        if self._owned is None:
+            return  # Faust's test context: no broker
+        try:
+            lag, committed = await asyncio.get_running_loop().run_in_executor(
+                None, self._read_group)
+        except (KafkaSetupError, KafkaException, TimeoutError) as exc:
+            self.metrics.broker_up.set(0)
+            if self.broker.failed(exc):
+                await self._stop_worker(RuntimeError(self.broker.give_up_message()))
             return
-        topic = self.topics[kafka.USER_EVENTS]
-        floor = await asyncio.get_running_loop().run_in_executor(
-            None, self._committed_floor, topic)
-        if floor is not None:
+        self.broker.ok()
+        self.metrics.broker_up.set(1)
+        self.health.lag = lag
+        for partition, n in lag.items():
+            self.metrics.lag.labels(str(partition)).set(n)
+        self._floor_seq = {p: seq for p, (_, seq) in committed.items()}
+        floor = min((step for step, _ in committed.values()), default=None)
+        if floor is not None and self.live is not None and self._serving:
             dropped = self.live.prune(floor)
             if dropped:
                 logger.info("pruned live index floor=%d dropped=%d intervals=%d", floor,
                             dropped, len(self.live))
 
-    def _committed_floor(self, topic: str) -> int | None:
+    def _read_group(self) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
+        """Blocking: lag of the partitions owned here, and (step, seq) of the record at each
+        partition's committed offset (`committed_records`): nothing before it can be read
+        again, whatever a rebalance or a restart does. The smallest step is the floor the
+        live index is pruned behind; the seq, how far user windows may forget."""
+        topic = self.topics[kafka.USER_EVENTS]
         parts = kafka.partition_count(self.settings, topic)
-        return committed_floor(self.settings, topic, self.app.conf.id, parts, _step_of)
+        group = self.app.conf.id
+        owned = sorted(tp.partition for tp in (self._owned.partitions if self._owned else ())
+                       if tp.topic == topic)
+        lag = consumer_lag(self.settings, topic, group, owned)
+        return lag, committed_records(self.settings, topic, group, parts, _position)
+
+    def _floor_of(self, key: bytes) -> int | None:
+        """The committed seq of the partition that holds ``key`` (see `UserWindows`)."""
+        event = self._view.owner.get(key)
+        return None if event is None else self._floor_seq.get(event.message.partition)
 
     def _count_watches_not_live(self, decoded: list[Decoded]) -> None:
         live = self.live
@@ -528,12 +599,17 @@ class Service:
         letter = dead_letter(topic, partition, offset, raw, rejection)
         record = (self.topics[kafka.DEAD_LETTERS], None, ev.encode(letter), None)
         if self._out is not None:
-            self._out.append(record)
-        else:
-            self.publisher.publish([record]).add_done_callback(_log_failure)
+            self._out.append(record)  # published and acked with its batch
+        else:  # a stream event: no acks to hold back, so a lost dead letter stops the worker
+            self.publisher.publish([record]).add_done_callback(self._letter_sent)
         self.metrics.dead_letters.labels(topic, rejection.kind).inc()
         logger.warning("dead letter topic=%s partition=%s offset=%s reason=%r", topic,
                        partition, offset, rejection.reason[:200])
+
+    def _letter_sent(self, fut: asyncio.Future[Offsets]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            asyncio.ensure_future(self._stop_worker(exc))
 
     # --- timers ----------------------------------------------------------------------------
     async def _log_progress(self) -> None:
@@ -553,6 +629,8 @@ class Service:
             m.watermark.set(self.live.watermark)
         m.windows.set(self.windows.created)
         m.ready.set(1 if self.ready()[0] else 0)
+        m.live.set(1 if self.alive()[0] else 0)
+        m.since_progress.set(self.health.since_progress())
 
     async def check_model(self) -> bool:
         """Switch in a new model version if the model directory changed; True if it did.
@@ -595,12 +673,10 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _log_failure(fut: asyncio.Future[Offsets]) -> None:
-    if fut.exception() is not None:
-        logger.error("dead letter not delivered error=%s", fut.exception())
 
 
-def _step_of(raw: bytes) -> int:
-    """The step of a user-events record (`committed_floor`); EventError (a ValueError)
+def _position(raw: bytes) -> tuple[int, int]:
+    """(step, seq) of a user-events record (`committed_records`); EventError (a ValueError)
     for a record that is not one."""
-    return ev.decode_user_event(raw).step
+    e = ev.decode_user_event(raw)
+    return e.step, e.seq

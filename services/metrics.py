@@ -8,7 +8,7 @@ build several apps in one process apart. This module imports neither faust nor t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -31,8 +31,8 @@ class Metrics:
                                ["trigger"], registry=r)
         self.late = Counter("liverank_late_requests", "Requests answered before every "
                             "stream-events partition reached their step.", registry=r)
-        self.stale = Counter("liverank_stale_requests", "Requests further behind the newest "
-                             "one than the stopped-stream horizon.", registry=r)
+        self.stale = Counter("liverank_stale_requests", "Answers marked stale: their step "
+                             "is behind what the live index still holds.", registry=r)
         self.fallback = Counter("liverank_fallback_answers", "Answers for an empty window.",
                                 registry=r)
         self.dead_letters = Counter("liverank_dead_letters", "Records sent to dead-letters, "
@@ -73,13 +73,22 @@ class Metrics:
         self.model_swap_failures = Counter("liverank_model_swap_failures", "New model "
                                            "directories refused (hash or load error).",
                                            registry=r)
+        self.lag = Gauge("liverank_consumer_lag", "Records of an owned user-events "
+                         "partition not yet committed by the group (high watermark - committed"
+                         " offset; on tansu the watermark, and so this, can read low).",
+                         ["partition"], registry=r)
+        self.since_progress = Gauge("liverank_seconds_since_progress", "Seconds since the "
+                                    "last micro-batch was delivered and acked.", registry=r)
+        self.broker_up = Gauge("liverank_broker_up", "1 while the worker's own broker calls "
+                               "succeed, 0 during an outage.", registry=r)
+        self.live = Gauge("liverank_live", "1 unless the worker is wedged (liveness).",
+                          registry=r)
         self.publish_failures = Counter("liverank_publish_failures", "Messages the broker "
                                         "did not acknowledge.", registry=r)
 
-    def count_answers(self, recs: Sequence[ev.Recommendation],
-                      stale: Callable[[int], bool]) -> None:
-        """Count a batch's answers: by trigger, late, fallback, stale (``stale(step)``), and
-        each one's produce-to-publish latency. One ``inc()`` per counter per batch (the
+    def count_answers(self, recs: Sequence[ev.Recommendation]) -> None:
+        """Count a batch's delivered answers: by trigger, late, fallback, stale, and each
+        one's produce-to-publish latency. One ``inc()`` per counter per batch (the
         per-answer calls were measurable on the hot path)."""
         counts = [0, 0, 0, 0, 0]  # request, watch, late, fallback, stale
         observe = self.latency.observe
@@ -89,7 +98,7 @@ class Metrics:
                 observe(max(0, rec.published_ms - rec.produced_ms) / 1000)
             counts[2] += rec.late
             counts[3] += rec.fallback
-            counts[4] += stale(rec.step)
+            counts[4] += rec.stale
         for metric, n in zip((self.answers.labels("request"), self.answers.labels("watch"),
                               self.late, self.fallback, self.stale), counts, strict=True):
             if n:

@@ -11,13 +11,18 @@ a `Rejection` whose ``kind`` says why (one of `REJECTION_KINDS`, the metrics lab
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, get_args
 
 from liverank.core import events as ev
 
-RefusalKind = Literal["negative_step", "beyond_horizon", "wrong_key"]
+RefusalKind = Literal["too_large", "negative_step", "beyond_horizon", "wrong_key"]
+# An input record larger than this is refused before decoding: no event of the contract
+# comes near it (a watch is ~150 bytes), and a window or answer built from a huge field
+# could itself exceed the broker's message limit and jam the worker.
+MAX_RECORD_BYTES = 64 * 1024
 RejectionKind: TypeAlias = ev.ErrorKind | RefusalKind  # the dead-letter metric's ``reason`` label
 REJECTION_KINDS: tuple[str, ...] = get_args(ev.ErrorKind) + get_args(RefusalKind)
 
@@ -61,6 +66,8 @@ class EventClock:
 def decode_user(raw: bytes, key: bytes | None, headers: Any, clock: EventClock
                 ) -> Decoded | Rejection:
     """A ``user-events`` record: decoded, keyed by its own user, with a plausible step."""
+    if len(raw) > MAX_RECORD_BYTES:
+        return _too_large(raw)
     try:
         event = ev.decode_user_event(raw)
     except ev.EventError as exc:
@@ -77,6 +84,8 @@ def decode_user(raw: bytes, key: bytes | None, headers: Any, clock: EventClock
 
 def decode_stream(raw: bytes, clock: EventClock) -> ev.StreamEvent | Rejection:
     """A ``stream-events`` record: decoded, with a plausible step."""
+    if len(raw) > MAX_RECORD_BYTES:
+        return _too_large(raw)
     try:
         event = ev.decode_stream_event(raw)
     except ev.EventError as exc:
@@ -87,16 +96,27 @@ def decode_stream(raw: bytes, clock: EventClock) -> ev.StreamEvent | Rejection:
     return event
 
 
+def _too_large(raw: bytes) -> Rejection:
+    return Rejection("too_large", f"record of {len(raw)} bytes is larger than "
+                     f"{MAX_RECORD_BYTES} bytes (no liverank event is)")
+
+
 def dead_letter(topic: str, partition: int | None, offset: int | None, raw: bytes,
                 rejection: Rejection) -> ev.DeadLetter:
     """The dead letter of a refused record; its id names where the record was, so a
-    re-read (after a restart) is recognisable."""
+    re-read (after a restart) is recognisable. It holds at most `ev.DEAD_LETTER_PAYLOAD`
+    bytes of the record (with its size and SHA-256), so it always fits the broker."""
     e = rejection.event
+    reason = rejection.reason
+    if len(reason) > ev.DEAD_LETTER_REASON:
+        reason = reason[: ev.DEAD_LETTER_REASON - 3] + "..."
     return ev.DeadLetter(
         event_id=f"dead:{topic}:{partition}:{offset}",
         seq=e.seq if e is not None else -1, step=e.step if e is not None else -1,
         event_time_ms=e.event_time_ms if e is not None else -1,
-        original=raw, topic=topic, reason=rejection.reason)
+        original=raw[: ev.DEAD_LETTER_PAYLOAD], topic=topic, reason=reason,
+        original_size=len(raw), original_sha256=hashlib.sha256(raw).hexdigest(),
+        truncated=len(raw) > ev.DEAD_LETTER_PAYLOAD, partition=partition, offset=offset)
 
 
 def produced_ms(headers: Any) -> int | None:

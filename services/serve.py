@@ -31,7 +31,8 @@ SERVING_SETTINGS = ("kafka_bootstrap", "topic_prefix", "partitions", "broker_kin
                     "model_dir", "model_poll_s", "top_k", "window_slack", "batch_size",
                     "batch_wait_ms", "watermark_wait_ms", "stopped_horizon", "future_horizon",
                     "recommend_on_watch", "web_port", "scorer_threads", "worker_id",
-                    "fetch_wait_ms", "kafka_timeout_s", "outage_timeout_s", "data_dir")
+                    "fetch_wait_ms", "kafka_timeout_s", "outage_timeout_s", "data_dir",
+                    "progress_timeout_s")
 
 
 def settings_epilog() -> str:
@@ -54,6 +55,7 @@ def run(settings: Settings, loglevel: str = "info", *, load: ScorerLoader = load
 
     scorer = load(settings.model_dir, settings.scorer_threads)  # a bad model fails first
     kafka.ensure_topics(settings)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates one level
     service = Service(settings, scorer, model_dir=settings.model_dir, load=load)
     logger.info("worker app_id=%s model_version=%s bootstrap=%s web_port=%d store=%s",
                 service.app.conf.id, scorer.version, settings.kafka_bootstrap,

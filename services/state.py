@@ -65,21 +65,32 @@ class UserWindows:
 
     Within a micro-batch each touched user's window is read once, changed in memory and
     written back once by `flush`, so a batch costs one changelog record per user. Windows
-    are sorted by ``seq``; `history` only uses entries below a request's ``seq``, so a
-    window restored from a changelog that ran ahead of the committed offsets gives the same
-    answer, provided the slack covers the watches it ran ahead by.
+    are sorted by ``seq``; `history` only uses entries below a request's ``seq``.
+
+    Exact restarts: the changelog runs ahead of the committed input offsets (a batch's
+    window records are published before its offsets are committed), so after a crash the
+    restored window already holds watches that are then read again. ``floor_of(key)`` is
+    the seq of the record at the committed offset of the key's partition: nothing below it
+    can be read again. A window keeps every entry from the floor on plus the ``length``
+    entries before it, so every request read again sees the history it saw the first time.
+    ``capacity`` (``length + slack``) bounds a window when the floor is unknown or stuck
+    (a broker outage stops commits); only past it can a restart repeat an answer that
+    differs from the first one.
     """
 
-    def __init__(self, store: WindowStore, length: int, slack: int):
+    def __init__(self, store: WindowStore, length: int, slack: int,
+                 floor_of: Callable[[bytes], int | None] | None = None):
         if length < 1:
             raise ValueError(f"window length must be >= 1, got {length}")
         self.store = store
         self.length = length
         self.capacity = length + slack
+        self.floor_of = floor_of
         self._staged: dict[bytes, list[Entry]] = {}
         self._dirty: set[bytes] = set()
         self._absent: set[bytes] = set()  # staged keys the store had no window for
         self.created = 0  # windows created since start (first watch of a user)
+        self.capped = 0  # windows cut to capacity (the floor did not allow it)
 
     def get(self, key: bytes) -> list[Entry]:
         window = self._staged.get(key)
@@ -95,20 +106,31 @@ class UserWindows:
 
     def add_watch(self, key: bytes, entry: Entry) -> bool:
         """Insert ``entry`` in seq order; False for a duplicate or an entry older than a
-        full window holds (already seen and evicted: applying it again would bring it back)."""
+        window of ``length`` entries holds (seen and evicted: bringing it back could change
+        a history)."""
         window = self.get(key)
         if any(e.event_id == entry.event_id for e in window):
             return False
-        if len(window) >= self.capacity and entry.seq < window[0].seq:
+        if len(window) >= self.length and entry.seq < window[0].seq:
             return False
         if key in self._absent:
             self._absent.discard(key)
             self.created += 1
         bisect.insort(window, entry, key=lambda e: e.seq)
-        if len(window) > self.capacity:
-            del window[: len(window) - self.capacity]
+        if len(window) > self.length:
+            self._evict(key, window)
         self._dirty.add(key)
         return True
+
+    def _evict(self, key: bytes, window: list[Entry]) -> None:
+        floor = self.floor_of(key) if self.floor_of is not None else None
+        if floor is not None:  # keep the `length` entries below the floor and all above it
+            below = bisect.bisect_left(window, floor, key=lambda e: e.seq)
+            if below > self.length:
+                del window[: below - self.length]
+        if len(window) > self.capacity:
+            del window[: len(window) - self.capacity]
+            self.capped += 1
 
     def history(self, key: bytes, before_seq: int) -> list[tuple[str, int]]:
         """The last ``length`` watches with seq below ``before_seq``, oldest first."""
@@ -233,10 +255,11 @@ def build_answers(
     version: str,
     published_ms: int,
     late: Callable[[Job], bool] = lambda job: False,
+    stale: Callable[[Job], bool] = lambda job: False,
 ) -> list[ev.Recommendation]:
     if len(ranked) != len(jobs):
         raise RuntimeError(f"scorer returned {len(ranked)} answers for {len(jobs)} requests")
-    return [_recommendation(job, r, c, version, published_ms, late(job))
+    return [_recommendation(job, r, c, version, published_ms, late(job), stale(job))
             for job, r, c in zip(jobs, ranked, cands, strict=True)]
 
 
@@ -261,11 +284,12 @@ async def answer_batch(
     `Recommendation` records. The live index is read on the caller's thread only."""
     requests, cands = rank_inputs(jobs, live)
     ranked = await rank(scorer, requests, k) if requests else []
-    return build_answers(jobs, ranked, cands, scorer.version, now_ms(), late)
+    return build_answers(jobs, ranked, cands, scorer.version, now_ms(), late,
+                         stale=lambda job: live.stale(job.event.step))
 
 
 def _recommendation(job: Job, ranked: Ranked, cands: Candidates, version: str,
-                    published_ms: int, late: bool) -> ev.Recommendation:
+                    published_ms: int, late: bool, stale: bool) -> ev.Recommendation:
     e = job.event
     names = ranked.streamers  # map() over positional RecItem(stream, streamer, score, rank):
     # the hot path of building answers, about twice as fast as a comprehension
@@ -275,7 +299,7 @@ def _recommendation(job: Job, ranked: Ranked, cands: Candidates, version: str,
         event_id=f"rec:{e.event_id}", seq=e.seq, step=e.step, event_time_ms=e.event_time_ms,
         user=e.user, request_id=e.event_id, trigger=job.trigger, produced_ms=job.produced_ms,
         published_ms=published_ms, model_version=version, fallback=ranked.fallback,
-        items=items, late=late)
+        items=items, late=late, stale=stale)
 
 
 async def wait_signal(signal: asyncio.Event, timeout_s: float) -> bool:

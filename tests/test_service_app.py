@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import os
 import subprocess
 import sys
@@ -403,6 +404,9 @@ async def test_a_publish_failure_stops_acking_and_crashes_the_worker() -> None:
     assert isinstance(svc._acks.failed, PublishError)
     assert 0 < len(acked) <= 8  # the delivered first batch only; nothing after the failure
     assert len(pub.sent.get(RECS, [])) <= 8
+    # Only delivered answers are counted.
+    delivered = len(pub.sent.get(RECS, []))
+    assert metric(svc, "liverank_answers_total", trigger="request") == delivered
 
 
 async def test_events_of_revoked_partitions_are_dropped_not_answered() -> None:
@@ -422,7 +426,7 @@ async def test_events_of_revoked_partitions_are_dropped_not_answered() -> None:
     svc._owned.assigned([TP(topic, 0), TP(topic, 1)])  # type: ignore[union-attr]
     svc._owned.revoked([TP(topic, 1)])  # type: ignore[union-attr]
     live.advance(0, 10**6)
-    out = await svc.handle(events)
+    out = (await svc.handle(events)).out
     answered = {ev.decode(v, ev.Recommendation).user for t, _, v, _ in out if t == RECS}
     kept = {e.user for e in requests if e.user % 4 == 0}
     assert kept and answered == kept  # partitions 1-3 are not ours: dropped, not answered
@@ -463,3 +467,44 @@ async def test_a_stream_event_beyond_the_future_horizon_is_dead_lettered() -> No
                   reason="beyond_horizon") == 1
     assert metric(svc, "liverank_dead_letters_total", topic=f"{PREFIX}stream-events",
                   reason="undecodable") == 1
+
+
+async def test_a_huge_poison_record_is_dead_lettered_small_and_the_records_behind_it_apply(
+        ) -> None:
+    pub = MemoryPublisher()
+    live = LiveStreams(partitions=1, stopped_horizon=10_000)
+    svc = Service(settings(), FakeScorer(window_len=5), publisher=pub, live=live, web=False,
+                  guard_consumer=False)
+    huge = b'{"kind":"stream_start","streamer":"' + b"x" * 900_000 + b'"}'
+    start = ev.StreamStart(event_id="start:1", seq=0, step=5, event_time_ms=0, stream=1,
+                           streamer="a")
+    wm = ev.Watermark(event_id="wm:5", seq=1, step=5, event_time_ms=0)
+    svc.on_stream_records([(0, 0, huge), (0, 1, ev.encode(start)), (0, 2, ev.encode(wm))])
+    await asyncio.sleep(0)
+    assert live.watermark == 5 and live.candidates(5).streams == {"a": 1}
+    (letter,) = decoded(pub, DEAD, ev.DeadLetter)
+    raw = ev.encode(letter)
+    assert len(raw) < 64 * 1024  # fits any broker's message limit
+    assert letter.truncated and letter.original_size == len(huge)
+    assert letter.original == huge[: ev.DEAD_LETTER_PAYLOAD]
+    assert letter.original_sha256 == hashlib.sha256(huge).hexdigest()
+    assert (letter.partition, letter.offset) == (0, 0)
+    assert metric(svc, "liverank_dead_letters_total", topic=f"{PREFIX}stream-events",
+                  reason="too_large") == 1
+
+
+async def test_a_message_the_client_refuses_fails_the_publish_and_is_counted() -> None:
+    from liverank.broker import kafka
+    from liverank.broker.clients import KafkaPublisher
+
+    failures: list[int] = []
+    publisher = KafkaPublisher(kafka.producer_config(settings(kafka_timeout_s=1.0)),
+                               on_failure=lambda: failures.append(1))
+    try:
+        fut = publisher.publish([("t", b"k", b"x" * 2_000_000, None),  # > message.max.bytes
+                                 ("t", b"k", b"y", None)])
+        with pytest.raises(PublishError, match="(?i)too large"):
+            await asyncio.wait_for(fut, 5)
+        assert len(failures) == 2  # the refused one and the one never sent after it
+    finally:
+        publisher._stop.set()

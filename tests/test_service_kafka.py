@@ -119,9 +119,9 @@ class Worker:
                                          stderr=subprocess.STDOUT)
         return self
 
-    def health(self) -> dict[str, object] | None:
+    def health(self, path: str = "/health") -> dict[str, object] | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health",
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}",
                                         timeout=1) as r:
                 return json.loads(r.read())  # type: ignore[no-any-return]
         except urllib.error.HTTPError as exc:  # 503 while not ready: still a JSON body
@@ -250,6 +250,9 @@ def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
     worker = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path).start()
     workers.append(worker)
     worker.wait_ready()
+    ready, live = worker.health("/readyz"), worker.health("/livez")
+    assert ready is not None and ready["ready"] is True and ready["broker_up"] is True
+    assert live is not None and live["live"] is True
     replay(models, kafka_settings)
     # Hostile records on both input topics: dead letters, the worker keeps going.
     p = Producer(kafka.producer_config(kafka_settings))
@@ -358,11 +361,11 @@ def test_sigkill_mid_replay_then_restart_answers_like_an_uninterrupted_run(
     from the local store the killed worker left in the same data directory, then the
     changelog from the offset the store says it holds."""
     kafka.ensure_topics(kafka_settings)
-    # The replay compresses days into seconds, so between a commit and the kill a user can
-    # watch many streams; the window slack must cover them (tiny users have <= 40 rows).
-    slack = "40"
+    # Default settings: the replay compresses days into seconds, so between a commit and
+    # the kill a user can watch many streams; windows keep what the committed floor says
+    # may be read again (see UserWindows), however many that is.
     first = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
-                   window_slack=slack, store=store).start()
+                   store=store).start()
     workers.append(first)
     first.wait_ready()
     # A backlog of 80% of the log, killed at the first tenth answered: mid-batch, with
@@ -373,7 +376,7 @@ def test_sigkill_mid_replay_then_restart_answers_like_an_uninterrupted_run(
     before = len(read_answers(kafka_settings))
     assert before < len(want)  # killed mid-replay: the requests past the gate are unsent
     second = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
-                    window_slack=slack, store=store).start()
+                    store=store).start()
     workers.append(second)
     gate.open()
     feeder.join(timeout=60)
@@ -392,14 +395,11 @@ def test_a_second_worker_joining_mid_replay_takes_partitions_and_answers_agree(
     every request is answered, duplicates from the handover carry the same answer, and
     every answer equals the offline ranking."""
     kafka.ensure_topics(kafka_settings)
-    slack = "40"  # as in the restart test: the handover replays what was not committed
-    first = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
-                   window_slack=slack).start()
+    first = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path).start()
     workers.append(first)
     first.wait_ready()
     feeder, gate, want = gated_replay(models, kafka_settings, first, share=0.5)
-    second = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
-                    window_slack=slack).start()
+    second = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path).start()
     workers.append(second)
     second.wait_ready()  # ready only once the rebalance and its table recovery are done
     gate.open()

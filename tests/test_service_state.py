@@ -5,6 +5,7 @@ The live index they answer from is tested in tests/test_live_index.py."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ from timelines import expected_live, stream_events, tiny
 
 from liverank.core import events as ev
 from liverank.model.data import timeline as tl
+from liverank.model.data.live import LiveStreams
 from liverank.model.data.twitch import Interactions
 from liverank.model.evaluate import iter_requests
 from liverank.model.scorer import Ranked, RankRequest
@@ -243,3 +245,67 @@ async def test_micro_batcher_bounds_size_and_wait() -> None:
     assert await asyncio.wait_for(getter, 1) == [3, 4, 9]
     with pytest.raises(ValueError, match="max_size"):
         st.MicroBatcher(0, 0.1)
+
+
+def test_an_answer_behind_the_pruned_horizon_is_marked_stale_not_passed_as_live() -> None:
+    live = LiveStreams(partitions=1, stopped_horizon=10)
+    live.start(1, "a", 0)
+    live.stop(1, "a", 20)
+    live.start(2, "b", 50)
+    live.advance(0, 500)
+    assert live.prune(400) == 1  # "a" stopped at 20 <= 390: forgotten
+    key = ev.user_key(7)
+    old = ev.RecRequest(event_id="req:old", seq=1, step=10, event_time_ms=0, user=7)
+    new = ev.RecRequest(event_id="req:new", seq=2, step=395, event_time_ms=0, user=7)
+    jobs = st.plan_batch([(key, old, None), (key, new, None)],
+                         st.UserWindows({}, length=5, slack=3))
+    recs = asyncio.run(st.answer_batch(jobs, live, CountScorer(), k=10, now_ms=lambda: 0))
+    by_id = {r.request_id: r for r in recs}
+    assert by_id["req:old"].stale and by_id["req:old"].items == []  # "a" was live: say so
+    assert not by_id["req:new"].stale and [i.streamer for i in by_id["req:new"].items] == ["b"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_windows_keep_what_the_committed_floor_may_read_again_so_restarts_are_exact(
+        seed: int) -> None:
+    """One user's watches and requests; a worker runs ahead of its last commit, crashes,
+    and the next one reads again from the committed offset over the changelog the first
+    left. With the floor, every request read again gets the history it got the first time,
+    and the window stays near ``length`` entries; bounded by a small slack alone, not."""
+    rng = random.Random(seed)
+    key, length = ev.user_key(1), 3
+    events: list[ev.UserEvent] = []
+    for seq in range(200):
+        if rng.random() < 0.6:
+            events.append(ev.Watch(event_id=f"w{seq}", seq=seq, step=seq, event_time_ms=0,
+                                   user=1, stream=seq, streamer=f"s{rng.randint(0, 9)}"))
+        else:
+            events.append(ev.RecRequest(event_id=f"r{seq}", seq=seq, step=seq,
+                                        event_time_ms=0, user=1))
+    reference = {j.event.event_id: j.window for j in st.plan_batch(
+        [(key, e, None) for e in events], st.UserWindows({}, length, slack=10_000))}
+
+    def run(floor: bool, slack: int, committed: int, crash: int) -> tuple[dict, int]:
+        store: dict[bytes, bytes] = {}
+        at = {"seq": events[committed].seq}
+        windows = st.UserWindows(store, length, slack,
+                                 floor_of=(lambda k: at["seq"]) if floor else None)
+        longest = 0
+        for e in events[:crash]:  # the first worker, killed after `crash` events
+            st.plan_batch([(key, e, None)], windows)
+            windows.flush()
+            longest = max(longest, len(st.decode_window(store.get(key, b"[]"))))
+        again = {}
+        for e in events[committed:]:  # the next one, from the committed offset
+            for j in st.plan_batch([(key, e, None)], windows):
+                again[j.event.event_id] = j.window
+            windows.flush()
+        return again, longest
+
+    for committed, crash in ((40, 70), (100, 190), (150, 151)):
+        again, longest = run(floor=True, slack=10_000, committed=committed, crash=crash)
+        assert again == {k: v for k, v in reference.items() if k in again}
+        assert len(again) == sum(isinstance(e, ev.RecRequest) for e in events[committed:])
+        assert longest <= length + (crash - committed) + 1
+    differs = [run(floor=False, slack=2, committed=40, crash=120)[0]]
+    assert any(a != {k: v for k, v in reference.items() if k in a} for a in differs)

@@ -14,11 +14,14 @@ finds a problem does the loader re-read the file line by line to name every bad 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
 import logging
+import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,9 +41,18 @@ Format = Literal["twitch", "sample"]
 SAMPLE_ROW_STEPS = 3
 SAMPLE_BROADCAST_GAP = 6
 
+# Largest values the typed columns hold: steps are int32, ids int64.
+STEP_MAX = 2**31 - 1
+ID_MAX = 2**63 - 1
+
+GZIP_MAGIC = b"\x1f\x8b"
+# What a broken gzip stream raises while it is read (bad magic, truncated, corrupt deflate).
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
 
 class DataError(ValueError):
-    """A bad input file: the message names the file, the line, the column and the reason."""
+    """A bad input file: the message names the file (and, for a row or a decoding error, the
+    line and column or byte) and the reason, on one line."""
 
 
 @dataclass(frozen=True)
@@ -149,25 +161,38 @@ def load_interactions(
     """Load a Twitch-format file (``.csv`` or ``.csv.gz``, header optional).
 
     Raises `DataError` naming file, line, column and reason at the first bad row, unless
-    ``skip_bad_rows``: then bad rows are dropped and listed in ``bad_rows``.
+    ``skip_bad_rows``: then bad rows are dropped and listed in ``bad_rows``. A file that
+    cannot be read (a directory, not UTF-8, broken gzip data) or holds no rows also raises
+    `DataError`, in every mode.
     ``fmt="sample"`` reads the real 2,000-user sample and converts it (see `convert_sample`).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file")
     if fmt == "sample":
         return convert_sample(path)
     if fmt != "twitch":
         raise DataError(f"{path}: unknown format {fmt!r} (expected 'twitch' or 'sample')")
+    with _read_errors(path):
+        return _load_twitch(path, skip_bad_rows)
+
+
+def _load_twitch(path: Path, skip_bad_rows: bool) -> Interactions:
     header = _has_header(path)
     frame = _read_fast(path, header)
     if frame is not None and not _frame_problems(frame):
+        if len(frame) == 0:
+            raise DataError(_no_rows(path, header))
         logger.info("loaded path=%s rows=%d", path, len(frame))
         return from_frame(frame, source=str(path))
     # Slow path: something is off; walk the file and name each bad line.
     good, bad = _read_checked(path, header)
     if bad and not skip_bad_rows:
         raise DataError(bad[0].describe(str(path)) + _more(bad))
+    if not bad and len(good) == 0:
+        raise DataError(_no_rows(path, header))
     for b in bad[:20]:
         logger.warning("skipped bad row: %s", b.describe(str(path)))
     return from_frame(good, source=str(path), bad_rows=tuple(bad))
@@ -176,6 +201,75 @@ def load_interactions(
 def _more(bad: list[BadRow]) -> str:
     extra = len(bad) - 1
     return f" (and {extra} more bad rows; --skip-bad-rows skips them)" if extra else ""
+
+
+def _no_rows(path: Path, header: bool) -> str:
+    if header:
+        return f"{path}: no rows (only line 1, read as a header)"
+    return f"{path}: empty file (no rows)"
+
+
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Turn what reading an unreadable file raises into a one-line `DataError`."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise DataError(_decode_error(path)) from exc
+    except EOFError as exc:
+        raise DataError(f"{path}: truncated gzip data: {exc}") from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path}: not valid gzip data: {exc}") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")  # noqa: SIM115
+
+
+def _decode_error(path: Path) -> str:
+    """Where ``path`` (decompressed, for ``.gz``) stops being UTF-8: line, byte in the line
+    (1-based) and offset (0-based) in the file or the decompressed data."""
+    compressed = path.suffix == ".gz"
+    within = "the decompressed data" if compressed else "the file"
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, line_start, pos, first = 1, 0, 0, b""
+    try:
+        with _open_binary(path) as f:
+            while chunk := f.read(1 << 20):
+                first = first or chunk[:2]
+                pending = len(decoder.getstate()[0])
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    cut = max(exc.start - pending, 0)  # the bad sequence may begin earlier
+                    line += chunk.count(b"\n", 0, cut)
+                    newline = chunk.rfind(b"\n", 0, cut)
+                    if newline >= 0:
+                        line_start = pos + newline + 1
+                    offset = pos + exc.start - pending
+                    hint = ""
+                    if not compressed and first == GZIP_MAGIC:
+                        hint = "; it looks gzip-compressed: name it .gz"
+                    return (f"{path}: line {line}, byte {offset - line_start + 1}: not UTF-8 "
+                            f"text (0x{exc.object[exc.start]:02x}: {exc.reason}; offset "
+                            f"{offset} in {within}){hint}")
+                line += chunk.count(b"\n")
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    line_start = pos + newline + 1
+                pos += len(chunk)
+            pending = len(decoder.getstate()[0])
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:  # the data ends inside a multi-byte character
+        return (f"{path}: line {line}, byte {pos - pending - line_start + 1}: not UTF-8 "
+                f"text (the data ends mid-character: {exc.reason})")
+    except (*_GZIP_ERRORS, OSError):
+        pass
+    return f"{path}: not UTF-8 text"
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -198,6 +292,8 @@ def _has_header(path: Path) -> bool:
 
 
 def _read_fast(path: Path, header: bool) -> pd.DataFrame | None:
+    """The rows, or None when the C parser cannot type them (the slow path then names the
+    bad lines). Decoding and gzip errors propagate."""
     try:
         frame = pd.read_csv(
             path,
@@ -211,6 +307,8 @@ def _read_fast(path: Path, header: bool) -> pd.DataFrame | None:
             na_filter=False,
             compression="infer",
         )
+    except UnicodeDecodeError:
+        raise
     except (ValueError, pd.errors.ParserError, OverflowError):
         return None
     return frame
@@ -226,6 +324,8 @@ def _frame_problems(frame: pd.DataFrame) -> bool:
         (start < 0).any()
         or (stop < 0).any()
         or (stop < start).any()
+        or (start > STEP_MAX).any()
+        or (stop > STEP_MAX).any()
         or (frame["user"].to_numpy() < 0).any()
         or (frame["stream"].to_numpy() < 0).any()
         or (pd.Series(names).str.strip() == "").any()
@@ -236,7 +336,7 @@ def _read_checked(path: Path, header: bool) -> tuple[pd.DataFrame, list[BadRow]]
     rows: list[tuple[int, int, str, int, int]] = []
     bad: list[BadRow] = []
     for line_no, fields in _lines(path, header):
-        parsed = check_row(fields)
+        parsed = fields if isinstance(fields, BadRow) else check_row(fields)
         if isinstance(parsed, BadRow):
             bad.append(BadRow(line_no, parsed.column, parsed.reason))
         else:
@@ -248,9 +348,21 @@ def _read_checked(path: Path, header: bool) -> tuple[pd.DataFrame, list[BadRow]]
     return frame, bad
 
 
-def _lines(path: Path, header: bool) -> Iterator[tuple[int, list[str]]]:
+def _lines(path: Path, header: bool) -> Iterator[tuple[int, list[str] | BadRow]]:
+    """(line, fields) per CSV record; a record the csv module rejects (e.g. a field over its
+    size limit) comes as a `BadRow` (line 0, to be filled in)."""
     with _open_text(path) as f:
-        for line_no, fields in enumerate(csv.reader(f), start=1):
+        reader = csv.reader(f)
+        line_no = 0
+        while True:
+            line_no += 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield line_no, BadRow(0, None, f"unreadable CSV: {exc}")
+                continue
             if header and line_no == 1:
                 continue
             if not fields:  # blank line
@@ -273,9 +385,13 @@ def check_row(fields: list[str]) -> tuple[int, int, str, int, int] | BadRow:
             values[name] = int(text)
         except ValueError:
             return BadRow(0, name, f"not an integer: {text!r}")
+        is_step = name in ("start", "stop")
         if values[name] < 0:
-            kind = "negative step" if name in ("start", "stop") else "negative id"
+            kind = "negative step" if is_step else "negative id"
             return BadRow(0, name, f"{kind}: {values[name]}")
+        limit = STEP_MAX if is_step else ID_MAX
+        if values[name] > limit:
+            return BadRow(0, name, f"too large: {values[name]} (at most {limit})")
     if values["stop"] < values["start"]:
         return BadRow(0, "stop", f"stop {values['stop']} < start {values['start']}")
     return (values["user"], values["stream"], fields[2].strip(), values["start"], values["stop"])
@@ -289,24 +405,63 @@ def convert_sample(path: str | Path) -> Interactions:
     than 6 steps after the latest stop so far. Streamer codes become names ``s<code>``.
     """
     path = Path(path)
-    try:
-        raw = pd.read_csv(path)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read as the sample format: {exc}") from exc
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file")
+    with _read_errors(path):
+        try:
+            raw = pd.read_csv(path)
+        except UnicodeDecodeError:
+            raise
+        except pd.errors.EmptyDataError as exc:
+            raise DataError(f"{path}: empty file (no rows)") from exc
+        except (ValueError, pd.errors.ParserError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{path}: cannot read as the sample format: {first}") from exc
     needed = {"user_id", "streamer_name", "start_time"}
     missing = needed - set(raw.columns)
     if missing:
         raise DataError(f"{path}: not the sample format, missing columns {sorted(missing)}")
+    if len(raw) == 0:
+        raise DataError(f"{path}: no rows (only the header line)")
     frame = pd.DataFrame(
         {
-            "user": raw["user_id"].to_numpy(np.int64),
+            "user": _sample_ints(raw, "user_id", ID_MAX, path),
             "streamer": "s" + raw["streamer_name"].astype(str),
-            "start": raw["start_time"].to_numpy(np.int64),
+            "start": _sample_ints(raw, "start_time", STEP_MAX - SAMPLE_ROW_STEPS, path),
         }
     )
+    if raw["streamer_name"].isna().any():
+        _sample_bad(raw, "streamer_name", raw["streamer_name"].isna().to_numpy(), path, "")
     frame["stop"] = frame["start"] + SAMPLE_ROW_STEPS
     frame["stream"] = _sample_stream_ids(frame)
     return from_frame(frame[list(COLUMNS)], source=f"{path} (sample convention)")
+
+
+def _sample_ints(raw: pd.DataFrame, column: str, limit: int, path: Path) -> np.ndarray:
+    """``raw[column]`` as int64, or `DataError` at the first value that is not an integer in
+    ``0..limit``."""
+    col = raw[column]
+    if pd.api.types.is_integer_dtype(col):
+        ints = col.to_numpy(np.int64)
+        bad = (ints < 0) | (ints > limit)
+    else:  # NaN for an empty field, text, or a number written as a float
+        values = pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = (~np.isfinite(values) | (values < 0) | (values > min(limit, 2**53))
+                   | (values != np.round(values)))
+        ints = np.where(bad, 0, values).astype(np.int64)
+    if bad.any():
+        _sample_bad(raw, column, bad, path, f"not an integer in 0..{limit}")
+    return ints
+
+
+def _sample_bad(raw: pd.DataFrame, column: str, bad: np.ndarray, path: Path,
+                reason: str) -> None:
+    i = int(np.flatnonzero(bad)[0])
+    value = raw[column].iloc[i]
+    what = "empty field" if pd.isna(value) else f"{reason}: {str(value)!r}"
+    # Line numbers count the header (line 1) and assume no blank lines in between.
+    raise DataError(f"{path}: line {i + 2}, column {column!r}: {what}")
 
 
 def _sample_stream_ids(frame: pd.DataFrame) -> np.ndarray:
