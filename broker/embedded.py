@@ -8,21 +8,37 @@
 
 tansu keeps everything in memory and listens on IPv4 only; the advertised address is the
 listen address, so clients reconnect to exactly what they were given.
+
+Security (keyword-only options of `EmbeddedBroker.start`, see ``docs/security.md``):
+
+* ``tls_cert=``/``tls_key=``: clients connect with TLS (``security.protocol`` SSL or
+  SASL_SSL). tansu 0.6.0 cannot serve TLS itself (`liverank.broker.tansu.NATIVE_TLS`), so
+  the embedded broker puts a TLS front (`TlsFront`, Python ``ssl``) on the listen address and
+  runs tansu behind it on a loopback port; tansu advertises the front's address.
+* ``authentication=True``: tansu requires a SASL login (SCRAM-SHA-256/512). On tansu 0.6.0
+  every login is refused (its memory storage keeps no users), so this tests refusals only;
+  ``users=`` raises `BrokerError` saying why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
+
+from liverank.broker import tansu
 
 logger = logging.getLogger(__name__)
 
@@ -82,38 +98,174 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+class TlsFront:
+    """A TLS listener that forwards every connection, decrypted, to a plaintext backend.
+
+    The embedded broker's TLS, since tansu 0.6.0 has none of its own: clients verify the
+    certificate (``ssl.ca.location``) and speak Kafka inside TLS exactly as with a broker that
+    terminates TLS itself. One asyncio loop in a daemon thread; `stop` closes every
+    connection. The listening socket is bound in `__init__`, so a busy port fails at once.
+    """
+
+    def __init__(self, host: str, port: int, backend: tuple[str, int], cert: str, key: str,
+                 handshake_timeout: float = 10.0) -> None:
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from exc
+        self._ctx = ctx
+        self._backend = backend
+        self._handshake_timeout = handshake_timeout
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((host, port))
+            self._sock.listen(128)
+        except OSError as exc:
+            self._sock.close()
+            raise BrokerError(f"cannot listen on {host}:{port} for TLS: {exc}") from exc
+        self.host, self.port = host, int(self._sock.getsockname()[1])
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(self._on_loop_error)
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="tansu-tls-front")
+        self._thread.start()
+        if not self._started.wait(10.0):
+            raise BrokerError("the TLS front did not start within 10 s")
+
+    def _run(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        server = loop.run_until_complete(asyncio.start_server(
+            self._connection, sock=self._sock, ssl=self._ctx,
+            ssl_handshake_timeout=self._handshake_timeout))
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.close()
+
+    @staticmethod
+    def _on_loop_error(_loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        # Failed handshakes (a client that does not trust the certificate) land here: normal
+        # for a TLS server, so a debug line, not an error.
+        logger.debug("tls front: %s", context.get("exception") or context.get("message"))
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        try:
+            b_reader, b_writer = await asyncio.open_connection(*self._backend)
+        except OSError as exc:
+            logger.warning("tls front: backend %s:%d unreachable: %s", *self._backend, exc)
+            writer.close()
+            return
+        await asyncio.gather(_pipe(reader, b_writer), _pipe(b_reader, writer))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    """Copy until EOF or an error, then close ``dst`` (which ends the opposite pipe too)."""
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        dst.close()
+
+
 @dataclass
 class EmbeddedBroker:
-    """A running tansu process; `stop` (or leaving the ``with`` block) ends it."""
+    """A running tansu process; `stop` (or leaving the ``with`` block) ends it.
+
+    ``host:port`` is what clients use (`bootstrap`); with TLS that is the `TlsFront` and
+    tansu itself listens on ``127.0.0.1:tansu_port``.
+    """
 
     host: str
     port: int
     process: subprocess.Popen[bytes]
     _log_tail: list[str] = field(default_factory=list, repr=False)
+    tls_front: TlsFront | None = field(default=None, repr=False)
+    tansu_port: int | None = None  # tansu's own port when it is not ``port`` (TLS)
+    authentication: bool = False
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def security_protocol(self) -> str:
+        """What a client sets as ``security.protocol`` (LIVERANK_SECURITY_PROTOCOL)."""
+        tls = self.tls_front is not None
+        if self.authentication:
+            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
+        return "SSL" if tls else "PLAINTEXT"
+
     @classmethod
-    def start(cls, listen: str = "127.0.0.1:0", timeout: float = 20.0) -> EmbeddedBroker:
-        """Start tansu on ``listen`` (port 0: a free port) and wait until it accepts clients."""
+    def start(cls, listen: str = "127.0.0.1:0", timeout: float = 20.0, *,
+              tls_cert: str | os.PathLike[str] | None = None,
+              tls_key: str | os.PathLike[str] | None = None,
+              authentication: bool = False,
+              users: Mapping[str, str] | None = None) -> EmbeddedBroker:
+        """Start tansu on ``listen`` (port 0: a free port) and wait until it accepts clients.
+
+        ``tls_cert``/``tls_key`` (PEM files, both or neither): clients connect with TLS.
+        ``authentication``: clients must log in with SASL SCRAM. ``users`` ({name: password})
+        would create SCRAM users; tansu 0.6.0 cannot keep any, so it raises `BrokerError`.
+        """
+        if (tls_cert is None) != (tls_key is None):
+            raise BrokerError("TLS needs both tls_cert and tls_key")
+        if users:
+            raise BrokerError(tansu.NO_SCRAM_USERS)
         host, port = parse_listen(listen)
         if port == 0:
             port = free_port(host)
         elif port_open(host, port):
             raise BrokerError(f"{host}:{port} is already in use (a broker running already? "
                               "then use it: LIVERANK_KAFKA_BOOTSTRAP=" f"{host}:{port})")
-        url = f"tcp://{host}:{port}"
+        front: TlsFront | None = None
+        tansu_port: int | None = None
+        if tls_cert is not None and tls_key is not None:
+            # tansu 0.6.0 cannot terminate TLS (`tansu.NATIVE_TLS`): a front does, tansu
+            # listens behind it on loopback and advertises the front's address.
+            tansu_port = free_port("127.0.0.1")
+            front = TlsFront(host, port, ("127.0.0.1", tansu_port), os.fspath(tls_cert),
+                             os.fspath(tls_key))
+            listen_url = f"tcp://127.0.0.1:{tansu_port}"
+        else:
+            listen_url = f"tcp://{host}:{port}"
         cmd = [broker_binary(), "broker", "--cluster-id", TANSU_CLUSTER_ID,
-               "--listener-url", url, "--advertised-listener-url", url,
+               "--listener-url", listen_url, "--advertised-listener-url", f"tcp://{host}:{port}",
                "--storage-engine", "memory://tansu/"]
-        logger.info("starting tansu listen=%s:%d", host, port)
-        # Its own process group: Ctrl-C in a terminal reaches us, and we stop it in order.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent)
-        broker = cls(host, port, proc)
+        if authentication:
+            cmd.append("--authentication")
+        logger.info("starting tansu listen=%s:%d tls=%s authentication=%s", host, port,
+                    front is not None, authentication)
+        try:
+            # Its own process group: Ctrl-C in a terminal reaches us, and we stop it in order.
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
+        except BaseException:
+            if front is not None:
+                front.stop()
+            raise
+        broker = cls(host, port, proc, tls_front=front, tansu_port=tansu_port,
+                     authentication=authentication)
         threading.Thread(target=broker._drain, daemon=True, name="tansu-log").start()
         try:
             broker.wait_ready(timeout)
@@ -137,12 +289,17 @@ class EmbeddedBroker:
             if self.process.poll() is not None:
                 raise BrokerError(f"tansu exited with code {self.process.returncode} before "
                                   f"accepting connections: {self.log_tail() or '(no output)'}")
-            if port_open(self.host, self.port):
+            if port_open(*self._tansu_address()):
                 logger.info("tansu ready bootstrap=%s pid=%d", self.bootstrap, self.process.pid)
                 return
             time.sleep(0.05)
         raise BrokerError(f"tansu did not accept connections on {self.bootstrap} "
                           f"within {timeout:.0f} s: {self.log_tail() or '(no output)'}")
+
+    def _tansu_address(self) -> tuple[str, int]:
+        if self.tansu_port is not None:
+            return "127.0.0.1", self.tansu_port
+        return self.host, self.port
 
     def log_tail(self) -> str:
         return " | ".join(self._log_tail[-5:])
@@ -152,6 +309,8 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGINT, then SIGKILL if it has not gone within ``timeout``."""
+        if self.tls_front is not None:
+            self.tls_front.stop(timeout)
         if self.process.poll() is None:
             # tansu 0.6 ignores SIGTERM (measured: still up after 5 s) but exits at once on
             # SIGINT, as after Ctrl-C in a terminal.
@@ -175,8 +334,13 @@ class EmbeddedBroker:
 
 
 @contextmanager
-def embedded_broker(listen: str = "127.0.0.1:0") -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker.start(listen)
+def embedded_broker(listen: str = "127.0.0.1:0", *,
+                    tls_cert: str | os.PathLike[str] | None = None,
+                    tls_key: str | os.PathLike[str] | None = None,
+                    authentication: bool = False) -> Iterator[EmbeddedBroker]:
+    """`EmbeddedBroker.start` as a context manager (the same keyword-only options)."""
+    broker = EmbeddedBroker.start(listen, tls_cert=tls_cert, tls_key=tls_key,
+                                  authentication=authentication)
     try:
         yield broker
     finally:

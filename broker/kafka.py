@@ -32,6 +32,33 @@ logger = logging.getLogger(__name__)
 # librdkafka's own log lines go through Python logging instead of raw stderr.
 librdkafka_logger = logging.getLogger("liverank.librdkafka")
 
+
+class RedactSaslExchange(logging.Filter):
+    """Hides SASL exchanges in aiokafka's request log (the Faust worker's client).
+
+    aiokafka logs every request and response at DEBUG (``aiokafka.conn``: "Request to
+    HOST:PORT N: SaslAuthenticateRequest_v1(sasl_auth_bytes=b'\\x00user\\x00password')"),
+    so ``liverank serve -v`` with SASL PLAIN would write the password in clear (and a SCRAM
+    proof). This filter replaces such arguments by their type name; everything else passes.
+    Installed on that logger when this module is imported (before any Faust app exists).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(map(_is_sasl_exchange, record.args)):
+            record.args = tuple(f"{type(a).__name__}(<redacted>)" if _is_sasl_exchange(a)
+                                else a for a in record.args)
+        return True
+
+
+def _is_sasl_exchange(arg: object) -> bool:
+    return type(arg).__name__.startswith("SaslAuthenticate")
+
+
+AIOKAFKA_CONN_LOGGER = "aiokafka.conn"
+if not any(isinstance(f, RedactSaslExchange)
+           for f in logging.getLogger(AIOKAFKA_CONN_LOGGER).filters):
+    logging.getLogger(AIOKAFKA_CONN_LOGGER).addFilter(RedactSaslExchange())
+
 STREAM_EVENTS = "stream-events"
 USER_EVENTS = "user-events"
 RECOMMENDATIONS = "recommendations"
@@ -70,7 +97,7 @@ def security_config(settings: Settings) -> dict[str, Any]:
                                   "LIVERANK_SASL_USERNAME and LIVERANK_SASL_PASSWORD")
         conf.update({"sasl.mechanism": settings.sasl_mechanism,
                      "sasl.username": settings.sasl_username,
-                     "sasl.password": settings.sasl_password})
+                     "sasl.password": _reveal(settings.sasl_password)})
     elif settings.sasl_mechanism:
         raise KafkaSetupError(f"LIVERANK_SASL_MECHANISM={settings.sasl_mechanism} is set but "
                               f"security_protocol={settings.security_protocol} uses no SASL")
@@ -84,8 +111,18 @@ def security_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+def _reveal(secret: Any) -> Any:
+    """The plain value of a setting that may be a pydantic ``SecretStr`` (or a plain str)."""
+    reveal = getattr(secret, "get_secret_value", None)
+    return reveal() if callable(reveal) else secret
+
+
 def client_config(settings: Settings) -> dict[str, Any]:
-    """What every librdkafka client needs: the address, security and a bounded socket wait."""
+    """What every librdkafka client needs: the address, security and a bounded socket wait.
+
+    Never ``debug``: librdkafka's debug output is verbose protocol tracing (it redacts
+    ``sasl.password`` in its config dump, but nothing here needs it on).
+    """
     timeout_ms = int(settings.kafka_timeout_s * 1000)
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -136,11 +173,68 @@ def admin_client(settings: Settings) -> AdminClient:
 
 # --- the broker -----------------------------------------------------------------------------
 
+# librdkafka errors no retry cures: a refused SASL login, an untrusted broker certificate.
+# They reach only ``error_cb``; a metadata request just times out ("Broker transport failure").
+_REFUSALS = (KafkaError._AUTHENTICATION, KafkaError._SSL)
+
+
+class _RefusedError(Exception):
+    """Internal: the broker refused this client (`_REFUSALS`); ``error`` says how."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.str())
+        self.error = error
+
+
+def _metadata(conf: dict[str, Any], timeout: float) -> tuple[AdminClient, Any]:
+    """(admin, cluster metadata) within ``timeout``; `_RefusedError` as soon as the broker
+    refuses the login or its certificate does not verify (within ~0.5 s, not after the
+    timeout); else the last `KafkaException`, its message naming the client's last error."""
+    errors: list[KafkaError] = []
+    full: dict[str, Any] = {**conf, "error_cb": errors.append}
+    admin = AdminClient(full)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin, admin.list_topics(
+                timeout=max(0.01, min(0.5, deadline - time.monotonic())))
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            refused = [e for e in errors if e.code() in _REFUSALS]
+            if refused:
+                raise _RefusedError(refused[-1]) from None
+            if time.monotonic() >= deadline:
+                told = [e.str() for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
+                if told:
+                    raise KafkaException(f"{exc.args[0]}; last error: {told[-1]}") from exc
+                raise
+
+
+def _refusal(settings: Settings, bootstrap: str, error: KafkaError) -> KafkaSetupError:
+    """A clear message for a refused client; it names the settings to check, never a secret."""
+    if error.code() == KafkaError._AUTHENTICATION:
+        return KafkaSetupError(
+            f"the Kafka broker at {bootstrap} refused the SASL login "
+            f"(security_protocol={settings.security_protocol}, "
+            f"mechanism={settings.sasl_mechanism}, user={settings.sasl_username!r}): "
+            f"{error.str()}. Check LIVERANK_SASL_USERNAME, LIVERANK_SASL_PASSWORD and "
+            "LIVERANK_SASL_MECHANISM")
+    return KafkaSetupError(
+        f"TLS with the Kafka broker at {bootstrap} failed: {error.str()}. Check "
+        "LIVERANK_SSL_CAFILE (the CA that signed the broker's certificate) and "
+        "LIVERANK_SECURITY_PROTOCOL")
+
+
 def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> Any:
-    """Metadata of the cluster, or `KafkaSetupError` within ``timeout_s`` naming the address."""
+    """Metadata of the cluster, or `KafkaSetupError` within ``timeout_s`` naming the address.
+
+    A refused login or an untrusted certificate fails at once with its own message.
+    """
     timeout = settings.kafka_timeout_s if timeout_s is None else timeout_s
     try:
-        return admin_client(settings).list_topics(timeout=timeout)
+        return _metadata(client_config(settings), timeout)[1]
+    except _RefusedError as exc:
+        raise _refusal(settings, settings.kafka_bootstrap, exc.error) from None
     except KafkaException as exc:
         raise KafkaSetupError(
             f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout:.0f} s "
@@ -160,9 +254,8 @@ def _detect(bootstrap: str, security: tuple[tuple[str, str], ...],
             timeout: float) -> Literal["kafka", "tansu"]:
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **dict(security),
                             "logger": librdkafka_logger}
-    admin = AdminClient(conf)
     try:
-        meta = admin.list_topics(timeout=timeout)
+        admin, meta = _metadata(conf, timeout)
     except KafkaException as exc:
         raise KafkaSetupError(f"cannot tell the broker kind: no broker answered at {bootstrap} "
                               f"within {timeout:.0f} s ({exc.args[0]})") from exc
@@ -182,7 +275,10 @@ def _detect(bootstrap: str, security: tuple[tuple[str, str], ...],
 
 def detect_broker_kind(bootstrap: str, settings: Settings) -> Literal["kafka", "tansu"]:
     sec = tuple(sorted((k, str(v)) for k, v in security_config(settings).items()))
-    return _detect(bootstrap, sec, settings.kafka_timeout_s)
+    try:
+        return _detect(bootstrap, sec, settings.kafka_timeout_s)
+    except _RefusedError as exc:
+        raise _refusal(settings, bootstrap, exc.error) from None
 
 
 # --- topics ---------------------------------------------------------------------------------

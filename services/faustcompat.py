@@ -204,7 +204,8 @@ def faust_app_options(settings: Settings) -> dict[str, Any]:
         ctx = ssl.create_default_context(cafile=settings.ssl_cafile)
     if settings.security_protocol.startswith("SASL"):
         opts["broker_credentials"] = faust.SASLCredentials(
-            username=settings.sasl_username, password=settings.sasl_password,
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
             mechanism=settings.sasl_mechanism, ssl_context=ctx)
     elif ctx is not None:
         opts["broker_credentials"] = faust.SSLCredentials(ctx)

@@ -37,7 +37,8 @@ def test_every_liverank_variable_is_a_setting() -> None:
 def test_service_probes_and_commands() -> None:
     sts = next(d for d in manifests() if d["kind"] == "StatefulSet")
     container = sts["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["args"][0] == "serve"
     job = next(d for d in manifests() if d["kind"] == "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "replay"
