@@ -271,7 +271,7 @@ def _answers(settings: Settings) -> list[Any]:
     from liverank.core import events as ev
 
     msgs = kafka.read_topic(settings, settings.topic(kafka.RECOMMENDATIONS), timeout_s=60)
-    return [ev.decode(m.value(), ev.Recommendation) for m in msgs]
+    return [ev.decode(m.value() or b"", ev.Recommendation) for m in msgs]
 
 
 def _drain(base: Settings, tl: Any, model: Path, work: Path, name: str,

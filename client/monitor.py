@@ -85,9 +85,9 @@ class OnlineEvaluator:
             self.user_events.append(record)
 
     def report(self) -> dict[str, Any]:
-        timeline = sorted(
-            [e for e in self.stream_events if not isinstance(e, ev.Watermark)] + self.user_events,
-            key=lambda e: (e.step, e.seq))
+        timeline: list[ev.Event] = sorted(
+            [*(e for e in self.stream_events if not isinstance(e, ev.Watermark)),
+             *self.user_events], key=lambda e: (e.step, e.seq))
         live = LiveStreams(partitions=1, stopped_horizon=0)  # walked in step order
         day = -1
         seen: dict[int, set[str]] = defaultdict(set)  # user -> streamers watched so far
@@ -119,6 +119,8 @@ class OnlineEvaluator:
                         recommended.add(item.streamer)
                     live_catalogue.update(on_air)
                 continue
+            if not isinstance(e, ev.Watch):
+                continue  # the end records
             req = pending.pop(e.user, None)
             if req is not None and req.step == e.step:
                 self._score(req, e, seen, counts, live.candidates(e.step), model, pop,
@@ -202,13 +204,13 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
             "max": float(values.max()), "mean": float(values.mean())}
 
 
-def decode_all(values: Iterable[bytes]) -> tuple[list[ev.Event], int]:
+def decode_all(values: Iterable[bytes | None]) -> tuple[list[ev.Event], int]:
     """Decode records, counting (and skipping) the ones that do not decode."""
     out: list[ev.Event] = []
     bad = 0
     for v in values:
         try:
-            out.append(ev.decode(v))
+            out.append(ev.decode(v or b""))
         except ev.EventError:
             bad += 1
     return out, bad

@@ -75,6 +75,7 @@ class Ranked:
 
 class Scorer(Protocol):
     version: str
+    window_len: int  # how many of a request's latest watches the model reads
 
     def rank(self, requests: Sequence[RankRequest], k: int) -> list[Ranked]: ...
 

@@ -32,6 +32,7 @@ Faust's internals are touched only in `liverank.services.faustcompat` (version-c
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
@@ -428,8 +429,8 @@ class Service:
             events = await self._batcher.get()
             self.health.taken()
             batch = await self.handle(events)
-            await self._acks.submit(lambda b=batch: self._publish(b),  # type: ignore[misc]
-                                    lambda _, events=events: self._ack(stream, events))
+            await self._acks.submit(functools.partial(self._publish, batch),
+                                    functools.partial(self._ack_delivered, stream, events))
 
     async def _publish(self, batch: Batch) -> Offsets:
         """Publish a batch's answers, dead letters and window records; after the broker
@@ -444,6 +445,9 @@ class Service:
         self._answered += len(batch.answers)
         self.metrics.count_answers(batch.answers)
         return offsets
+
+    async def _ack_delivered(self, stream: Any, events: list[Any], _: Offsets) -> None:
+        await self._ack(stream, events)
 
     async def _ack(self, stream: Any, events: list[Any]) -> None:
         """Ack a delivered batch's events, so their offsets may be committed."""
@@ -585,7 +589,7 @@ class Service:
         return got
 
     def _count_in(self, topic: str, e: ev.Event) -> None:
-        kind = type(e).__struct_config__.tag
+        kind = str(type(e).__struct_config__.tag)
         counter = self._in_counters.get((topic, kind))
         if counter is None:
             counter = self._in_counters[(topic, kind)] = self.metrics.events_in.labels(

@@ -124,13 +124,14 @@ class GapGuard:
                 for m in consume_now(consumer, 1000, 0.5):
                     if m.error() is not None:
                         continue
-                    if m.offset() > gap.last:
+                    offset = int(m.offset() or 0)  # a delivered record has all three
+                    if offset > gap.last:
                         done = True
                         break
-                    rec = Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                  list(m.headers() or []))
+                    rec = Record(str(m.topic()), int(m.partition() or 0), offset, m.key(),
+                                 m.value(), list(m.headers() or []))  # type: ignore[arg-type]
                     out.append(Refetched(rec, gap))
-                    done = m.offset() == gap.last
+                    done = offset == gap.last
         finally:
             consumer.close()
         gap.left = len(out)

@@ -51,6 +51,9 @@ def test_the_image_copies_every_package_folder() -> None:
     folders = set(pyproject["tool"]["setuptools"]["package-dir"].values())
     copied = set(re.findall(r"^COPY (\w+) \1$", (DEPLOY / "Dockerfile").read_text(), re.M))
     assert folders and folders <= copied, folders - copied
+    # and `make lint` type-checks each of them
+    make = re.search(r"^PACKAGES\s*:=(.*)$", (DEPLOY.parent / "Makefile").read_text(), re.M)
+    assert make is not None and set(make.group(1).split()) == folders
 
 
 def test_configuration_reference_is_current() -> None:
