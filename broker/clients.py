@@ -56,7 +56,7 @@ class RateLimitedLog:
 
 # --- publishing ----------------------------------------------------------------------------------
 # (topic, key, value, partition); partition None: placed by the key (murmur2, as Faust)
-Outgoing = tuple[str, bytes | None, bytes, int | None]
+Outgoing = tuple[str, bytes | None, bytes | None, int | None]  # value None: a tombstone
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> highest offset acknowledged
 
 

@@ -62,11 +62,30 @@ if not any(isinstance(f, RedactSaslExchange)
 STREAM_EVENTS = "stream-events"
 USER_EVENTS = "user-events"
 RECOMMENDATIONS = "recommendations"
+RECOMMENDATIONS_LATEST = "recommendations-latest"
 DEAD_LETTERS = "dead-letters"
-TOPICS = (STREAM_EVENTS, USER_EVENTS, RECOMMENDATIONS, DEAD_LETTERS)
-# Message timestamps are historical event times: a real cluster's default retention (7 days)
-# would delete them as soon as they arrive.
-TOPIC_CONFIG = {"retention.ms": "-1"}
+TOPICS = (STREAM_EVENTS, USER_EVENTS, RECOMMENDATIONS, RECOMMENDATIONS_LATEST, DEAD_LETTERS)
+DEAD_LETTERS_RETENTION_MS = 30 * 24 * 3600 * 1000
+
+
+def topic_config(settings: Settings, name: str) -> dict[str, str]:
+    """The config of each of the system's topics: the one place it is defined (topics the
+    app creates, and the deployment's topic manifests, agree with it).
+
+    * the input topics keep everything: their message timestamps are historical event
+      times, which a time-based retention would delete as soon as they arrive;
+    * ``recommendations``, the answer log (wall-clock timestamps), keeps
+      ``LIVERANK_ANSWERS_RETENTION_MS`` (-1: forever, for a simulation to analyse);
+    * ``recommendations-latest`` is compacted: the latest answer of every user;
+    * ``dead-letters`` keeps 30 days.
+    """
+    if name == RECOMMENDATIONS:
+        return {"retention.ms": str(settings.answers_retention_ms)}
+    if name == RECOMMENDATIONS_LATEST:
+        return {"cleanup.policy": "compact"}
+    if name == DEAD_LETTERS:
+        return {"retention.ms": str(DEAD_LETTERS_RETENTION_MS)}
+    return {"retention.ms": "-1"}
 READER_GROUP = "liverank-reader"  # librdkafka needs a group.id even for assign()-only readers
 
 
@@ -286,7 +305,7 @@ def detect_broker_kind(bootstrap: str, settings: Settings) -> Literal["kafka", "
 def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> dict[str, int]:
     """Create the system's topics (``settings.topic(name)``) unless they exist; check them.
 
-    Every topic gets ``settings.partitions`` partitions and ``retention.ms=-1``. An existing
+    Every topic gets ``settings.partitions`` partitions and `topic_config`. An existing
     topic with another partition count is an error: keys would land on other partitions
     than the service's state expects. Returns {full topic name: partitions}.
     """
@@ -295,9 +314,10 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> dic
     meta = wait_for_broker(settings)
     missing = [t for t in wanted if t not in meta.topics]
     if missing:
+        names_of = {settings.topic(n): n for n in TOPICS}
         new = [NewTopic(t, num_partitions=settings.partitions,
-                        replication_factor=settings.replication_factor, config=TOPIC_CONFIG)
-               for t in missing]
+                        replication_factor=settings.replication_factor,
+                        config=topic_config(settings, names_of.get(t, t))) for t in missing]
         for topic, future in admin.create_topics(new, request_timeout=settings.kafka_timeout_s
                                                  ).items():
             try:

@@ -61,6 +61,14 @@ Name = Annotated[str, msgspec.Meta(max_length=256)]  # Twitch names have at most
 Id = Annotated[str, msgspec.Meta(max_length=512)]
 
 
+# Version of the answer schema (`Recommendation`); see docs/events.md for what may change
+# without a new version.
+SCHEMA_VERSION = 1
+# What produced an answer: a request, a watch (LIVERANK_RECOMMEND_ON_WATCH), a favourite
+# streamer going live (a push), or a lookup of the service's HTTP endpoint (not published).
+Trigger = Literal["request", "watch", "live_change", "lookup"]
+
+
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     event_id: Id
     seq: int
@@ -130,7 +138,7 @@ class Recommendation(_Event, frozen=True, kw_only=True, tag=RECOMMENDATION):
 
     user: int
     request_id: Id
-    trigger: Literal["request", "watch"]
+    trigger: Trigger
     produced_ms: int | None
     published_ms: int
     model_version: str
@@ -138,6 +146,7 @@ class Recommendation(_Event, frozen=True, kw_only=True, tag=RECOMMENDATION):
     items: list[RecItem]
     late: bool = False
     stale: bool = False
+    schema_version: int = SCHEMA_VERSION
 
 
 class DeadLetter(_Event, frozen=True, kw_only=True, tag=DEAD_LETTER):

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="Prefix for every topic name (tests, tenants).")
     partitions: int = Field(8, ge=1, description="Partitions of every topic created.")
     replication_factor: int = Field(1, ge=1, description="Replication of created topics.")
+    answers_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, ge=-1, description="Retention of the answer log "
+        "(recommendations); -1 keeps it forever (a simulation to analyse). The latest answer "
+        "of every user stays in the compacted recommendations-latest topic."
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol."
     )

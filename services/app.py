@@ -59,6 +59,7 @@ from liverank.broker.clients import (
 from liverank.broker.kafka import KafkaSetupError
 from liverank.core import events as ev
 from liverank.core.settings import Settings
+from liverank.core.timebase import event_time_ms
 from liverank.model.data.live import Candidates, LiveStreams
 from liverank.model.scorer import Ranked, RankRequest, Scorer, load_scorer, model_stamp
 from liverank.services import faustcompat
@@ -77,6 +78,7 @@ from liverank.services.records import (
 )
 from liverank.services.state import (
     BatchStats,
+    Job,
     MicroBatcher,
     Ownership,
     UserWindows,
@@ -109,17 +111,20 @@ SEAL_KEY = b"\x00seal"  # not a user key (those are decimal digits): see `_Table
 
 
 class _TableView:
-    """The windows Table as `UserWindows` sees it.
+    """A Table as the service writes it (`UserWindows` for ``windows``; the answers for
+    ``latest``).
 
     Reads and writes go to the table's store under the event that owns the key. The
     changelog records are not sent through Faust's producer (one aiokafka send per record,
     the measured ceiling of a Table-per-event app) but returned with the batch's answers and
     published by the librdkafka producer, to the partition of the owning event, as Faust
-    would. Recovery reads them back like any changelog.
+    would. Recovery reads them back like any changelog. A key no event of the batch owns
+    (an HTTP lookup) is read from every partition's store.
     """
 
-    def __init__(self, table: Any):
+    def __init__(self, table: Any, seal_value: bytes | None = b"[]"):
         self.table = table
+        self.seal_value = seal_value  # None: a tombstone (compacted away)
         self.owner: dict[bytes, faust.types.EventT] = {}
         self.records: list[Outgoing] = []
         self._topic: str | None = None
@@ -131,7 +136,10 @@ class _TableView:
         return self._topic
 
     def get(self, key: bytes) -> bytes | None:
-        with faustcompat.as_current(self.owner[key]):
+        event = self.owner.get(key)
+        if event is None:
+            return self.table.data.get(key)  # type: ignore[no-any-return]
+        with faustcompat.as_current(event):
             return self.table.data.get(key)  # type: ignore[no-any-return]
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
@@ -150,7 +158,7 @@ class _TableView:
         reported watermark and recovery is exact on every broker. Recovery stores the seal
         under `SEAL_KEY`.
         """
-        return [(self.topic, SEAL_KEY, b"[]", p) for p in partitions]
+        return [(self.topic, SEAL_KEY, self.seal_value, p) for p in partitions]
 
     def persisted(self, offsets: Offsets) -> None:
         """Tell the store how far the changelog is written (rocksdb resumes from there)."""
@@ -221,6 +229,17 @@ class Service:
         if serializer != "raw":
             raise RuntimeError(f"windows table key serializer is {serializer}, not raw")
         self._view = _TableView(self.table)
+        # The latest answer of every user, in a table whose changelog is the compacted
+        # recommendations-latest topic: writing the table publishes the topic, and the
+        # lookup endpoint reads it (routed to the worker that owns the user's partition).
+        latest_topic = self.app.topic(
+            self.topics[kafka.RECOMMENDATIONS_LATEST], key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+            compacting=True, deleting=False)
+        self.latest = self.app.Table("latest", key_type=bytes, value_type=bytes,
+                                     partitions=settings.partitions,
+                                     changelog_topic=latest_topic)
+        self._latest = _TableView(self.latest, seal_value=None)
         consumer = self.app.consumer
         faustcompat.check_gap_guard(consumer)
         self.gaps = GapGuard(consumer, self.topics[kafka.USER_EVENTS], settings)
@@ -244,6 +263,7 @@ class Service:
                 self.check_model)
         self._install_metrics()
         self._install_health()
+        self._install_lookup()
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
@@ -342,6 +362,51 @@ class Service:
         self.app.page("/health", name="health")(ready)
         self.app.page("/livez", name="livez")(live)
 
+    def _install_lookup(self) -> None:
+        """``GET /users/{user}/recommendations``: the user's latest answer, served by the
+        worker that owns the user's partition (Faust's table routing forwards the request
+        there). 404 for a user without one, 503 while tables recover or partitions move.
+        ``?now=1`` ranks the streams live at the newest watermark for the user's current
+        window instead, without publishing it (trigger ``lookup``)."""
+        service = self
+
+        async def lookup(view: Any, request: Any, user: str) -> Any:
+            if not faustcompat.recovered(service.app) or service.app.rebalancing:
+                return view.json({"error": "recovering"}, status=503)
+            if not user.isdigit():
+                return view.json({"error": f"not a user id: {user!r}"}, status=404)
+            key = user.encode()
+            if request.query.get("now") in ("1", "true"):
+                rec = await service.answer_now(int(user))
+                body = None if rec is None else ev.encode(rec)
+            else:
+                body = service._latest.get(key)
+            if body is None:
+                return view.json({"error": f"no recommendations for user {user}"},
+                                 status=404)
+            return view.bytes(body, content_type="application/json")
+
+        routed = self.app.table_route(table=self.latest, match_info="user")(lookup)
+        self.app.page("/users/{user}/recommendations", name="lookup")(routed)
+
+    async def answer_now(self, user: int) -> ev.Recommendation | None:
+        """The answer ``user`` would get at the newest watermark, from the current window;
+        None for a user without a window (nothing watched yet) or before the live index."""
+        live = self.live
+        key = ev.user_key(user)
+        window = self.windows.peek(key)
+        if live is None or live.watermark < 0 or not window:
+            return None
+        step = live.watermark
+        asked = ev.RecRequest(event_id=f"lookup:{user}:{step}", seq=2**62, step=step,
+                              event_time_ms=event_time_ms(step, self.settings.epoch_ms),
+                              user=user)
+        history = [(e.streamer, e.step) for e in window[-self.windows.length:]]
+        job = Job(key, asked, "lookup", history, None)
+        recs = await answer_batch([job], live, self.scorer, self.settings.top_k, now_ms,
+                                  rank=self._rank)
+        return recs[0]
+
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
         if self._owned is not None:
             self._owned.revoked(args[0])
@@ -438,10 +503,12 @@ class Service:
         are counted only once delivered."""
         out = batch.out
         offsets = await self.publisher.publish(out)
-        touched = {p for t, _, _, p in out if t == self._view.topic and p is not None}
-        if touched:
-            offsets.update(await self.publisher.publish(self._view.seals(sorted(touched))))
+        seals = [seal for view in (self._view, self._latest) for seal in view.seals(
+            sorted({p for t, _, _, p in out if t == view.topic and p is not None}))]
+        if seals:
+            offsets.update(await self.publisher.publish(seals))
         self._view.persisted(offsets)
+        self._latest.persisted(offsets)
         self._answered += len(batch.answers)
         self.metrics.count_answers(batch.answers)
         return offsets
@@ -465,7 +532,7 @@ class Service:
         answers: list[ev.Recommendation] = []
         self._out = out
         decoded: list[Decoded] = []
-        owner = self._view.owner = {}
+        owner = self._view.owner = self._latest.owner = {}
         progress = self._progress
         owned = self._owned
         for e in events:
@@ -483,9 +550,11 @@ class Service:
                           self.settings.recommend_on_watch, stats)
         self._view.records = []
         written = self.windows.flush(self._view.__setitem__)
+        self._latest.records = []
         if jobs:
             answers = await self._answer(jobs, out)
         out.extend(self._view.records)
+        out.extend(self._latest.records)
         self._count_watches_not_live(decoded)
         m = self.metrics
         m.batch_size.observe(len(events))
@@ -508,7 +577,13 @@ class Service:
         t2 = time.perf_counter()
         topic = self.topics[kafka.RECOMMENDATIONS]
         encode, user_key = ev.encode, ev.user_key
-        out.extend([(topic, user_key(rec.user), encode(rec), None) for rec in recs])
+        latest: dict[bytes, bytes] = {}
+        for rec in recs:
+            key, value = user_key(rec.user), encode(rec)
+            out.append((topic, key, value, None))
+            latest[key] = value  # one latest-answer write per user and batch
+        for key, value in latest.items():
+            self._latest[key] = value
         self.metrics.watermark_wait.observe(t1 - t0)
         self.metrics.scoring.observe(t2 - t1)
         return recs

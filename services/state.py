@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -104,6 +104,14 @@ class UserWindows:
             self._staged[key] = window
         return window
 
+    def peek(self, key: bytes) -> list[Entry]:
+        """The window as it stands, without staging it for a write (an HTTP lookup)."""
+        window = self._staged.get(key)
+        if window is not None:
+            return window
+        raw = self.store.get(key)
+        return [] if raw is None else decode_window(raw)
+
     def add_watch(self, key: bytes, entry: Entry) -> bool:
         """Insert ``entry`` in seq order; False for a duplicate or an entry older than a
         window of ``length`` entries holds (seen and evicted: bringing it back could change
@@ -176,7 +184,7 @@ class Ownership:
 
 
 # --- micro-batches -----------------------------------------------------------------------
-Trigger = Literal["request", "watch"]
+
 
 
 @dataclass
@@ -185,7 +193,7 @@ class Job:
 
     key: bytes
     event: ev.RecRequest | ev.Watch
-    trigger: Trigger
+    trigger: ev.Trigger
     window: list[tuple[str, int]]
     produced_ms: int | None
     exclude: str | None = None  # the streamer being watched (trigger "watch")

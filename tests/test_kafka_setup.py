@@ -122,6 +122,28 @@ def test_ensure_topics_creates_checks_and_is_idempotent(kafka_settings: Settings
 
 
 @pytest.mark.kafka
+def test_topics_are_created_with_their_retention_and_compaction(kafka_settings: Settings
+                                                                ) -> None:
+    """Read back from the broker: the answer log keeps LIVERANK_ANSWERS_RETENTION_MS, the
+    latest-answer topic is compacted, the input topics keep everything."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    settings = kafka_settings.model_copy(update={"answers_retention_ms": 3_600_000})
+    kf.ensure_topics(settings)
+    admin = kf.admin_client(settings)
+    want = {kf.RECOMMENDATIONS: {"retention.ms": "3600000"},
+            kf.RECOMMENDATIONS_LATEST: {"cleanup.policy": "compact"},
+            kf.USER_EVENTS: {"retention.ms": "-1"}, kf.STREAM_EVENTS: {"retention.ms": "-1"},
+            kf.DEAD_LETTERS: {"retention.ms": str(kf.DEAD_LETTERS_RETENTION_MS)}}
+    for name, configs in want.items():
+        assert kf.topic_config(settings, name) == configs
+        res = ConfigResource(ResourceType.TOPIC, settings.topic(name))
+        described = next(iter(admin.describe_configs([res]).values())).result(timeout=10)
+        for key, value in configs.items():
+            assert described[key].value == value, (name, key, described[key].value)
+
+
+@pytest.mark.kafka
 def test_keys_land_on_aiokafka_partitions(kafka_settings: Settings) -> None:
     """librdkafka with our config puts every key where Faust (aiokafka murmur2) expects it."""
     topic = kafka_settings.topic(kf.USER_EVENTS)

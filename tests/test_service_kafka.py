@@ -143,6 +143,15 @@ class Worker:
             time.sleep(0.3)
         raise TimeoutError(f"worker not ready in {timeout:.0f} s\n{self.tail()}")
 
+    def get(self, path: str) -> tuple[int, bytes]:
+        """(HTTP status, body) of a GET on this worker's web port."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}",
+                                        timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -401,15 +410,50 @@ def test_a_second_worker_joining_mid_replay_takes_partitions_and_answers_agree(
     feeder, gate, want = gated_replay(models, kafka_settings, first, share=0.5)
     second = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path).start()
     workers.append(second)
-    second.wait_ready()  # ready only once the rebalance and its table recovery are done
+    # Until its tables are recovered the new worker answers lookups with 503.
+    statuses = set()
+    deadline = time.monotonic() + 90
+    while not (second.health() or {}).get("ready"):
+        assert time.monotonic() < deadline, second.tail()
+        if second.health() is not None:
+            statuses.add(second.get("/users/1/recommendations")[0])
+        time.sleep(0.05)
+    assert 503 in statuses, statuses
     gate.open()
     feeder.join(timeout=60)
     assert not feeder.is_alive()
     recs = wait_answers(kafka_settings, want, 150, second)
     assert answers_metric(second) > 0 and answers_metric(first) > 0  # both served
     assert_all_answered_as_offline(recs, want, offline(models, models.v1))
+    check_lookups(recs, first, second, models)
     print(f"two workers: {answers_metric(first):.0f} + {answers_metric(second):.0f} "  # noqa: T201
           f"answers, {len(recs) - len(want)} duplicates")
+
+
+def check_lookups(recs: list[ev.Recommendation], first: Worker, second: Worker,
+                  models: Models) -> None:
+    """GET /users/{user}/recommendations on either worker: the user's latest answer (routed
+    to the owner of its partition), 404 for an unknown user; ?now=1 ranks live streams."""
+    latest: dict[int, ev.Recommendation] = {}
+    for r in recs:
+        if r.user not in latest or r.seq > latest[r.user].seq:
+            latest[r.user] = r
+    users = sorted(latest)[:: max(1, len(latest) // 12)]
+    for user in users:
+        for worker in (first, second):
+            status, body = worker.get(f"/users/{user}/recommendations")
+            assert status == 200, (user, status, body[:200])
+            got = ev.decode(body, ev.Recommendation)
+            assert got.request_id == latest[user].request_id
+            assert [i.streamer for i in got.items] == [i.streamer for i in latest[user].items]
+    status, _ = first.get("/users/987654321/recommendations")
+    assert status == 404
+    status, body = second.get(f"/users/{users[0]}/recommendations?now=1")
+    assert status == 200
+    now = ev.decode(body, ev.Recommendation)
+    assert now.trigger == "lookup" and now.user == users[0]
+    live = availability(models.data, "broadcast").streamers_at(now.step)
+    assert len(now.items) == min(K, len(live))
 
 
 def test_model_swap_mid_replay_loses_nothing_and_answers_name_their_model(
