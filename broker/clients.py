@@ -26,32 +26,11 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from liverank.broker import kafka
+from liverank.broker.kafka import BrokerUnreachableError, RateLimitedLog
 from liverank.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class RateLimitedLog:
-    """Log a repeated condition (a broker away, a failing read) at most once per interval,
-    with how many times it happened since the last line: an outage gives a line every
-    ``every_s`` seconds, not dozens a second."""
-
-    def __init__(self, log: logging.Logger, every_s: float):
-        self.log, self.every_s = log, every_s
-        self._last = -float("inf")
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (repeated %d times)"
-            args = (*args, self._suppressed)
-        self._last, self._suppressed = now, 0
-        self.log.warning(msg, *args)
 
 
 # --- publishing ----------------------------------------------------------------------------------
@@ -75,6 +54,10 @@ class Publisher(Protocol):
 
 class PublishError(RuntimeError):
     """The broker did not acknowledge a message: the batch is not acked, so it is redone."""
+
+
+class PublisherUnreachableError(PublishError, BrokerUnreachableError):
+    """The publisher could not reach the broker at all (a transient condition)."""
 
 
 class _Pending:
@@ -129,7 +112,7 @@ class KafkaPublisher:
         try:
             self._producer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
-            raise PublishError(f"publisher cannot reach the broker: {exc}") from exc
+            raise PublisherUnreachableError(f"publisher cannot reach the broker: {exc}") from exc
 
     def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
         loop = asyncio.get_running_loop()

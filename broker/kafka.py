@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
@@ -91,6 +91,59 @@ READER_GROUP = "liverank-reader"  # librdkafka needs a group.id even for assign(
 
 class KafkaSetupError(RuntimeError):
     """The broker cannot be reached, a topic is wrong or the client settings are unusable."""
+
+
+class BrokerUnreachableError(KafkaSetupError):
+    """No broker answered: a transient condition, waited out by `wait_out` up to
+    ``LIVERANK_OUTAGE_TIMEOUT_S`` (a refused login or a bad setting is not one)."""
+
+
+class RateLimitedLog:
+    """Log a repeated condition (a broker away, a failing read) at most once per interval,
+    with how many times it happened since the last line: an outage gives a line every
+    ``every_s`` seconds, not dozens a second."""
+
+    def __init__(self, log: logging.Logger, every_s: float):
+        self.log, self.every_s = log, every_s
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (repeated %d times)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        self.log.warning(msg, *args)
+
+
+T = TypeVar("T")
+
+
+def wait_out(settings: Settings, call: Callable[[], T], what: str, *,
+             clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep) -> T:
+    """``call()``, retried with backoff (0.5 s doubling to 5 s, logged once per 10 s) while
+    the broker is unreachable; `BrokerUnreachableError` naming ``what`` and the setting once that
+    has lasted longer than ``settings.outage_timeout_s``. Other errors pass through."""
+    start, delay = clock(), 0.5
+    log = RateLimitedLog(logger, 10.0)
+    while True:
+        try:
+            return call()
+        except (BrokerUnreachableError, KafkaException) as exc:
+            waited = clock() - start
+            if waited > settings.outage_timeout_s:
+                raise BrokerUnreachableError(
+                    f"{what}: no broker answered at {settings.kafka_bootstrap} for "
+                    f"{waited:.0f} s, longer than LIVERANK_OUTAGE_TIMEOUT_S="
+                    f"{settings.outage_timeout_s:g} ({exc})") from exc
+            log.warning("%s: broker unreachable, retrying in %.1f s error=%s", what, delay, exc)
+            sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def resolve_bootstrap() -> str:
@@ -255,7 +308,7 @@ def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> Any:
     except _RefusedError as exc:
         raise _refusal(settings, settings.kafka_bootstrap, exc.error) from None
     except KafkaException as exc:
-        raise KafkaSetupError(
+        raise BrokerUnreachableError(
             f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout:.0f} s "
             f"({exc.args[0]}). Start one with `liverank broker` or set "
             "LIVERANK_KAFKA_BOOTSTRAP") from exc

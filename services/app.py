@@ -276,17 +276,19 @@ class Service:
     async def _run_io(self) -> None:
         """Connect the publisher and start the stream feed with the app; close both at
         shutdown."""
+        loop = asyncio.get_running_loop()
+        settings = self.settings
         if not self.publisher_ready.is_set():
             # Connected (idempotent producer id included) before the first answer: measured
             # on tansu, the first answers otherwise waited ~0.5-1 s in librdkafka while the
-            # in-flight limit held every later batch back.
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.publisher.connect, self.settings.kafka_timeout_s)
+            # in-flight limit held every later batch back. A broker still away is waited out.
+            await loop.run_in_executor(None, kafka.wait_out, settings, functools.partial(
+                self.publisher.connect, settings.kafka_timeout_s), "connecting the publisher")
             self.publisher_ready.set()
         if self.live is None:
             topic = self.topics[kafka.STREAM_EVENTS]
-            parts = await asyncio.get_running_loop().run_in_executor(
-                None, kafka.partition_count, self.settings, topic)
+            parts = await loop.run_in_executor(None, kafka.wait_out, settings, functools.partial(
+                kafka.partition_count, settings, topic), "reading stream-events metadata")
             self.live = LiveStreams(parts, self.settings.stopped_horizon)
             self.feed = StreamFeed(self.settings, topic, parts, self.on_stream_records,
                                    asyncio.get_running_loop(), on_failure=self._feed_failed)

@@ -54,7 +54,7 @@ def run(settings: Settings, loglevel: str = "info", *, load: ScorerLoader = load
     from liverank.services.app import Service
 
     scorer = load(settings.model_dir, settings.scorer_threads)  # a bad model fails first
-    kafka.ensure_topics(settings)
+    kafka.wait_out(settings, lambda: kafka.ensure_topics(settings), "creating the topics")
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates one level
     service = Service(settings, scorer, model_dir=settings.model_dir, load=load)
     logger.info("worker app_id=%s model_version=%s bootstrap=%s web_port=%d store=%s",

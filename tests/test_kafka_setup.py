@@ -251,3 +251,37 @@ def test_broker_command_serves_until_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_wait_out_retries_an_unreachable_broker_until_the_outage_limit() -> None:
+    settings = Settings(broker_kind="kafka", outage_timeout_s=10)
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    calls = iter([kf.BrokerUnreachableError("down"), kf.BrokerUnreachableError("down"), 42])
+
+    def call() -> int:
+        got = next(calls)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    assert kf.wait_out(settings, call, "testing", clock=lambda: now[0], sleep=sleep) == 42
+    assert slept == [0.5, 1.0]  # backing off
+
+    def never() -> int:
+        raise kf.BrokerUnreachableError("still down")
+
+    with pytest.raises(kf.BrokerUnreachableError, match="LIVERANK_OUTAGE_TIMEOUT_S=10"):
+        kf.wait_out(settings, never, "testing", clock=lambda: now[0], sleep=sleep)
+    assert max(slept) == 5.0
+
+    def refused() -> int:  # a bad setting is not an outage: no retry
+        raise kf.KafkaSetupError("SASL needs a user")
+
+    with pytest.raises(kf.KafkaSetupError, match="SASL"):
+        kf.wait_out(settings, refused, "testing", clock=lambda: now[0], sleep=sleep)
