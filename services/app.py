@@ -250,6 +250,7 @@ class Service:
         faustcompat.set_fetch_wait(consumer, settings.fetch_wait_ms)
         faustcompat.deliver_without_tasks(consumer)
         faustcompat.recovered(self.app)  # fails now, not at the first /health, if missing
+        faustcompat.heal_local_state(self.app)  # a store its changelog contradicts: wiped
         self._floor_seq: dict[int, int] = {}  # user-events partition -> committed seq
         self.windows = UserWindows(self._view, scorer.window_len, settings.window_slack,
                                    floor_of=self._floor_of)

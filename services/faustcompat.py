@@ -14,6 +14,9 @@ of the service uses Faust's public API only (``faust.App``, agents, tables, time
 
 from __future__ import annotations
 
+import gc
+import logging
+import shutil
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,12 +28,15 @@ import faust
 import faust.streams
 import mode.services
 from faust.sensors.prometheus import PrometheusMonitor
+from faust.stores import memory as memory_store
+from faust.stores import rocksdb as rocksdb_store
 from faust.types import TP
 
 from liverank.broker import kafka, tansu
 from liverank.core.settings import Settings
 
 SUPPORTED = {"faust-streaming": "0.15", "mode-streaming": "0.7"}  # minor versions
+logger = logging.getLogger(__name__)
 
 
 class FaustCompatError(RuntimeError):
@@ -149,6 +155,129 @@ def recovered(app: faust.App) -> bool:
     recovery = require(app.tables, "recovery", "readiness")
     completed = require(recovery, "completed", "readiness")
     return bool(completed.is_set() and not require(recovery, "in_recovery", "readiness"))
+
+
+# --- local state its changelog contradicts: wiped and restored, never a crash ----------------
+HEAL = "heal_local_state"
+
+
+def wipe_partition(table: Any, partition: int) -> set[int] | None:
+    """Drop a table's local state for one changelog partition, persisted offset included
+    (the next `persisted_offset` is None). Returns the partitions whose state is gone:
+    ``{partition}``, or None when the store had to drop all of them.
+
+    RocksDB (one database per partition): the partition's database is closed and its
+    directory removed; Faust reopens an empty one at the next access. Memory: the keys of
+    that partition; a memory store knows a key's partition only for keys it recovered from
+    the changelog (writes through the table do not record it), so when it holds any key of
+    unknown partition it drops everything, and every partition is restored."""
+    store = require(table, "data", HEAL)
+    if isinstance(store, rocksdb_store.Store):
+        path = require(store, "partition_path", HEAL)(partition)
+        require(store, "_db_for_partition", HEAL)  # what reopens it, empty
+        db = require(store, "_dbs", HEAL).pop(partition, None)
+        if db is not None:
+            close = getattr(db, "close", None)  # rocksdict's Rdict
+            if close is not None:
+                close()
+            else:  # python-rocksdb closes (and unlocks) when freed: Faust's revoke does this
+                del db
+                gc.collect()
+        shutil.rmtree(path, ignore_errors=True)
+        require(store, "_key_index", HEAL).clear()  # key -> partition: a cache of lookups
+        return {partition}
+    if isinstance(store, memory_store.Store):
+        data = require(store, "data", HEAL)
+        owner = require(store, "_key_partition", HEAL)
+        if all(key in owner for key in data):
+            for key in [k for k, p in owner.items() if p == partition]:
+                data.pop(key, None)
+                owner.pop(key, None)
+            return {partition}
+        data.clear()
+        owner.clear()
+        return None
+    raise FaustCompatError(f"{HEAL}: liverank cannot wipe a {type(store).__module__}."
+                           f"{type(store).__name__} table store (rocksdb:// or memory://)")
+
+
+def _contradiction(offset: int, end: int | None, start: int | None) -> str | None:
+    """Why a partition whose store says it holds the changelog up to ``offset`` (the last
+    record applied) cannot trust it, given the changelog's highwater ``end`` (the next offset
+    to be written, as the broker reports it) and its first offset ``start``; None if it can.
+
+    Kept when ``offset <= end - 1``: an acked record lies below any reported highwater, even
+    on tansu, which may report a highwater short of the log end (the window changelog is
+    sealed, services/app.py `_TableView.seals`), so a persisted offset at ``end - 1`` or below
+    is consistent. Wiped when ``offset >= end``, exactly where Faust would stop with
+    ``ConsistencyError``; restoring up to the reported highwater is then still exact, for
+    the same reason."""
+    end = 0 if end is None else end
+    if offset >= end:
+        return "ahead of its changelog (a fresh broker or a deleted topic?)"
+    if start is not None and offset + 1 < start:
+        return f"behind its changelog, which starts at offset {start} (records deleted)"
+    return None
+
+
+def heal_local_state(app: faust.App) -> None:
+    """Local table state is a cache: when a partition's store is ahead of its changelog (a
+    fresh broker, deleted topics) or behind its first offset, wipe that partition's store
+    and restore it from the changelog, logging why (Kafka Streams does the same), instead of
+    Faust's ``ConsistencyError`` at start-up (or reading on from a stale store).
+
+    The hook: ``Recovery._build_offsets``, where Faust decides, for the active and then the
+    standby changelog partitions, from which offset each is read, starting from the offset
+    its store persisted (``Recovery._add``). It runs before Faust's consistency check and
+    before any seek, for actives and standbys alike; a wiped partition starts from -1
+    (nothing read), which Faust's own ``_build_offsets`` then turns into the changelog's
+    first offset. Two ListOffsets requests per recovery, only when some store persisted an
+    offset."""
+    recovery = require(app.tables, "recovery", HEAL)
+    build_offsets = require(recovery, "_build_offsets", HEAL)
+    tp_to_table = require(recovery, "tp_to_table", HEAL)
+    all_offsets = (require(recovery, "active_offsets", HEAL),
+                   require(recovery, "standby_offsets", HEAL))
+    for cls, name in ((rocksdb_store.Store, "partition_path"),
+                      (rocksdb_store.Store, "_db_for_partition"),
+                      (rocksdb_store.Store, "persisted_offset")):
+        require(cls, name, HEAL)
+
+    async def heal(consumer: Any, tps: set[TP], offsets: Any, title: str) -> None:
+        persisted = {tp: o for tp in tps if (o := offsets.get(tp)) is not None and o >= 0}
+        if not persisted:
+            return
+        ends = await require(consumer, "highwaters", HEAL)(*persisted)
+        starts = await require(consumer, "earliest_offsets", HEAL)(*persisted)
+        healed: set[TP] = set()
+        for tp, offset in sorted(persisted.items()):
+            if tp in healed:
+                continue
+            why = _contradiction(offset, ends.get(tp), starts.get(tp))
+            if why is None:
+                continue
+            table = tp_to_table[tp]
+            dropped = wipe_partition(table, tp.partition)
+            wiped = {t for t, owner in tp_to_table.items()
+                     if owner is table and (dropped is None or t.partition in dropped)}
+            for t in wiped | {tp}:
+                for held in all_offsets:
+                    if t in held:
+                        held[t] = -1  # nothing read: restored from the changelog's start
+            healed |= wiped
+            logger.warning(
+                "local state of table %s partition %d (%s) wiped: persisted offset %d is %s; "
+                "changelog %s highwater %s, first offset %s; restoring it from the changelog"
+                "%s", getattr(table, "name", table), tp.partition, title, offset, why, tp.topic,
+                ends.get(tp), starts.get(tp),
+                "" if dropped is not None else " (the store dropped every partition)")
+
+    async def build_offsets_healed(consumer: Any, tps: set[TP], destination: Any,
+                                   title: str) -> None:
+        await heal(consumer, tps, destination, title)
+        await build_offsets(consumer, tps, destination, title)
+
+    recovery._build_offsets = build_offsets_healed
 
 
 # --- Faust's sensors without their per-message cost ------------------------------------------

@@ -7,12 +7,15 @@ worker at start-up with `FaustCompatError`), instead of the workaround silently 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
 from faust.sensors.prometheus import PrometheusMonitor
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
@@ -134,3 +137,163 @@ def test_the_lean_sensor_overrides_hooks_faust_really_calls() -> None:
 def test_faust_options_name_real_faust_settings() -> None:
     opts: dict[str, Any] = fc.faust_app_options(Settings(broker_kind="tansu"))
     faust.App("liverank-options", **opts)  # an unknown key would raise here
+
+
+# --- heal_local_state: a store its changelog contradicts is wiped, not a crash ---------------
+class ListOffsets:
+    """The two offset lookups of Faust's consumer that recovery makes (ListOffsets)."""
+
+    def __init__(self, ends: dict[TP, int], starts: dict[TP, int] | None = None):
+        self.ends, self.starts = ends, starts or {}
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.ends.get(tp, 0) for tp in tps}
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.starts.get(tp, 0) for tp in tps}
+
+
+def _event(app: faust.App, partition: int, offset: int = 0, key: bytes = b"k",
+           value: bytes | None = b"v") -> faust.Event:
+    msg = faust.types.Message("windows-changelog", partition, offset, 0.0, 0, {}, key, value,
+                              None)
+    return faust.Event(app, key, value, {}, msg)
+
+
+def _stored(store: str, tmp_path: Path) -> tuple[faust.App, Any]:
+    """A real app and a 4-partition table in a real store (RocksDB under tmp_path)."""
+    app = faust.App("liverank-heal-test", broker="kafka://127.0.0.1:1", store=store,
+                    datadir=str(tmp_path), autodiscover=False, web_enabled=False)
+    return app, app.Table("windows", key_type=bytes, value_type=bytes, partitions=4)
+
+
+@pytest.fixture(params=["rocksdb://", "memory://"])
+def stored(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[faust.App, Any]:
+    return _stored(request.param, tmp_path)
+
+
+def _tp(table: Any, partition: int) -> TP:
+    return TP(table.changelog_topic.get_topic_name(), partition)
+
+
+def _write(app: faust.App, table: Any, partition: int, key: bytes, offset: int) -> None:
+    """What the service does: a write under the event that owns the key, then the offset
+    the changelog was written to (rocksdb keeps it; memory ignores it)."""
+    with fc.as_current(_event(app, partition)):
+        table.data[key] = b"v%d" % partition
+    table.data.set_persisted_offset(_tp(table, partition), offset)
+
+
+def _read(app: faust.App, table: Any, partition: int, key: bytes) -> Any:
+    with fc.as_current(_event(app, partition)):
+        return table.data.get(key)
+
+
+def test_wiping_a_rocksdb_partition_drops_its_data_and_persisted_offset(
+        tmp_path: Path) -> None:
+    app, table = _stored("rocksdb://", tmp_path)
+    assert isinstance(table.data, fc.rocksdb_store.Store)  # rocksdict is installed
+    _write(app, table, 0, b"a", 41)
+    _write(app, table, 1, b"b", 7)
+    path = table.data.partition_path(0)
+    assert path.exists() and table.persisted_offset(_tp(table, 0)) == 41
+    assert fc.wipe_partition(table, 0) == {0}
+    assert not path.exists()  # the database itself, not just its keys
+    assert table.persisted_offset(_tp(table, 0)) is None  # reopened, empty
+    assert _read(app, table, 0, b"a") is None
+    assert _read(app, table, 1, b"b") == b"v1" and table.persisted_offset(_tp(table, 1)) == 7
+    _write(app, table, 0, b"a", 3)  # the reopened database works like a new one
+    assert _read(app, table, 0, b"a") == b"v0" and table.persisted_offset(_tp(table, 0)) == 3
+
+
+def test_wiping_a_memory_partition_drops_its_keys_or_everything_when_it_cannot_tell(
+        tmp_path: Path) -> None:
+    app, table = _stored("memory://", tmp_path)
+    store = table.data
+    assert isinstance(store, fc.memory_store.Store)
+    # Recovered from the changelog: the store knows each key's partition.
+    store.apply_changelog_batch([_event(app, 0, 5, b"a"), _event(app, 1, 6, b"b")],
+                                lambda k: k, lambda v: v)
+    assert fc.wipe_partition(table, 0) == {0}
+    assert dict(store.data) == {b"b": b"v"}
+    # Written through the table: its partition is not recorded, so everything goes.
+    _write(app, table, 2, b"c", 9)
+    assert fc.wipe_partition(table, 1) is None
+    assert dict(store.data) == {}
+
+
+async def test_recovery_wipes_and_restores_partitions_ahead_of_their_changelog_only(
+        stored: tuple[faust.App, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """Persisted offsets against the changelog's highwater (next offset) and first offset:
+    p0 41 vs an empty changelog (a fresh broker): wiped; p1 9 vs 10 (the seal at the last
+    offset): kept; p2 10 vs 10: wiped (Faust's ConsistencyError case); p3 3, but the
+    changelog starts at 10: wiped. Faust's own `_build_offsets` then starts each wiped one
+    at the changelog's first offset - 1, and its consistency check passes."""
+    app, table = stored
+    rocks = isinstance(table.data, fc.rocksdb_store.Store)
+    recovery = app.tables.recovery
+    fc.heal_local_state(app)
+    tps = [_tp(table, p) for p in range(4)]
+    persisted = {0: 41, 1: 9, 2: 10, 3: 3}
+    for p, offset in persisted.items():
+        _write(app, table, p, b"k%d" % p, offset)
+    for tp in tps:
+        recovery.add_active(table, tp)
+    if not rocks:  # memory persists nothing: the offsets an earlier recovery read
+        for p, offset in persisted.items():
+            recovery.active_offsets[tps[p]] = offset
+    consumer = ListOffsets({tps[0]: 0, tps[1]: 10, tps[2]: 10, tps[3]: 20}, {tps[3]: 10})
+    with caplog.at_level(logging.WARNING, logger=fc.__name__):
+        await recovery._build_offsets(consumer, recovery.active_tps, recovery.active_offsets,
+                                      "active")
+    highwaters = {tp: consumer.ends[tp] - 1 for tp in tps}  # Faust's: the last offset
+    offsets = recovery.active_offsets
+    assert not any(offsets[tp] and highwaters[tp] and offsets[tp] > highwaters[tp]
+                   for tp in tps)  # Faust's consistency check
+    if rocks:
+        assert offsets == {tps[0]: -1, tps[1]: 9, tps[2]: -1, tps[3]: 9}
+        assert [table.persisted_offset(tp) for tp in tps] == [None, 9, None, None]
+        assert [_read(app, table, p, b"k%d" % p) for p in range(4)] == [None, b"v1", None,
+                                                                         None]
+        warned = {(r.args[1], r.args[3]) for r in caplog.records}  # type: ignore[index]
+        assert warned == {(0, 41), (2, 10), (3, 3)}
+        assert "highwater 0" in caplog.text and "starts at offset 10" in caplog.text
+    else:  # keys written through the table: the whole table is wiped and restored once
+        assert offsets == {tps[0]: -1, tps[1]: -1, tps[2]: -1, tps[3]: 9}
+        assert dict(table.data.data) == {} and len(caplog.records) == 1
+        assert "every partition" in caplog.text
+    assert "table windows partition 0 (active) wiped: persisted offset 41" in caplog.text
+
+
+async def test_nothing_persisted_means_no_lookups_and_nothing_wiped(
+        stored: tuple[faust.App, Any]) -> None:
+    app, table = stored
+    fc.heal_local_state(app)
+    recovery = app.tables.recovery
+    recovery.add_standby(table, _tp(table, 0))
+
+    class NoLookups(ListOffsets):
+        async def highwaters(self, *tps: TP) -> dict[TP, int]:
+            raise AssertionError("no ListOffsets without a persisted offset")
+
+    await recovery._build_offsets(NoLookups({}), recovery.standby_tps,
+                                  recovery.standby_offsets, "standby")
+    assert recovery.standby_offsets == {_tp(table, 0): -1}
+
+
+def test_healing_refuses_a_faust_without_the_recovery_hook(
+        app: faust.App, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(Recovery, "_build_offsets")
+    with pytest.raises(fc.FaustCompatError, match=r"'_build_offsets'.*'heal_local_state'"):
+        fc.heal_local_state(app)
+    monkeypatch.undo()
+    monkeypatch.delattr(fc.rocksdb_store.Store, "partition_path")
+    with pytest.raises(fc.FaustCompatError, match=r"'partition_path'.*'heal_local_state'"):
+        fc.heal_local_state(app)
+
+
+def test_the_service_heals_its_local_state() -> None:
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", broker_kind="kafka", store="memory://")
+    service = Service(settings, FakeScorer(), publisher=MemoryPublisher(), web=False)
+    hook = service.app.tables.recovery._build_offsets
+    assert getattr(hook, "__name__", "") == "build_offsets_healed"
