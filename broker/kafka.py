@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import lru_cache
@@ -119,6 +120,46 @@ class RateLimitedLog:
         self._last, self._suppressed = now, 0
         self.log.warning(msg, *args)
 
+
+class RepeatFilter(logging.Filter):
+    """Lets the first of identical log lines (same level, same text) through, then at most one
+    per ``every_s``, saying how many it held back. For librdkafka's logger: a broker that
+    refuses connections gets "Connect to ... failed: Connection refused" twice a second.
+
+    ``max_keys`` bounds the memory: the oldest lines are forgotten first.
+    """
+
+    def __init__(self, every_s: float = 5.0, max_keys: int = 256,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every_s, self.max_keys, self.clock = every_s, max_keys, clock
+        self._seen: dict[tuple[int, str], list[float]] = {}  # -> [passed at, held back]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        key, now = (record.levelno, text), self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is None:
+                if len(self._seen) >= self.max_keys:
+                    del self._seen[next(iter(self._seen))]
+                self._seen[key] = [now, 0]
+                return True
+            if now - seen[0] < self.every_s:
+                seen[1] += 1
+                return False
+            held, seen[0], seen[1] = int(seen[1]), now, 0
+        if held:
+            record.msg, record.args = f"{text} ({held} identical lines held back)", None
+        return True
+
+
+# librdkafka repeats itself while a broker is away ("Connect to ... failed: Connection
+# refused" twice a second, for every client): one line per 5 s, with a count, in every
+# process that talks to Kafka.
+if not any(isinstance(f, RepeatFilter) for f in librdkafka_logger.filters):
+    librdkafka_logger.addFilter(RepeatFilter())
 
 T = TypeVar("T")
 

@@ -15,16 +15,27 @@ child at ``--speed max`` on large files), so this process mostly just calls ``pr
 Pacing maps step ``s`` to wall time ``t0 + (s - s0) * 600 / speed``; clock and sleep are
 injectable for tests.
 
+Broker outages (`OutageWatch`): a broker that is away is waited out, not an error. librdkafka
+keeps produced messages queued and retries them itself for ``message.timeout.ms``, which
+`kafka.producer_config` sets to ``settings.outage_timeout_s``; a transient error raised by
+``produce`` itself (`is_transient`: e.g. ``_UNKNOWN_PARTITION`` while metadata is stale) is
+retried for the same message, backing off, so nothing is skipped or reordered. The replay
+logs an outage once per `OUTAGE_LOG_EVERY_S` and stops only when it outlasts the limit: a
+message timed out (``_MSG_TIMED_OUT``) or ``produce`` kept failing that long. Then
+`ReplayReport.outage` holds one line naming the broker and ``LIVERANK_OUTAGE_TIMEOUT_S``, and
+`replay_to_kafka` raises it as a `KafkaSetupError`. Any other error stops the replay at once.
+
     >>> report = replay_to_kafka(build_timeline(ds), Settings(), speed=None)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import msgspec
 import numpy as np
@@ -82,6 +93,11 @@ class ForwardingSink:
     def __len__(self) -> int:
         return len(self.producer)
 
+    def list_topics(self, *args: Any, **kwargs: Any) -> Any:
+        """Metadata (and a metadata refresh) from the producer; the replay asks for one while
+        ``produce`` reports stale metadata (`STALE_METADATA_ERRORS`)."""
+        return self.producer.list_topics(*args, **kwargs)
+
 
 # --- results --------------------------------------------------------------------------------
 
@@ -104,6 +120,8 @@ class ReplayReport:
     first_error: str | None = None
     interrupted: bool = False
     bad_rows: int = 0
+    first_error_code: str | None = None  # librdkafka's name of it, e.g. "_MSG_TIMED_OUT"
+    outage: str | None = None  # one line when the replay stopped for a broker outage
 
     @property
     def messages(self) -> int:
@@ -117,7 +135,8 @@ class ReplayReport:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "events": self.events, "messages": self.messages,
                 "seconds": round(self.seconds, 3), "first_error": self.first_error,
-                "interrupted": self.interrupted, "bad_rows": self.bad_rows,
+                "outage": self.outage, "interrupted": self.interrupted,
+                "bad_rows": self.bad_rows,
                 "topics": {t: {"produced": c.produced, "acknowledged": c.acknowledged,
                                "failed": c.failed} for t, c in self.topics.items()}}
 
@@ -138,9 +157,200 @@ def _delivery_callback(counts: TopicCounts, report: ReplayReport) -> Callable[[A
         counts.failed += 1
         if report.first_error is None:
             report.first_error = f"{msg.topic()}: {err}"
+            report.first_error_code = _error_name(err)
             logger.error("delivery failed topic=%s error=%s", msg.topic(), err)
 
     return on_delivery
+
+
+# --- broker outages -------------------------------------------------------------------------
+
+OUTAGE_SETTING = "LIVERANK_OUTAGE_TIMEOUT_S"
+# librdkafka errors (by name) that ``produce`` or a metadata call raises while the broker is
+# away or its metadata is catching up: the replay retries the same message, backing off, for
+# up to the outage limit. Anything else (bad config, refused login, message too large, the
+# idempotent producer's fatal errors) stops the replay at once.
+TRANSIENT_ERRORS = frozenset({
+    "_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_TIMED_OUT", "_TIMED_OUT_QUEUE",
+    "_WAIT_CACHE", "_NODE_UPDATE", "_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC",
+    "UNKNOWN_TOPIC_OR_PART", "REQUEST_TIMED_OUT", "NOT_LEADER_FOR_PARTITION",
+    "LEADER_NOT_AVAILABLE", "BROKER_NOT_AVAILABLE", "NETWORK_EXCEPTION",
+    "NOT_ENOUGH_REPLICAS", "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "KAFKA_STORAGE_ERROR",
+    "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH",
+})
+# Of those, the ones a metadata refresh cures: the replay asks for one while it backs off
+# (librdkafka itself refreshes only every topic.metadata.refresh.interval.ms, 5 min).
+STALE_METADATA_ERRORS = frozenset({
+    "_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART", "LEADER_NOT_AVAILABLE",
+    "NOT_LEADER_FOR_PARTITION",
+})
+# The delivery error of a message not acknowledged within message.timeout.ms, which
+# `kafka.producer_config` sets to the outage limit: the outage outlasted it.
+TIMED_OUT = "_MSG_TIMED_OUT"
+OUTAGE_LOG_EVERY_S = 5.0  # one log line per interval while the broker is away
+BACKOFF_S = (0.05, 1.0)  # first and longest wait between two tries of one message
+STOP_FLUSH_S = 2.0  # the final flush after stopping for an outage (the broker is away)
+FLUSH_MARGIN_S = 5.0  # the final flush outwaits message.timeout.ms by this much
+
+
+def kafka_error(exc: BaseException) -> Any | None:
+    """The `confluent_kafka.KafkaError` a ``KafkaException`` carries, else None (duck-typed:
+    this module runs without confluent_kafka)."""
+    err = exc.args[0] if exc.args else None
+    return err if callable(getattr(err, "name", None)) else None
+
+
+def _error_name(err: Any) -> str | None:
+    name = getattr(err, "name", None)
+    return str(name()) if callable(name) else None
+
+
+def _error_text(err: Any) -> str:
+    text = getattr(err, "str", None)
+    return f"{text()} [{err.name()}]" if callable(text) else str(err)
+
+
+def is_transient(err: Any) -> bool:
+    """True for a librdkafka error that a broker coming back cures (`TRANSIENT_ERRORS`, or
+    flagged retriable by librdkafka), never for a fatal one."""
+    if err is None:
+        return False
+    fatal = getattr(err, "fatal", None)
+    if callable(fatal) and fatal():
+        return False
+    if _error_name(err) in TRANSIENT_ERRORS:
+        return True
+    retriable = getattr(err, "retriable", None)
+    return bool(retriable()) if callable(retriable) else False
+
+
+class _StopError(Exception):
+    """Internal: the replay must stop producing; its report already says why."""
+
+
+@dataclass
+class OutageWatch:
+    """What one replay knows about its broker: it waits out outages, logs them at most once
+    per ``log_every_s``, and says when to stop.
+
+    * `transient`: ``produce`` (or a metadata call) failed with a transient error. The first
+      one starts the outage clock; once it has run past ``limit_s`` the replay stops.
+    * `idle`: called while the replay waits (pacing, a full queue, the final flush); logs
+      when messages are waiting but no acknowledgement has come for ``log_every_s`` (a stopped
+      broker says nothing else for a while: connections stay open).
+    * `fatal`: a non-transient error; the replay stops at once.
+
+    ``outage`` is set (the reason) once the outage outlasted the limit.
+    """
+
+    report: ReplayReport
+    broker: str = "the broker"
+    limit_s: float = 300.0
+    outstanding: Callable[[], int] = lambda: 0
+    clock: Callable[[], float] = time.monotonic
+    log_every_s: float | None = None  # None: OUTAGE_LOG_EVERY_S
+    since: float | None = field(default=None, init=False)  # produce/metadata failing since
+    outage: str | None = field(default=None, init=False)
+    backoff: float = field(default=BACKOFF_S[0], init=False)
+    # The last outage line (one per interval, whatever it said); whether this outage's first
+    # line was logged (then its end is too); acknowledgements seen and when they last moved;
+    # whether a "no acknowledgement" line was logged.
+    _logged: float = field(default=-math.inf, init=False)
+    _told: bool = field(default=False, init=False)
+    _acks: int = field(default=-1, init=False)
+    _acks_at: float = field(default=0.0, init=False)
+    _stalled: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if self.log_every_s is None:
+            self.log_every_s = OUTAGE_LOG_EVERY_S
+
+    def _may_log(self, now: float) -> bool:
+        assert self.log_every_s is not None
+        if now - self._logged < self.log_every_s:
+            return False
+        self._logged = now
+        return True
+
+    def transient(self, what: str, err: Any) -> float:
+        """Count one transient failure of ``what``; returns how long to back off. Raises
+        `_StopError` once the outage has lasted longer than the limit."""
+        now = self.clock()
+        if self.since is None:
+            self.since = now
+            self._told = self._may_log(now)
+            if self._told:
+                logger.warning("broker %s unreachable (%s: %s): backing off and retrying from "
+                               "the same message, for up to %s=%g s", self.broker, what,
+                               _error_text(err), OUTAGE_SETTING, self.limit_s)
+        elif now - self.since > self.limit_s:
+            self.exceeded(f"{what}: {_error_text(err)}")
+        elif self._may_log(now):
+            logger.warning("broker %s still unreachable after %.0f s of %s=%g s (%s: %s)",
+                           self.broker, now - self.since, OUTAGE_SETTING, self.limit_s, what,
+                           _error_text(err))
+        wait, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_S[1])
+        return wait
+
+    def recovered(self) -> None:
+        """The call that failed went through: the outage (if any) is over."""
+        self.backoff = BACKOFF_S[0]
+        if self.since is not None and self._told:
+            logger.info("broker %s reachable again after %.1f s; the replay resumes where it "
+                        "was", self.broker, self.clock() - self.since)
+        self.since, self._told = None, False
+
+    def idle(self) -> None:
+        """Log (at most once per interval) while messages wait without any acknowledgement."""
+        now = self.clock()
+        done = sum(c.acknowledged for c in self.report.topics.values())
+        waiting = self.outstanding()
+        if done != self._acks or not waiting:
+            if self._stalled:
+                logger.info("broker %s acknowledging again after %.1f s without an "
+                            "acknowledgement", self.broker, now - self._acks_at)
+                self._stalled = False
+            self._acks, self._acks_at = done, now
+            return
+        silent = now - self._acks_at
+        assert self.log_every_s is not None
+        if silent >= self.log_every_s and self._may_log(now):
+            self._stalled = True
+            logger.warning("no acknowledgement from broker %s for %.0f s; %d messages wait "
+                           "(kept for up to %s=%g s each)", self.broker, silent, waiting,
+                           OUTAGE_SETTING, self.limit_s)
+
+    def timed_out(self) -> bool:
+        """True once the replay must stop for an outage: also when a message was not
+        acknowledged within message.timeout.ms (= the outage limit, see
+        `kafka.producer_config`)."""
+        if self.outage is None and self.report.first_error_code == TIMED_OUT:
+            self.outage = f"messages not acknowledged in time [{TIMED_OUT}]"
+        return self.outage is not None
+
+    def exceeded(self, reason: str) -> NoReturn:
+        """Stop the replay: the outage outlasted the limit."""
+        self.outage = reason
+        if self.report.first_error is None:
+            self.report.first_error = reason
+        raise _StopError
+
+    def fatal(self, topic: str, err: Any) -> NoReturn:
+        """Stop the replay at once: ``produce`` failed for good."""
+        if self.report.first_error is None:
+            self.report.first_error = f"{topic}: {err}"
+            self.report.first_error_code = _error_name(err)
+        raise _StopError
+
+    def outage_line(self, outcome: str | None = None) -> str:
+        """The one-line error of a replay stopped by an outage; ``outcome`` (default: the
+        counts) ends it."""
+        if outcome is None:
+            done = sum(c.acknowledged for c in self.report.topics.values())
+            outcome = (f"the replay stopped with {done:,} of {self.report.messages:,} "
+                       "messages acknowledged")
+        return (f"the Kafka broker at {self.broker} was unreachable for longer than "
+                f"{OUTAGE_SETTING}={self.limit_s:g} s (last error: {self.outage}); {outcome}")
 
 
 # --- pacing ---------------------------------------------------------------------------------
@@ -206,16 +416,22 @@ def replay(
     sleep: Callable[[float], object] | None = None,
     wall_ms: Callable[[], int] | None = None,
     on_block: Callable[[int, int, ReplayReport], None] | None = None,
-    flush_timeout: float = 120.0,
+    flush_timeout: float | None = None,
     block_size: int = BLOCK_EVENTS,
     batches: Iterable[Batch] | None = None,
+    broker: str = "the broker",
+    outage_timeout_s: float = 300.0,
 ) -> ReplayReport:
     """Send ``tl`` through ``sink``; returns the per-topic counts after a final flush.
 
     Stops producing at the first failed delivery (the rest could not be trusted: the
-    report says which error). ``sleep`` defaults to polling the sink, so delivery callbacks
-    run while pacing waits. ``on_block(events_done, step, report)`` drives a progress bar.
-    ``batches``: the encoded timeline (`encode_blocks`), by default encoded here in-process.
+    report says which error). A broker that is away is waited out (`OutageWatch`) for up to
+    ``outage_timeout_s``; past it the replay stops and `ReplayReport.outage` says so in one
+    line naming ``broker``. ``flush_timeout``: the final flush's longest wait (default: the
+    outage limit and `FLUSH_MARGIN_S`, so librdkafka's own message timeout comes first).
+    ``sleep`` defaults to polling the sink, so delivery callbacks run while pacing waits.
+    ``on_block(events_done, step, report)`` drives a progress bar. ``batches``: the encoded
+    timeline (`encode_blocks`), by default encoded here in-process.
     """
     report = ReplayReport({stream_topic: TopicCounts(), user_topic: TopicCounts()})
     if batches is None:
@@ -223,80 +439,167 @@ def replay(
                                 paced=speed is not None, block_size=block_size, parallel=False)
     callbacks = np.array([_delivery_callback(report.topics[stream_topic], report),
                           _delivery_callback(report.topics[user_topic], report)], dtype=object)
+    watch = OutageWatch(report, broker, outage_timeout_s, outstanding=sink.__len__)
     pacer = Pacer(speed, clock, start_step)
-    nap = sleep or (lambda s: sink.poll(s))  # noqa: PLW0108 - poll returns a count
+    pause = sleep or (lambda s: sink.poll(s))  # noqa: PLW0108 - poll returns a count
+
+    def nap(seconds: float) -> None:
+        pause(seconds)
+        watch.idle()
+        if report.first_error is not None:  # a delivery failed while pacing
+            raise _StopError
+
     now_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
     cu, cs = report.topics[user_topic], report.topics[stream_topic]
     t0 = time.perf_counter()
     try:
         for batch in batches:
             pacer.wait(batch.first_step, nap)
-            _send(sink, batch, callbacks, now_ms)
-            n_user = int(np.count_nonzero(batch.user))
+            sent = _send(sink, batch, callbacks, now_ms, watch)
+            n_user = int(np.count_nonzero(batch.user[:sent]))
             cu.produced += n_user
-            cs.produced += len(batch.value) - n_user
+            cs.produced += sent - n_user
+            if sent < len(batch.value):
+                break  # stopped inside the batch: the report says why
             report.events = batch.hi
             if on_block is not None:
                 on_block(batch.hi, batch.last_step, report)
+            watch.idle()
             if report.first_error is not None:
-                logger.error("stopping the replay after a failed delivery: %s",
-                             report.first_error)
                 break
         else:
-            _send_end(tl, sink, report, partitions, stream_topic, callbacks[0], now_ms)
+            _send_end(tl, sink, report, partitions, stream_topic, callbacks[0], now_ms, watch)
+    except _StopError:
+        pass
     except KeyboardInterrupt:
         report.interrupted = True
         logger.warning("interrupted: flushing what was produced")
     except EncodeError as exc:  # the forked encoder died: keep what was sent, say why
         report.first_error = str(exc)
-        logger.error("stopping the replay: %s", exc)
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
             close()
-    left = sink.flush(flush_timeout)
+    if report.first_error is not None and not watch.timed_out():
+        logger.error("stopping the replay: %s", report.first_error)
+    if flush_timeout is None:
+        flush_timeout = outage_timeout_s + FLUSH_MARGIN_S
+    left, waited = _drain(sink, watch, flush_timeout)
     if left:
-        logger.error("%d messages still unacknowledged after %.0f s", left, flush_timeout)
+        logger.error("%d messages still unacknowledged after %.0f s", left, waited)
+        if watch.outage is None and not report.interrupted:
+            watch.outage = f"{left:,} messages not acknowledged after {waited:.0f} s"
+            report.first_error = report.first_error or watch.outage
+    if watch.outage is not None:
+        report.outage = watch.outage_line()
+        logger.error("%s", report.outage)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _send(sink: Sink, b: Batch, callbacks: np.ndarray, now_ms: Callable[[], int]) -> None:
+def _drain(sink: Sink, watch: OutageWatch, timeout: float) -> tuple[int, float]:
+    """Flush for up to ``timeout`` s in slices, logging a silent broker once per interval;
+    only `STOP_FLUSH_S` more once the outage outlasted the limit (the broker is away).
+    Returns (messages still unacknowledged, seconds waited)."""
+    t0 = time.monotonic()
+    deadline = t0 + (min(timeout, STOP_FLUSH_S) if watch.timed_out() else timeout)
+    while True:
+        left = int(sink.flush(max(0.0, min(1.0, deadline - time.monotonic()))))
+        watch.idle()
+        now = time.monotonic()
+        if not left or now >= deadline:
+            return left, now - t0
+        if watch.timed_out():
+            deadline = min(deadline, now + STOP_FLUSH_S)
+
+
+def _send(sink: Sink, b: Batch, callbacks: np.ndarray, now_ms: Callable[[], int],
+          watch: OutageWatch | None = None) -> int:
+    """Produce batch ``b`` in order; returns how many of its messages were produced: all, or
+    fewer when the replay must stop (a delivery failed, a fatal error, an outage too long)."""
     produce, poll = sink.produce, sink.poll
+    report = watch.report if watch is not None else None
     cbs = callbacks[b.user.view(np.uint8)].tolist()
     n = len(b.value)
     for lo in range(0, n, HEADER_EVERY):
+        if report is not None and report.first_error is not None:
+            return lo
         # One produced_ms header per HEADER_EVERY messages (well under a millisecond's worth
         # at full speed), not a clock read per message.
         headers = [(PRODUCED_MS_HEADER, b"%d" % now_ms())]
         hi = min(lo + HEADER_EVERY, n)
-        for topic, value, key, part, ts, on_delivery in zip(
+        for i, (topic, value, key, part, ts, on_delivery) in enumerate(zip(
                 b.topic[lo:hi], b.value[lo:hi], b.key[lo:hi], b.partition[lo:hi],
-                b.timestamp[lo:hi], cbs[lo:hi], strict=True):
+                b.timestamp[lo:hi], cbs[lo:hi], strict=True), lo):
             try:
                 produce(topic, value, key, part, on_delivery=on_delivery, timestamp=ts,
                         headers=headers)
-            except BufferError:  # local queue full: serve deliveries until there is room
-                headers = _produce_when_room(sink, topic, value, key, part, on_delivery, ts,
-                                             headers, now_ms)
+            except Exception as exc:  # noqa: BLE001 - a full queue or a broker error: sorted there
+                try:
+                    headers = _produce_when_room(sink, topic, value, key, part, on_delivery,
+                                                 ts, headers, now_ms, watch=watch, error=exc)
+                except _StopError:
+                    return i
             poll(0)
+    return n
 
 
 def _produce_when_room(sink: Sink, topic: str, value: bytes, key: bytes | None, part: int,
                        on_delivery: Any, ts: int, headers: Any,
-                       now_ms: Callable[[], int] | None = None) -> Any:
-    """Poll (serving deliveries) until ``produce`` finds room; returns the headers used,
-    restamped after the wait when ``now_ms`` is given (produced_ms must not predate it)."""
+                       now_ms: Callable[[], int] | None = None, *,
+                       watch: OutageWatch | None = None,
+                       error: BaseException | None = None) -> Any:
+    """Produce one message that ``produce`` just refused with ``error`` (default
+    `BufferError`); returns the headers used, restamped after the wait when ``now_ms`` is
+    given (produced_ms must not predate it).
+
+    A full local queue (`BufferError`): poll, serving deliveries, until there is room. With a
+    ``watch``, a transient broker error (`is_transient`): back off (polling), refresh the
+    metadata when it is stale, and try the same message again, for up to the outage limit;
+    any other Kafka error stops the replay. Raises `_StopError` when the replay must stop; without
+    a ``watch`` a broker error is raised as it came.
+    """
     while True:
-        sink.poll(0.05)
+        if error is None or isinstance(error, BufferError):
+            sink.poll(0.05)
+            if watch is not None:
+                watch.idle()
+                if watch.report.first_error is not None:
+                    raise _StopError  # a delivery failed meanwhile (an outage too long?)
+        else:
+            err = kafka_error(error)
+            if watch is None or err is None:
+                raise error
+            if not is_transient(err):
+                watch.fatal(topic, err)
+            sink.poll(watch.transient(f"produce to {topic}", err))
+            if _error_name(err) in STALE_METADATA_ERRORS:
+                _refresh_metadata(sink, watch)
         if now_ms is not None:
             headers = [(PRODUCED_MS_HEADER, b"%d" % now_ms())]
         try:
             sink.produce(topic, value, key, part, on_delivery=on_delivery, timestamp=ts,
                          headers=headers)
-            return headers
-        except BufferError:
+        except Exception as exc:  # noqa: BLE001 - sorted out at the top of the loop
+            error = exc
             continue
+        if watch is not None:
+            watch.recovered()
+        return headers
+
+
+def _refresh_metadata(sink: Sink, watch: OutageWatch) -> None:
+    """Ask for fresh metadata (librdkafka updates its topics from any answer); a failure
+    here is part of the outage the next ``produce`` reports."""
+    list_topics = getattr(sink, "list_topics", None)
+    if list_topics is None:
+        return
+    try:
+        list_topics(timeout=BACKOFF_S[1])
+    except Exception as exc:  # noqa: BLE001 - only a Kafka error is expected here
+        if kafka_error(exc) is None:
+            raise
+        logger.debug("metadata refresh from %s failed: %s", watch.broker, exc)
 
 
 def end_records(tl: Timeline, partitions: int, stream_events: int,
@@ -310,13 +613,18 @@ def end_records(tl: Timeline, partitions: int, stream_events: int,
 
 
 def _send_end(tl: Timeline, sink: Sink, report: ReplayReport, partitions: int, topic: str,
-              on_delivery: Callable[[Any, Any], None], now_ms: Callable[[], int]) -> None:
+              on_delivery: Callable[[Any, Any], None], now_ms: Callable[[], int],
+              watch: OutageWatch | None = None) -> None:
     user_topic = next(t for t in report.topics if t != topic)
     headers = [(PRODUCED_MS_HEADER, b"%d" % now_ms())]
     for p, ts, value in end_records(tl, partitions, report.topics[topic].produced,
                                     report.topics[user_topic].produced):
-        sink.produce(topic, value, None, p, on_delivery=on_delivery, timestamp=ts,
-                     headers=headers)
+        try:
+            sink.produce(topic, value, None, p, on_delivery=on_delivery, timestamp=ts,
+                         headers=headers)
+        except Exception as exc:  # noqa: BLE001 - sorted out by _produce_when_room
+            headers = _produce_when_room(sink, topic, value, None, p, on_delivery, ts, headers,
+                                         now_ms, watch=watch, error=exc)
         report.topics[topic].produced += 1
     sink.poll(0)
 
@@ -331,7 +639,9 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
                     **kwargs: Any) -> ReplayReport:
     """`replay` into the broker of ``settings``: topics ensured first, then an idempotent
     producer. Raises `KafkaSetupError` within ``settings.kafka_timeout_s`` when no broker
-    answers, before anything is produced."""
+    answers, before anything is produced; and, naming the broker and
+    ``LIVERANK_OUTAGE_TIMEOUT_S``, when the broker went away for longer than
+    ``settings.outage_timeout_s`` (shorter outages are waited out)."""
     from confluent_kafka import Producer
 
     from liverank.broker import kafka as kf
@@ -347,19 +657,51 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
         kf.ensure_topics(settings)
         producer = Producer(kf.producer_config(settings))
         # Connected (and holding its idempotent producer id) before the first record is
-        # stamped with produced_ms: otherwise ~0.5 s of connecting counts as service latency.
-        producer.list_topics(timeout=settings.kafka_timeout_s)
+        # stamped with produced_ms: otherwise ~0.5 s of connecting counts as service
+        # latency.
+        _connect(producer, settings)
     except BaseException:
         close = getattr(batches, "close", None)
         if close is not None:
             close()
         raise
-    logger.info("replay events=%d bootstrap=%s partitions=%d speed=%s encoder=%s", len(tl),
-                settings.kafka_bootstrap, settings.partitions, speed or "max",
+    logger.info("replay events=%d bootstrap=%s partitions=%d speed=%s encoder=%s",
+                len(tl), settings.kafka_bootstrap, settings.partitions, speed or "max",
                 "forked" if isinstance(batches, ForkedEncoder) else "inline")
-    return replay(tl, producer, partitions=settings.partitions, stream_topic=stream_topic,
-                  user_topic=user_topic, speed=speed, start_step=start_step,
-                  flush_timeout=settings.outage_timeout_s, batches=batches, **kwargs)
+    report = replay(tl, producer, partitions=settings.partitions,
+                    stream_topic=stream_topic, user_topic=user_topic, speed=speed,
+                    start_step=start_step, batches=batches,
+                    broker=settings.kafka_bootstrap,
+                    outage_timeout_s=settings.outage_timeout_s, **kwargs)
+    if report.outage is not None:
+        raise kf.KafkaSetupError(report.outage)
+    return report
+
+
+def _connect(producer: Any, settings: Settings) -> None:
+    """``list_topics`` until the producer has metadata. The broker answered `ensure_topics`
+    a moment ago, so a transient failure is an outage: waited out like one."""
+    from liverank.broker.kafka import KafkaSetupError
+
+    watch = OutageWatch(ReplayReport({}), settings.kafka_bootstrap, settings.outage_timeout_s)
+    while True:
+        try:
+            producer.list_topics(timeout=settings.kafka_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - sorted below; anything else is raised
+            err = kafka_error(exc)
+            if err is None:
+                raise
+            if not is_transient(err):
+                raise KafkaSetupError(f"the Kafka broker at {settings.kafka_bootstrap} refused "
+                                      f"the replay's producer: {_error_text(err)}") from None
+            try:
+                time.sleep(watch.transient("metadata", err))
+            except _StopError:
+                raise KafkaSetupError(watch.outage_line(
+                    "the replay stopped before producing anything")) from None
+            continue
+        watch.recovered()
+        return
 
 
 @dataclass
