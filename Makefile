@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-setup
 
-.PHONY: setup test test-all lint demo bench clean
+.PHONY: setup test test-all lint demo bench soak clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/liverank bench all --out out/bench.json
+
+# One worker at 80% of its measured maximum on the `medium` log for 10 minutes: RSS, lag,
+# p99 and the live index every 5 s (out/soak/soak.csv, soak.png, summary.json).
+soak: $(STAMP)
+	$(BIN)/liverank bench soak --scale medium --minutes 10 --rate-share 0.8 --out out/soak
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache \

@@ -91,6 +91,14 @@ logger = logging.getLogger(__name__)
 
 BROKER_EVERY_S = 5.0  # lag and committed floor read (and the live index pruned) this often
 IN_FLIGHT_BATCHES = 8  # batches whose output awaits the broker's acknowledgement
+# RocksDB options of the tables' local stores (Faust's public table ``options``). Faust's
+# defaults give every partition's database a 2 GiB block cache and 3 x 64 MiB write
+# buffers; with 8 partitions and two tables that allows gigabytes, and the soak saw the
+# worker's RSS grow with the store (`liverank bench soak`, docs/reliability.md). These bound
+# it to ~100 MiB per database at most.
+ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
+                   "target_file_size_base": 16 << 20, "block_cache_size": 32 << 20,
+                   "block_cache_compressed_size": 8 << 20}
 
 
 def now_ms() -> int:
@@ -224,7 +232,8 @@ class Service:
         # One key encoding everywhere: raw `user_key` bytes on the topic and in the table
         # (key_type=bytes makes Faust use "raw" for the changelog; its default is json).
         self.table = self.app.Table("windows", key_type=bytes, value_type=bytes,
-                                    partitions=settings.partitions)
+                                    partitions=settings.partitions,
+                                    options=dict(ROCKSDB_OPTIONS))
         serializer = getattr(self.table, "key_serializer", None)
         if serializer != "raw":
             raise RuntimeError(f"windows table key serializer is {serializer}, not raw")
@@ -238,7 +247,8 @@ class Service:
             compacting=True, deleting=False)
         self.latest = self.app.Table("latest", key_type=bytes, value_type=bytes,
                                      partitions=settings.partitions,
-                                     changelog_topic=latest_topic)
+                                     changelog_topic=latest_topic,
+                                     options=dict(ROCKSDB_OPTIONS))
         self._latest = _TableView(self.latest, seal_value=None)
         consumer = self.app.consumer
         faustcompat.check_gap_guard(consumer)
