@@ -535,8 +535,8 @@ def _read_answers(settings: Settings, progress: _Progress, stop: threading.Event
                         if err.code() != KafkaError._PARTITION_EOF:
                             logger.warning("soak answer reader: %s", err)
                         continue
-                    rec = ev.decode(msg.value(), ev.Recommendation)
-                    if rec.trigger == "request":
+                    rec = ev.decode(msg.value() or b"", ev.Recommendation)
+                    if isinstance(rec, ev.Recommendation) and rec.trigger == "request":
                         got.append(rec)
                 if got:
                     lat = [float(r.published_ms - r.produced_ms) for r in got

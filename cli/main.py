@@ -13,6 +13,8 @@ from pathlib import Path
 import typer
 
 from liverank.cli.bench import app as bench_app
+from liverank.cli.recs import app as recs_app
+from liverank.cli.schema import schema_command
 from liverank.model.cli import register as register_model_commands
 from liverank.model.data.cli import app as data_app
 from liverank.replay.cli import broker_command, replay_command
@@ -27,10 +29,12 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(recs_app, name="recs")
 register_model_commands(app)  # train, evaluate, export
 app.command("replay")(replay_command)
 app.command("broker")(broker_command)
 register_serve(app)  # serve
+app.command("schema")(schema_command)
 
 
 @app.command()

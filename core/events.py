@@ -6,7 +6,12 @@ Topics and their records (JSON on the wire, one object per message, ``kind`` tag
   `StreamStart`, `StreamStop`, `Watermark`, `End`
 * ``user-events`` (key: user id): `Watch`, `RecRequest`
 * ``recommendations`` (key: user id): `Recommendation`
+* ``recommendations-latest`` (compacted, key: user id): each user's latest `Recommendation`;
+  null values (tombstones) under non-user keys
 * ``dead-letters`` (key: none): `DeadLetter`
+
+`json_schemas` turns these into one JSON Schema per topic (docs/schemas/, the published
+contract; docs/events.md says what may change without bumping `SCHEMA_VERSION`).
 
 Every record carries ``event_id`` (deterministic, stable across replays of one file),
 ``seq`` (its position on the file's timeline, also stable), ``step`` (10-minute step) and
@@ -19,6 +24,9 @@ Decoding validates types and raises `EventError` naming the bad field, e.g.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -240,11 +248,63 @@ def stream_key(stream: int) -> bytes:
     return str(stream).encode()
 
 
-def json_schemas() -> dict[str, object]:
-    """JSON Schema per topic (for the docs)."""
-    return {
-        "stream-events": msgspec.json.schema(StreamEvent),
-        "user-events": msgspec.json.schema(UserEvent),
-        "recommendations": msgspec.json.schema(Recommendation),
-        "dead-letters": msgspec.json.schema(DeadLetter),
-    }
+# --- the published contract: one JSON Schema per topic (docs/schemas/<topic>.json) ----------
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# What each topic's message values are, and what its keys are (the key is not in the value).
+TOPIC_VALUES: dict[str, tuple[object, str]] = {
+    "stream-events": (StreamEvent, "key: the stream id in decimal (watermark and end: none)"),
+    "user-events": (UserEvent, "key: the user id in decimal"),
+    "recommendations": (Recommendation, "key: the user id in decimal"),
+    "recommendations-latest": (
+        Recommendation | None,
+        "compacted; key: the user id in decimal, value: that user's latest answer. Also "
+        "holds tombstones (null values) under keys that are not user ids (b\"\\x00seal\"): "
+        "skip null values and keys that are not decimal digits"),
+    "dead-letters": (DeadLetter, "key: none"),
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema (2020-12) of every topic's message values, from the msgspec types.
+
+    Generated, never edited: ``liverank schema --write docs/schemas`` writes them and a test
+    fails when the files drift from this module. ``title`` is the topic, ``description``
+    says what its keys are and the answer schema version.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for topic, (type_, keys) in TOPIC_VALUES.items():
+        schema = msgspec.json.schema(type_)
+        out[topic] = {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "title": topic,
+            "description": f"Values of the {topic} topic ({keys}). Answer schema_version "
+                           f"{SCHEMA_VERSION}; compatibility rules: docs/events.md.",
+            **schema,
+        }
+    return out
+
+
+def schema_files() -> dict[str, str]:
+    """``{"<topic>.json": text}``: the files of docs/schemas, byte for byte."""
+    return {f"{topic}.json": json.dumps(schema, indent=2, sort_keys=True) + "\n"
+            for topic, schema in json_schemas().items()}
+
+
+def write_schema_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Write `schema_files` into ``directory`` (created); returns the written paths. Other
+    files there are left alone (`stale_schema_files` names them)."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in schema_files().items():
+        path = folder / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def stale_schema_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """``*.json`` files in ``directory`` that are no topic's schema (a topic that is gone)."""
+    names = schema_files()
+    return sorted(p for p in Path(directory).glob("*.json") if p.name not in names)

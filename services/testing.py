@@ -87,7 +87,7 @@ class MemoryPublisher:
     """Keeps what would be published, per topic (tests, the Faust test context)."""
 
     def __init__(self) -> None:
-        self.sent: dict[str, list[tuple[bytes | None, bytes]]] = {}
+        self.sent: dict[str, list[tuple[bytes | None, bytes | None]]] = {}
         self.partitions: dict[str, list[int | None]] = {}
 
     def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:

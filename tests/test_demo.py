@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
+import msgspec
 import pytest
+import schema_check
+from confluent_kafka.admin import AdminClient
 
+from liverank.broker.kafka import TOPICS, read_topic
 from liverank.cli.demo import DemoOptions, run_demo
+from liverank.core import events as ev
+from liverank.core.settings import Settings
 from liverank.model.data.twitch import load_interactions
 from liverank.model.evaluate import iter_requests
 from liverank.model.scorer import OnnxScorer
+
+SEAL_KEY = b"\x00seal"  # the service's seal of recommendations-latest (docs/events.md)
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +32,19 @@ def demo_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
     mp = pytest.MonkeyPatch()
     mp.setenv("LIVERANK_KAFKA_BOOTSTRAP", kafka_bootstrap)
     mp.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    before = _demo_prefixes(kafka_bootstrap)
     try:
         report = run_demo(DemoOptions(scale="tiny", out=out, seed=0, timeout_s=240))
     finally:
         mp.undo()
+    # The run's topics stay on the session's broker: which prefix is this run's.
+    (report["topic_prefix"],) = _demo_prefixes(kafka_bootstrap) - before
     return report, out
+
+
+def _demo_prefixes(bootstrap: str) -> set[str]:
+    names = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    return {m.group(1) for t in names if (m := re.fullmatch(r"(demo\d+-)recommendations", t))}
 
 
 def test_demo_answers_every_request_with_live_streams_better_than_pop(
@@ -66,3 +83,51 @@ def test_online_answers_equal_offline_rankings(demo_run: tuple[dict, Path]) -> N
         hits_online += truth in online["streamers"]
     assert hits_online == hits_offline
     assert math.isclose(hits_online / len(triples), report["model"]["all"]["HR@10"])
+
+
+# What each topic's values decode to (the contract), strictly: the msgspec types, and the
+# published schema files (schema_check: also no field the schema does not name).
+_VALUES: dict[str, object] = {"stream-events": ev.StreamEvent, "user-events": ev.UserEvent,
+                              "recommendations": ev.Recommendation,
+                              "recommendations-latest": ev.Recommendation | None,
+                              "dead-letters": ev.DeadLetter}
+
+
+def test_every_published_record_conforms_to_its_topics_schema(
+        demo_run: tuple[dict, Path], kafka_bootstrap: str) -> None:
+    """Every record of every topic after the tiny run: keys as docs/events.md says, values
+    accepted by the msgspec types and by docs/schemas; the latest topic holds each user's
+    last answer."""
+    report, _ = demo_run
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=report["topic_prefix"],
+                        kafka_timeout_s=10)
+    counts: dict[str, int] = {}
+    decoded: dict[str, list[tuple[bytes | None, object]]] = {}
+    for topic in TOPICS:
+        schema = schema_check.load(topic)
+        decoder = msgspec.json.Decoder(_VALUES[topic])
+        records = decoded[topic] = []
+        for msg in read_topic(settings, settings.topic(topic), timeout_s=60):
+            value, key, where = msg.value(), msg.key(), f"{topic}@{msg.partition()}:{msg.offset()}"
+            assert schema_check.errors(None if value is None else json.loads(value),
+                                       schema) == [], where
+            rec = decoder.decode(b"null" if value is None else value)
+            records.append((key, rec))
+            if topic == "stream-events":
+                want = None if isinstance(rec, ev.Watermark | ev.End) else ev.stream_key(
+                    rec.stream)  # type: ignore[union-attr]
+                assert key == want, where
+            elif topic == "recommendations-latest" and key == SEAL_KEY:
+                assert value is None, where  # a seal: a tombstone under a non-user key
+            elif topic == "dead-letters":
+                assert key is None, where
+            else:
+                assert rec is not None and key == ev.user_key(rec.user), where  # type: ignore
+        counts[topic] = len(records)
+    assert counts["stream-events"] > 0 and counts["user-events"] > report["requests"]
+    assert counts["recommendations"] == report["requests"]  # no duplicates in a clean run
+    assert counts["dead-letters"] == 0
+    last: dict[bytes | None, object] = dict(decoded["recommendations"])
+    latest = {k: v for k, v in decoded["recommendations-latest"] if k != SEAL_KEY}
+    assert latest == last  # written with the answers: each user's latest, nothing else
+    assert any(k == SEAL_KEY for k, _ in decoded["recommendations-latest"])

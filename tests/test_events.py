@@ -70,4 +70,5 @@ def test_narrowed_decoders_refuse_other_topics_records() -> None:
 def test_keys_and_schemas() -> None:
     assert ev.user_key(42) == b"42" and ev.stream_key(7) == b"7"
     schemas = ev.json_schemas()
-    assert set(schemas) == {"stream-events", "user-events", "recommendations", "dead-letters"}
+    assert set(schemas) == {"stream-events", "user-events", "recommendations",
+                            "recommendations-latest", "dead-letters"}
