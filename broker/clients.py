@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import (
@@ -254,31 +254,80 @@ class StreamFeed:
 
 
 # --- how far the consumer group may still read back -----------------------------------------------
+class GroupReader:
+    """What a worker reads about its consumer group every few seconds, through one
+    librdkafka consumer kept for the purpose (creating two per round cost measurable
+    throughput): the records at the committed offsets and the lag. It never subscribes
+    (no group join) and never commits. Blocking: call it from a thread, one call at a time.
+    Raises `KafkaException` or `TimeoutError` when the broker does not answer."""
+
+    def __init__(self, settings: Settings, group: str):
+        self.settings = settings
+        self._conf = {**kafka.consumer_config(settings, group), "enable.auto.commit": False}
+        self._consumer: Consumer | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(self._conf)
+        return self._consumer
+
+    def committed(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """The group's committed offset per partition (-1: nothing committed)."""
+        tps = [KafkaPartition(topic, p) for p in partitions]
+        with self._lock:
+            done = self._get().committed(tps, self.settings.kafka_timeout_s)
+        return {tp.partition: tp.offset for tp in done}
+
+    def records_at(self, topic: str, committed: dict[int, int],
+                   decode: Callable[[bytes], T]) -> dict[int, T]:
+        """Per partition, ``decode(value)`` of the record at the committed offset: the first
+        record when nothing is committed, the last one when everything is; an empty
+        partition is absent. An undecodable record (``decode`` raises ValueError) is
+        skipped: the partition's next record stands for it. After a restart or a rebalance
+        every worker resumes from these offsets, so nothing before them can be read again.
+        Reads records, never watermarks (tansu's are wrong, see `liverank.broker.tansu`)."""
+        at = {p: o if o >= 0 else OFFSET_BEGINNING for p, o in committed.items()}
+        timeout = self.settings.kafka_timeout_s
+        with self._lock:
+            consumer = self._get()
+            found, ended = _first_records(consumer, topic, at, decode, timeout)
+            # All of a partition committed: its last record bounds what can still come.
+            back = {p: at[p] - 1 for p in ended if at[p] > 0}
+            if back:
+                more, _ = _first_records(consumer, topic, back, decode, timeout)
+                found.update(more)
+        return found
+
+    def lag(self, topic: str, committed: dict[int, int]) -> dict[int, int]:
+        """Records of each partition the group has not committed yet (high watermark minus
+        committed offset). On tansu the high watermark can read low
+        (docs/platform-notes.md), so this can too: a progress signal, never used for
+        correctness."""
+        out = {}
+        with self._lock:
+            consumer = self._get()
+            for p, at in committed.items():
+                low, high = consumer.get_watermark_offsets(
+                    KafkaPartition(topic, p), self.settings.kafka_timeout_s, cached=False)
+                out[p] = max(0, high - (at if at >= 0 else low))
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+
+
 def committed_records(settings: Settings, topic: str, group: str, partitions: int,
                       decode: Callable[[bytes], T]) -> dict[int, T]:
-    """Blocking: per partition of ``topic``, ``decode(value)`` of the record at ``group``'s
-    committed offset: the first record when nothing is committed, the last one when
-    everything is; an empty partition is absent. An undecodable record (``decode`` raises
-    ValueError) is skipped: the partition's next record stands for it. After a restart or
-    a rebalance every worker resumes from these offsets, so nothing before them can be
-    read again. Reads records, never watermarks (tansu's are wrong, see
-    `liverank.broker.tansu`). Raises `KafkaException` or `TimeoutError` when the broker
-    does not answer."""
-    conf = {**kafka.consumer_config(settings, group), "enable.auto.commit": False}
-    consumer = Consumer(conf)
+    """Blocking, one-off: `GroupReader.records_at` for every partition of ``topic``."""
+    reader = GroupReader(settings, group)
     try:
-        tps = [KafkaPartition(topic, p) for p in range(partitions)]
-        done = consumer.committed(tps, settings.kafka_timeout_s)
-        at = {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_BEGINNING for tp in done}
-        found, ended = _first_records(consumer, topic, at, decode, settings.kafka_timeout_s)
-        # All of a partition committed: its last record bounds what can still come.
-        back = {p: at[p] - 1 for p in ended if at[p] > 0}
-        if back:
-            more, _ = _first_records(consumer, topic, back, decode, settings.kafka_timeout_s)
-            found.update(more)
-        return found
+        return reader.records_at(topic, reader.committed(topic, range(partitions)), decode)
     finally:
-        consumer.close()
+        reader.close()
 
 
 def committed_floor(settings: Settings, topic: str, group: str, partitions: int,
@@ -297,27 +346,14 @@ def committed_floor(settings: Settings, topic: str, group: str, partitions: int,
 
 def consumer_lag(settings: Settings, topic: str, group: str, partitions: list[int]
                  ) -> dict[int, int]:
-    """Blocking: records of each partition the group has not committed yet (high watermark
-    minus committed offset). Raises `KafkaException` when the broker does not answer.
-    On tansu the high watermark can read low (docs/platform-notes.md), so this can too;
-    it is a progress signal, never used for correctness."""
+    """Blocking, one-off: `GroupReader.lag` of ``partitions``."""
     if not partitions:
         return {}
-    conf = {**kafka.consumer_config(settings, group), "enable.auto.commit": False}
-    consumer = Consumer(conf)
+    reader = GroupReader(settings, group)
     try:
-        tps = [KafkaPartition(topic, p) for p in partitions]
-        committed = {tp.partition: tp.offset
-                     for tp in consumer.committed(tps, settings.kafka_timeout_s)}
-        lag = {}
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(KafkaPartition(topic, p),
-                                                       settings.kafka_timeout_s, cached=False)
-            at = committed.get(p, -1)
-            lag[p] = max(0, high - (at if at >= 0 else low))
-        return lag
+        return reader.lag(topic, reader.committed(topic, partitions))
     finally:
-        consumer.close()
+        reader.close()
 
 
 def _first_records(consumer: Consumer, topic: str, at: dict[int, int],

@@ -48,13 +48,12 @@ from faust.types import TP
 
 from liverank.broker import kafka
 from liverank.broker.clients import (
+    GroupReader,
     KafkaPublisher,
     Offsets,
     Outgoing,
     Publisher,
     StreamFeed,
-    committed_records,
-    consumer_lag,
 )
 from liverank.broker.kafka import KafkaSetupError
 from liverank.core import events as ev
@@ -89,7 +88,7 @@ from liverank.services.state import (
 
 logger = logging.getLogger(__name__)
 
-BROKER_EVERY_S = 5.0  # lag and committed floor read (and the live index pruned) this often
+BROKER_EVERY_S = 10.0  # lag and committed floor read (and the live index pruned) this often
 IN_FLIGHT_BATCHES = 8  # batches whose output awaits the broker's acknowledgement
 # RocksDB options of the tables' local stores (Faust's public table ``options``). Faust's
 # defaults give every partition's database a 2 GiB block cache and 3 x 64 MiB write
@@ -262,6 +261,8 @@ class Service:
         faustcompat.recovered(self.app)  # fails now, not at the first /health, if missing
         faustcompat.heal_local_state(self.app)  # a store its changelog contradicts: wiped
         self._floor_seq: dict[int, int] = {}  # user-events partition -> committed seq
+        self._group_reader: GroupReader | None = None  # made in the broker timer's thread
+        self._partitions = 0
         self.windows = UserWindows(self._view, scorer.window_len, settings.window_slack,
                                    floor_of=self._floor_of)
         self.agent = self.app.agent(self.user_topic, name="recommend")(self._recommend)
@@ -311,6 +312,8 @@ class Service:
         finally:
             if self.feed is not None:
                 self.feed.stop()
+            if self._group_reader is not None:
+                self._group_reader.close()
             self.publisher.close()
             self._pool.shutdown(wait=False)
 
@@ -640,12 +643,15 @@ class Service:
         again, whatever a rebalance or a restart does. The smallest step is the floor the
         live index is pruned behind; the seq, how far user windows may forget."""
         topic = self.topics[kafka.USER_EVENTS]
-        parts = kafka.partition_count(self.settings, topic)
-        group = self.app.conf.id
-        owned = sorted(tp.partition for tp in (self._owned.partitions if self._owned else ())
-                       if tp.topic == topic)
-        lag = consumer_lag(self.settings, topic, group, owned)
-        return lag, committed_records(self.settings, topic, group, parts, _position)
+        if self._group_reader is None:
+            self._group_reader = GroupReader(self.settings, self.app.conf.id)
+            self._partitions = kafka.partition_count(self.settings, topic)
+        reader = self._group_reader
+        owned = {tp.partition for tp in (self._owned.partitions if self._owned else ())
+                 if tp.topic == topic}
+        committed = reader.committed(topic, range(self._partitions))
+        lag = reader.lag(topic, {p: o for p, o in committed.items() if p in owned})
+        return lag, reader.records_at(topic, committed, _position)
 
     def _floor_of(self, key: bytes) -> int | None:
         """The committed seq of the partition that holds ``key`` (see `UserWindows`)."""
