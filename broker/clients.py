@@ -299,25 +299,33 @@ class GroupReader:
                 found.update(more)
         return found
 
-    def lag(self, topic: str, committed: dict[int, int]) -> dict[int, int]:
-        """Records of each partition the group has not committed yet (high watermark minus
-        committed offset). On tansu the high watermark can read low
-        (docs/platform-notes.md), so this can too: a progress signal, never used for
-        correctness."""
+    def watermarks(self, topic: str, partitions: Iterable[int]) -> dict[int, tuple[int, int]]:
+        """(low, high) watermark per partition. On tansu the high watermark can read low
+        (docs/platform-notes.md): a progress signal, never used for correctness."""
         out = {}
         with self._lock:
             consumer = self._get()
-            for p, at in committed.items():
-                low, high = consumer.get_watermark_offsets(
+            for p in partitions:
+                out[p] = consumer.get_watermark_offsets(
                     KafkaPartition(topic, p), self.settings.kafka_timeout_s, cached=False)
-                out[p] = max(0, high - (at if at >= 0 else low))
         return out
+
+    def lag(self, topic: str, committed: dict[int, int]) -> dict[int, int]:
+        """Records of each partition the group has not committed yet (high watermark minus
+        committed offset; see `watermarks`)."""
+        marks = self.watermarks(topic, committed)
+        return {p: lag_of(committed[p], *marks[p]) for p in committed}
 
     def close(self) -> None:
         with self._lock:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+
+
+def lag_of(committed: int, low: int, high: int) -> int:
+    """Records after the committed offset (-1: nothing committed, so from ``low``)."""
+    return max(0, high - (committed if committed >= 0 else low))
 
 
 def committed_records(settings: Settings, topic: str, group: str, partitions: int,

@@ -67,6 +67,9 @@ class EventError(ValueError):
 # from it (a huge streamer name would otherwise make a window record the broker refuses).
 Name = Annotated[str, msgspec.Meta(max_length=256)]  # Twitch names have at most 25
 Id = Annotated[str, msgspec.Meta(max_length=512)]
+# Every integer fits a signed 64-bit (what Kafka, numpy and the live index hold): a larger one
+# is refused at decoding, not an OverflowError deep in the worker.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 # Version of the answer schema (`Recommendation`); see docs/events.md for what may change
@@ -79,58 +82,58 @@ Trigger = Literal["request", "watch", "live_change", "lookup"]
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     event_id: Id
-    seq: int
-    step: int
-    event_time_ms: int
+    seq: Int64
+    step: Int64
+    event_time_ms: Int64
 
 
 class StreamStart(_Event, frozen=True, kw_only=True, tag=STREAM_START):
     """A broadcast goes on air at ``step`` (its first start in the log)."""
 
-    stream: int
+    stream: Int64
     streamer: Name
 
 
 class StreamStop(_Event, frozen=True, kw_only=True, tag=STREAM_STOP):
     """A broadcast is off air from ``step`` on (its last stop in the log)."""
 
-    stream: int
+    stream: Int64
     streamer: Name
 
 
 class Watermark(_Event, frozen=True, kw_only=True, tag=WATERMARK):
     """Every stream event up to and including ``step`` has been sent (to this partition)."""
 
-    partition: int | None = None
+    partition: Int64 | None = None
 
 
 class End(_Event, frozen=True, kw_only=True, tag=END):
     """The replay is over; totals let a consumer tell when it has read everything."""
 
-    stream_events: int = 0
-    user_events: int = 0
-    partition: int | None = None
+    stream_events: Int64 = 0
+    user_events: Int64 = 0
+    partition: Int64 | None = None
 
 
 class Watch(_Event, frozen=True, kw_only=True, tag=WATCH):
     """A user starts watching ``stream`` of ``streamer`` at ``step``."""
 
-    user: int
-    stream: int
+    user: Int64
+    stream: Int64
     streamer: Name
 
 
 class RecRequest(_Event, frozen=True, kw_only=True, tag=REC_REQUEST):
     """A user opens the page at ``step`` and asks what to watch now."""
 
-    user: int
+    user: Int64
 
 
 class RecItem(msgspec.Struct, frozen=True):
-    stream: int
+    stream: Int64
     streamer: Name
     score: float
-    rank: int
+    rank: Int64
 
 
 class Recommendation(_Event, frozen=True, kw_only=True, tag=RECOMMENDATION):
@@ -144,17 +147,17 @@ class Recommendation(_Event, frozen=True, kw_only=True, tag=RECOMMENDATION):
     take such an answer for the live set of its step.
     """
 
-    user: int
+    user: Int64
     request_id: Id
     trigger: Trigger
-    produced_ms: int | None
-    published_ms: int
+    produced_ms: Int64 | None
+    published_ms: Int64
     model_version: str
     fallback: bool
     items: list[RecItem]
     late: bool = False
     stale: bool = False
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Int64 = SCHEMA_VERSION
 
 
 class DeadLetter(_Event, frozen=True, kw_only=True, tag=DEAD_LETTER):
@@ -169,11 +172,11 @@ class DeadLetter(_Event, frozen=True, kw_only=True, tag=DEAD_LETTER):
     original: bytes  # base64 in JSON
     topic: str
     reason: str
-    original_size: int = -1
+    original_size: Int64 = -1
     original_sha256: str = ""
     truncated: bool = False
-    partition: int | None = None
-    offset: int | None = None
+    partition: Int64 | None = None
+    offset: Int64 | None = None
 
 
 StreamEvent = StreamStart | StreamStop | Watermark | End
@@ -209,7 +212,10 @@ def _tags(type_: object) -> dict[str, type[msgspec.Struct]]:
 def _invalid_kind(data: bytes | str, type_: object) -> ErrorKind:
     """Why valid JSON failed validation, from the record's structure (only on the error
     path: the decode above stays one typed pass)."""
-    obj = msgspec.json.decode(data)
+    try:
+        obj = msgspec.json.decode(data)
+    except msgspec.DecodeError:  # e.g. a typed value followed by junk, a number out of range
+        return "undecodable"
     if not isinstance(obj, dict):
         return "wrong_type"
     if "kind" not in obj:

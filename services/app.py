@@ -54,6 +54,7 @@ from liverank.broker.clients import (
     Outgoing,
     Publisher,
     StreamFeed,
+    lag_of,
 )
 from liverank.broker.kafka import KafkaSetupError
 from liverank.core import events as ev
@@ -616,9 +617,9 @@ class Service:
         away is waited out until ``outage_timeout_s``, then the worker stops, saying why."""
         if self._owned is None:
             return  # Faust's test context: no broker
+        loop = asyncio.get_running_loop()
         try:
-            lag, committed = await asyncio.get_running_loop().run_in_executor(
-                None, self._read_group)
+            committed, marks, records = await loop.run_in_executor(None, self._read_group)
         except (KafkaSetupError, KafkaException, TimeoutError) as exc:
             self.metrics.broker_up.set(0)
             if self.broker.failed(exc):
@@ -626,22 +627,26 @@ class Service:
             return
         self.broker.ok()
         self.metrics.broker_up.set(1)
+        lag = {p: lag_of(committed[p], *marks[p]) for p in marks}
         self.health.lag = lag
         for partition, n in lag.items():
             self.metrics.lag.labels(str(partition)).set(n)
-        self._floor_seq = {p: seq for p, (_, seq) in committed.items()}
-        floor = min((step for step, _ in committed.values()), default=None)
+        await self._read_stalled_tails(committed, marks)
+        self._floor_seq = {p: seq for p, (_, seq) in records.items()}
+        floor = min((step for step, _ in records.values()), default=None)
         if floor is not None and self.live is not None and self._serving:
             dropped = self.live.prune(floor)
             if dropped:
                 logger.info("pruned live index floor=%d dropped=%d intervals=%d", floor,
                             dropped, len(self.live))
 
-    def _read_group(self) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
-        """Blocking: lag of the partitions owned here, and (step, seq) of the record at each
-        partition's committed offset (`committed_records`): nothing before it can be read
-        again, whatever a rebalance or a restart does. The smallest step is the floor the
-        live index is pruned behind; the seq, how far user windows may forget."""
+    def _read_group(self) -> tuple[dict[int, int], dict[int, tuple[int, int]],
+                                   dict[int, tuple[int, int]]]:
+        """Blocking: the group's committed offsets, the watermarks of the partitions owned
+        here, and (step, seq) of the record at each partition's committed offset
+        (`GroupReader.records_at`): nothing before it can be read again, whatever a
+        rebalance or a restart does. The smallest step is the floor the live index is
+        pruned behind; the seq, how far user windows may forget."""
         topic = self.topics[kafka.USER_EVENTS]
         if self._group_reader is None:
             self._group_reader = GroupReader(self.settings, self.app.conf.id)
@@ -650,8 +655,30 @@ class Service:
         owned = {tp.partition for tp in (self._owned.partitions if self._owned else ())
                  if tp.topic == topic}
         committed = reader.committed(topic, range(self._partitions))
-        lag = reader.lag(topic, {p: o for p, o in committed.items() if p in owned})
-        return lag, reader.records_at(topic, committed, _position)
+        marks = reader.watermarks(topic, sorted(owned))
+        return committed, marks, reader.records_at(topic, committed, _position)
+
+    async def _read_stalled_tails(self, committed: dict[int, int],
+                                  marks: dict[int, tuple[int, int]]) -> None:
+        """A partition with records beyond what was delivered, while the worker is idle:
+        read the tail back and process it (`GapGuard.stalled`)."""
+        if len(self._batcher) or self._acks.in_flight or not self._serving:
+            return  # busy: Faust may simply not have reached that partition yet
+        if self.app.rebalancing or not faustcompat.recovered(self.app):
+            return  # the windows are not restored yet: nothing may be processed
+        topic = self.topics[kafka.USER_EVENTS]
+        loop = asyncio.get_running_loop()
+        for p, (_, high) in sorted(marks.items()):
+            gap = self.gaps.stalled(TP(topic, p), committed.get(p, -1), high,
+                                    self.settings.progress_timeout_s / 6)
+            if gap is None:
+                continue
+            back = await loop.run_in_executor(None, self.gaps.read_back, gap)
+            self.gaps.took(back)
+            if not back:
+                await self.gaps.settle_empty(gap)
+            for old in back:
+                self._batcher.put(old)
 
     def _floor_of(self, key: bytes) -> int | None:
         """The committed seq of the partition that holds ``key`` (see `UserWindows`)."""

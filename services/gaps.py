@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 from faust.types import TP
 
@@ -52,7 +52,7 @@ class Refetched:
 class Gap:
     tp: TP
     first: int  # first offset to read back (the committed offset: may re-read a few)
-    last: int  # last offset skipped
+    last: int | None  # last offset skipped; None: to the end of the partition (a stall)
     left: int = 0  # records read back, not yet delivered
 
 
@@ -74,12 +74,19 @@ class GapGuard:
     the agent reads the missing records back with librdkafka and processes them before it;
     the gap is acked to Faust once their answers are delivered. Faust's own gap acking is
     switched off for user-events, where a gap is never legitimate.
+
+    A gap at the end of a partition shows no later record: the worker's broker timer asks
+    `stalled` whether a partition has records beyond what was delivered while the worker
+    sits idle, and then the tail is read back the same way (seen: after a rebalance a
+    partition's last 224 records were never delivered, the owner idle with lag).
     """
 
     def __init__(self, consumer: Any, topic: str, settings: Settings):
         self.consumer, self.topic, self.settings = consumer, topic, settings
         self._original = faustcompat.replace_add_gap(consumer, self._add_gap)
         self.expected: dict[TP, int] = {}  # next offset the agent should get, per partition
+        self.last_seen: dict[TP, float] = {}  # when a record of the partition last came
+        self.since: dict[TP, float] = {}  # when the partition was (re)assigned
         self.refetched = 0
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
@@ -88,8 +95,11 @@ class GapGuard:
 
     def forget(self, tps: Iterable[TP]) -> None:
         """After a revocation or an assignment Faust starts from the committed offset again."""
+        now = time.monotonic()
         for tp in tps:
             self.expected.pop(tp, None)
+            self.last_seen.pop(tp, None)
+            self.since[tp] = now
 
     def check(self, event: Any) -> Gap | None:
         """The records missing before ``event`` (to read back and process first), if any."""
@@ -97,6 +107,7 @@ class GapGuard:
         tp, offset = msg.tp, msg.offset
         expected = self.expected.get(tp)
         self.expected[tp] = offset + 1
+        self.last_seen[tp] = time.monotonic()
         if expected is None:
             # Faust keeps the committed offset (next to read) here; None: no commit, or 0.
             expected = faustcompat.committed_offset(self.consumer, tp) or 0
@@ -105,6 +116,26 @@ class GapGuard:
         logger.warning("fetcher skipped offsets topic=%s partition=%d first=%d last=%d: "
                        "reading them back", tp.topic, tp.partition, expected, offset - 1)
         return Gap(tp, expected, offset - 1)
+
+    def stalled(self, tp: TP, committed: int, high: int, idle_s: float,
+                now: float | None = None) -> Gap | None:
+        """A gap at the end of ``tp``: the partition holds records up to ``high`` (its high
+        watermark; on tansu it can read low, so the read-back goes to the partition's end)
+        beyond the next offset expected, and none was delivered for ``idle_s``. Call it only
+        while the worker is idle, so a partition Faust merely has not reached yet is not
+        read twice."""
+        now = time.monotonic() if now is None else now
+        expected = self.expected.get(tp)
+        if expected is None:
+            expected = max(committed, 0)
+        if high <= expected:
+            return None
+        if now - self.last_seen.get(tp, self.since.get(tp, now)) < idle_s:
+            return None
+        logger.warning("partition stalled topic=%s partition=%d next=%d high_watermark=%d: "
+                       "reading its tail back", tp.topic, tp.partition, expected, high)
+        self.last_seen[tp] = now
+        return Gap(tp, expected, None)
 
     def read_back(self, gap: Gap, timeout_s: float | None = None) -> list[Refetched]:
         """Blocking (run it in a thread): the records of ``gap`` from the broker (fewer when
@@ -122,10 +153,14 @@ class GapGuard:
                 if time.monotonic() > deadline:
                     raise KafkaException(f"could not read back {gap}")
                 for m in consume_now(consumer, 1000, 0.5):
-                    if m.error() is not None:
+                    err = m.error()
+                    if err is not None:
+                        if gap.last is None and err.code() == KafkaError._PARTITION_EOF:
+                            done = True
+                            break
                         continue
                     offset = int(m.offset() or 0)  # a delivered record has all three
-                    if offset > gap.last:
+                    if gap.last is not None and offset > gap.last:
                         done = True
                         break
                     rec = Record(str(m.topic()), int(m.partition() or 0), offset, m.key(),
@@ -135,6 +170,8 @@ class GapGuard:
         finally:
             consumer.close()
         gap.left = len(out)
+        if gap.last is None:  # a tail: it ends where the partition ended
+            gap.last = out[-1].message.offset if out else gap.first - 1
         self.refetched += len(out)
         return out
 
@@ -142,9 +179,16 @@ class GapGuard:
         """Ack the gap once every record read back was delivered."""
         gap = event.gap
         gap.left -= 1
-        if gap.left == 0:
+        if gap.left == 0 and gap.last is not None:
             await self._original(gap.tp, gap.first, gap.last)
 
     async def settle_empty(self, gap: Gap) -> None:
         """A gap with nothing left to read back (deleted by retention): ack it now."""
-        await self._original(gap.tp, gap.first, gap.last)
+        if gap.last is not None and gap.last >= gap.first:
+            await self._original(gap.tp, gap.first, gap.last)
+
+    def took(self, back: list[Refetched]) -> None:
+        """Records read back for a tail are the partition's next ones: expect what follows."""
+        if back:
+            last = back[-1].message
+            self.expected[last.tp] = max(self.expected.get(last.tp, 0), last.offset + 1)

@@ -297,3 +297,19 @@ def test_the_service_heals_its_local_state() -> None:
     service = Service(settings, FakeScorer(), publisher=MemoryPublisher(), web=False)
     hook = service.app.tables.recovery._build_offsets
     assert getattr(hook, "__name__", "") == "build_offsets_healed"
+
+
+def test_a_partition_with_records_beyond_what_was_delivered_is_reported_stalled_when_idle(
+        app: faust.App) -> None:
+    guard = GapGuard(app.consumer, "user-events",
+                     Settings(kafka_bootstrap="127.0.0.1:1", broker_kind="kafka"))
+    tp = TP("user-events", 3)
+    guard.forget([tp])  # assigned at t0
+    t0 = guard.since[tp]
+    assert guard.stalled(tp, committed=725, high=725, idle_s=10, now=t0 + 60) is None  # no lag
+    assert guard.stalled(tp, committed=725, high=1174, idle_s=10, now=t0 + 5) is None  # young
+    gap = guard.stalled(tp, committed=725, high=1174, idle_s=10, now=t0 + 11)
+    assert gap is not None and (gap.first, gap.last) == (725, None)  # to the partition's end
+    assert guard.stalled(tp, committed=725, high=1174, idle_s=10, now=t0 + 12) is None  # once
+    guard.expected[tp] = 1174  # everything delivered since
+    assert guard.stalled(tp, committed=725, high=1174, idle_s=10, now=t0 + 100) is None

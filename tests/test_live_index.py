@@ -149,3 +149,16 @@ def test_live_index_equals_batch_availability_on_random_logs(
         want = {str(data.streamer_names[s]): int(m)
                 for s, m in zip(av.streamers_at(step), av.streams_at(step), strict=True)}
         assert live.candidates(step).streams == want, step
+
+
+def test_a_start_sent_again_for_a_pruned_broadcast_does_not_bring_it_back() -> None:
+    live = LiveStreams(partitions=1, stopped_horizon=10)
+    live.start(1, "a", 0)
+    live.stop(1, "a", 5)
+    live.start(2, "b", 100)
+    assert live.prune(200) == 1  # "a" is gone
+    live.start(1, "a", 0)  # re-sent (a hostile or replayed record)
+    assert live.candidates(300).streams == {"b": 2}
+    assert live.anomalies == 1
+    live.start(3, "c", 195)  # a new broadcast at the horizon's edge is taken
+    assert live.candidates(300).streams == {"b": 2, "c": 3}

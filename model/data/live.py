@@ -98,6 +98,11 @@ class LiveStreams:
         return slot
 
     def start(self, stream: int, streamer: str, step: int) -> None:
+        if step < self._pruned_below and stream not in self._slot_of:
+            # A start behind the pruning cutoff for a stream not held: a broadcast already
+            # pruned (stopped long ago), sent again. Taking it would make it live forever.
+            self.anomalies += 1
+            return
         slot = self._slot(stream, streamer)
         if self._start[slot] != NO_STEP and self._start[slot] <= step:
             return  # a replayed start: the first one holds
