@@ -52,6 +52,9 @@ def _service_rows(r: dict[str, Any]) -> list[Row]:
     lat = r["latency"]
     rows.append(("service", f"produce-to-publish p50 ms at {lat['rate']:.0f} req/s "
                  "(half capacity)", lat["p50_ms"], "p99 ms", lat["p99_ms"]))
+    if lat.get("lookups"):
+        rows.append(("service", "lookup GET /users/{user}/recommendations p50 ms",
+                     lat["lookup_p50_ms"], "p99 ms", lat["lookup_p99_ms"]))
     return rows
 
 

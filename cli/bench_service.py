@@ -66,6 +66,10 @@ def bench_table(r: dict[str, Any]) -> str:
     lat = r["latency"]
     rows.append(f"latency at {lat['rate']:,.0f} requests/s offered ({lat['answers']} answers):"
                 f" p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
+    if lat.get("lookups"):
+        rows.append(f"lookup GET /users/{{user}}/recommendations ({lat['lookups']} users, "
+                    f"{lat['lookup_missed']} missed): p50 {lat['lookup_p50_ms']:.1f} ms, "
+                    f"p99 {lat['lookup_p99_ms']:.1f} ms")
     return "\n".join(rows)
 
 
@@ -433,6 +437,7 @@ def _latency(base: Settings, tl: Any, model: Path, work: Path, rate: float) -> d
         if not report.ok:
             raise RuntimeError(f"bench latency replay failed: {report.first_error}")
         worker.wait_answers(n, timeout=600)
+        lookups = _lookups(worker.port, _request_users(tl))
     finally:
         worker.stop()
     recs = [r for r in _answers(settings) if r.produced_ms is not None]
@@ -442,4 +447,43 @@ def _latency(base: Settings, tl: Any, model: Path, work: Path, rate: float) -> d
     lat = np.array([r.published_ms - r.produced_ms for r in steady], dtype=float)
     return {"rate": rate, "messages_per_s": rate * messages / n, "answers": len(recs),
             "steady_answers": len(steady),
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            **lookups}
+
+
+def _request_users(tl: Any) -> list[int]:
+    """The users who sent a request in the slice, in order of their first request."""
+    import numpy as np
+
+    rows = tl.ref[tl.kind == 3]  # a request's ref is its row
+    users = np.asarray(tl.data.user_ids)[tl.data.user[rows]]
+    _, first = np.unique(users, return_index=True)
+    return [int(u) for u in users[np.sort(first)]]
+
+
+def _lookups(port: int, users: list[int], most: int = 300) -> dict[str, Any]:
+    """``GET /users/{user}/recommendations`` on the worker for users it has answered, one at
+    a time after the replay: the lookup endpoint's latency (p50/p99 ms) and its misses."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    import numpy as np
+
+    lat, missed = [], 0
+    for user in users[:most]:
+        start = time.perf_counter()
+        try:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/users/{user}/recommendations", timeout=5) as r:
+                r.read()
+        except urllib.error.HTTPError:
+            missed += 1
+            continue
+        lat.append((time.perf_counter() - start) * 1000)
+    if not lat:
+        return {"lookups": 0, "lookup_missed": missed}
+    arr = np.asarray(lat)
+    return {"lookups": len(lat), "lookup_missed": missed,
+            "lookup_p50_ms": float(np.percentile(arr, 50)),
+            "lookup_p99_ms": float(np.percentile(arr, 99))}
