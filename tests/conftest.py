@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -91,6 +92,24 @@ def kafka_broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     try:
         yield broker.bootstrap, "tansu"
     finally:
+        broker.stop()
+
+
+@pytest.fixture
+def own_broker() -> Iterator[object]:
+    """An embedded tansu for this test alone (memory storage, a free port), for tests that
+    freeze, kill or replace their broker: always thawed (SIGCONT) and stopped afterwards."""
+    from liverank.broker.embedded import BrokerError, EmbeddedBroker
+
+    try:
+        broker = EmbeddedBroker.start("127.0.0.1:0")
+    except BrokerError as exc:
+        pytest.skip(f"no embedded tansu for this test: {exc}")
+    try:
+        yield broker
+    finally:
+        if broker.alive():
+            os.kill(broker.process.pid, signal.SIGCONT)  # a frozen one is woken first
         broker.stop()
 
 

@@ -29,7 +29,7 @@ from confluent_kafka import KafkaError, KafkaException
 from typer.testing import CliRunner
 
 from liverank.broker import kafka as kf
-from liverank.broker.embedded import BrokerError, EmbeddedBroker
+from liverank.broker.embedded import EmbeddedBroker
 from liverank.broker.kafka import RepeatFilter
 from liverank.cli.main import app
 from liverank.core import events as ev
@@ -227,21 +227,6 @@ def test_repeated_librdkafka_lines_are_held_back() -> None:
 
 
 # --- on a broker --------------------------------------------------------------------------
-
-@pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    """A tansu for this test alone (it gets frozen); always thawed and stopped."""
-    try:
-        broker = EmbeddedBroker.start("127.0.0.1:0")
-    except BrokerError as exc:
-        pytest.skip(f"no embedded broker: {exc}")
-    try:
-        yield broker
-    finally:
-        if broker.alive():
-            os.kill(broker.process.pid, signal.SIGCONT)
-        broker.stop()
-
 
 class GatedSink(ForwardingSink):
     """The replay's producer with a gate before the ``gate``-th user event: everything

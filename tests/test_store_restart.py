@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from liverank.broker import kafka
-from liverank.broker.embedded import BrokerError, EmbeddedBroker, free_port
+from liverank.broker.embedded import EmbeddedBroker, free_port
 from liverank.core import events as ev
 from liverank.core.settings import Settings
 from liverank.model.data.synth import write as write_synth
@@ -97,18 +97,6 @@ def workers() -> Iterator[list[Worker]]:
         w.stop()
 
 
-@pytest.fixture
-def fresh_broker() -> Iterator[EmbeddedBroker]:
-    try:
-        broker = EmbeddedBroker.start("127.0.0.1:0")
-    except BrokerError as exc:
-        pytest.skip(f"no embedded tansu for the fresh broker: {exc}")
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 def answers(settings: Settings, want: set[str], worker: Worker, timeout: float = 120.0
             ) -> list[ev.Recommendation]:
     """The recommendations topic once every request of ``want`` is answered (bounded)."""
@@ -136,8 +124,8 @@ def by_request(recs: list[ev.Recommendation]) -> dict[str, list[tuple[str, str, 
     return out
 
 
-def test_a_store_ahead_of_a_fresh_broker_is_wiped_and_restored_not_a_crash(
-        kafka_settings: Settings, fresh_broker: EmbeddedBroker,
+def test_a_store_ahead_of_a_own_broker_is_wiped_and_restored_not_a_crash(
+        kafka_settings: Settings, own_broker: EmbeddedBroker,
         tmp_path: Path, workers: list[Worker]) -> None:
     t0 = time.monotonic()
     csv = tmp_path / "tiny.csv"
@@ -163,7 +151,7 @@ def test_a_store_ahead_of_a_fresh_broker_is_wiped_and_restored_not_a_crash(
     t1 = time.monotonic()
 
     # 2. A fresh broker, the same log, the same data directory.
-    settings = kafka_settings.model_copy(update={"kafka_bootstrap": fresh_broker.bootstrap,
+    settings = kafka_settings.model_copy(update={"kafka_bootstrap": own_broker.bootstrap,
                                                  "broker_kind": "tansu"})
     kafka.ensure_topics(settings)
     report = replay_to_kafka(tl, settings)

@@ -11,7 +11,6 @@ environment when `helpers` is imported (see there).
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -42,25 +41,8 @@ def fault_log(fault_model: FaultModel) -> Log:
 
 
 @pytest.fixture
-def embedded_broker() -> Iterator[object]:
-    """The test's own embedded tansu (memory storage) on a free port."""
-    from liverank.broker.embedded import BrokerError, EmbeddedBroker
-
-    try:
-        broker = EmbeddedBroker.start("127.0.0.1:0")
-    except BrokerError as exc:
-        pytest.skip(f"embedded tansu unavailable: {exc}")
-    try:
-        yield broker
-    finally:
-        if broker.process.poll() is None:
-            broker.process.send_signal(signal.SIGCONT)  # a frozen one is woken first
-        broker.stop()
-
-
-@pytest.fixture
-def fault_settings(embedded_broker: object, request: pytest.FixtureRequest) -> Settings:
-    return settings_for(embedded_broker.bootstrap, request.node.name)  # type: ignore[attr-defined]
+def fault_settings(own_broker: object, request: pytest.FixtureRequest) -> Settings:
+    return settings_for(own_broker.bootstrap, request.node.name)  # type: ignore[attr-defined]
 
 
 @pytest.fixture

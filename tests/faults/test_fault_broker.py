@@ -38,13 +38,13 @@ FREEZE_S = 10.0
 
 @pytest.mark.timeout(180)
 def test_broker_frozen_mid_replay_everything_answered(
-        fault_model: FaultModel, fault_log: Log, embedded_broker: object,
+        fault_model: FaultModel, fault_log: Log, own_broker: object,
         fault_settings: Settings, workers: list[Worker], replays: list[GatedReplay],
         tmp_path: Path, record_fault: Callable[..., str]) -> None:
     """SIGSTOP the broker for ~10 s while the worker answers a backlog and the replay
     still has half the log to send (opened during the freeze), then SIGCONT: every
     request answered, duplicates identical, every answer right."""
-    proc = embedded_broker.process  # type: ignore[attr-defined]
+    proc = own_broker.process  # type: ignore[attr-defined]
     kafka.ensure_topics(fault_settings)
     worker = Worker(fault_settings, fault_model.model_dir, tmp_path, "w1").start()
     workers.append(worker)
