@@ -328,40 +328,22 @@ def lag_of(committed: int, low: int, high: int) -> int:
     return max(0, high - (committed if committed >= 0 else low))
 
 
-def committed_records(settings: Settings, topic: str, group: str, partitions: int,
-                      decode: Callable[[bytes], T]) -> dict[int, T]:
-    """Blocking, one-off: `GroupReader.records_at` for every partition of ``topic``."""
-    reader = GroupReader(settings, group)
-    try:
-        return reader.records_at(topic, reader.committed(topic, range(partitions)), decode)
-    finally:
-        reader.close()
-
-
 def committed_floor(settings: Settings, topic: str, group: str, partitions: int,
                     step_of: Callable[[bytes], int]) -> int | None:
     """Blocking: the smallest step a consumer of ``group`` may still read on ``topic``
-    (`committed_records`; steps only grow along a partition), so what the live index holds
-    for earlier steps can go. None when it cannot tell (broker unreachable): prune nothing.
+    (`GroupReader.records_at`; steps only grow along a partition), so what the live index
+    holds for earlier steps can go. None when it cannot tell (broker unreachable): prune
+    nothing. One-off; a worker keeps its `GroupReader`.
     """
+    reader = GroupReader(settings, group)
     try:
-        steps = committed_records(settings, topic, group, partitions, step_of)
+        steps = reader.records_at(topic, reader.committed(topic, range(partitions)), step_of)
     except (KafkaException, TimeoutError) as exc:
         logger.warning("cannot tell the committed floor topic=%s error=%s", topic, exc)
         return None
-    return min(steps.values()) if steps else None
-
-
-def consumer_lag(settings: Settings, topic: str, group: str, partitions: list[int]
-                 ) -> dict[int, int]:
-    """Blocking, one-off: `GroupReader.lag` of ``partitions``."""
-    if not partitions:
-        return {}
-    reader = GroupReader(settings, group)
-    try:
-        return reader.lag(topic, reader.committed(topic, partitions))
     finally:
         reader.close()
+    return min(steps.values()) if steps else None
 
 
 def _first_records(consumer: Consumer, topic: str, at: dict[int, int],

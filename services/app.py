@@ -801,7 +801,7 @@ def _freeze_heap() -> None:
 
 
 def _position(raw: bytes) -> tuple[int, int]:
-    """(step, seq) of a user-events record (`committed_records`); EventError (a ValueError)
+    """(step, seq) of a user-events record (`GroupReader.records_at`); EventError (a ValueError)
     for a record that is not one."""
     e = ev.decode_user_event(raw)
     return e.step, e.seq
