@@ -1,40 +1,121 @@
 """The ``liverank`` command line: one entry point, one subcommand per job.
 
 Each command is a thin wrapper; heavy imports (torch, faust, onnxruntime) happen inside the
-command that needs them, so ``liverank --help`` and the data commands stay fast.
+command that needs them, so ``liverank --help`` and the data commands stay fast. The
+modules that define the subcommands are imported only when one of their commands runs (or
+``--help`` lists them): ``liverank serve`` never imports the data layer's loaders, so
+neither pandas nor torch is loaded in a serving process (`LazyGroup`; a test checks it).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
-from liverank.cli.bench import app as bench_app
-from liverank.cli.recs import app as recs_app
-from liverank.cli.schema import schema_command
-from liverank.model.cli import register as register_model_commands
-from liverank.model.data.cli import app as data_app
-from liverank.replay.cli import broker_command, replay_command
-from liverank.services.serve import register as register_serve
+Register = Callable[[typer.Typer], object]
+
+
+def _typer_group(name: str, sub: typer.Typer) -> typer.core.TyperGroup:
+    group = typer.main.get_group(sub)
+    group.name = name
+    return group
+
+
+def _registered(register: Register, name: str) -> typer.core.TyperGroup:
+    """The command ``name`` as ``register`` adds it to a Typer (help, epilog and all)."""
+    sub = typer.Typer()
+    register(sub)
+    return typer.main.get_group(sub).commands[name]  # type: ignore[return-value]
+
+
+# Each loader imports its module when called, not when this module is imported.
+def _data() -> object:
+    from liverank.model.data.cli import app as data_app
+
+    return _typer_group("data", data_app)
+
+
+def _bench() -> object:
+    from liverank.cli.bench import app as bench_app
+
+    return _typer_group("bench", bench_app)
+
+
+def _recs() -> object:
+    from liverank.cli.recs import app as recs_app
+
+    return _typer_group("recs", recs_app)
+
+
+def _model(name: str) -> object:
+    from liverank.model.cli import register  # train, evaluate, export
+
+    return _registered(register, name)
+
+
+def _replay(name: str) -> object:
+    from liverank.replay.cli import broker_command, replay_command
+
+    command = {"replay": replay_command, "broker": broker_command}[name]
+    return _registered(lambda t: t.command(name)(command), name)
+
+
+def _serve(name: str) -> object:
+    from liverank.services.serve import register
+
+    return _registered(register, name)
+
+
+def _schema(name: str) -> object:
+    from liverank.cli.schema import schema_command
+
+    return _registered(lambda t: t.command(name)(schema_command), name)
+
+
+LAZY: dict[str, Callable[[], object]] = {
+    "data": _data,
+    "bench": _bench,
+    "recs": _recs,
+    "train": functools.partial(_model, "train"),
+    "evaluate": functools.partial(_model, "evaluate"),
+    "export": functools.partial(_model, "export"),
+    "replay": functools.partial(_replay, "replay"),
+    "broker": functools.partial(_replay, "broker"),
+    "serve": functools.partial(_serve, "serve"),
+    "schema": functools.partial(_schema, "schema"),
+}
+
+
+class LazyGroup(TyperGroup):
+    """The root group: the commands in `LAZY` are built from their modules on first use."""
+
+    @functools.cache  # noqa: B019 (one root group per process)
+    def _lazy(self, name: str) -> typer.core.TyperCommand | typer.core.TyperGroup:
+        return LAZY[name]()  # type: ignore[return-value]
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        return [*LAZY, *(n for n in super().list_commands(ctx) if n not in LAZY)]
+
+    def get_command(self, ctx: typer.Context, cmd_name: str):  # type: ignore[no-untyped-def,override]
+        if cmd_name in LAZY:
+            return self._lazy(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
+    cls=LazyGroup,
     help="liverank: recommend live streams that are on air now.\n\n"
     "Replay Twitch-format viewing logs through Kafka, keep live state and user windows in a "
     "Faust service, score with an availability- and time-aware SASRec exported to ONNX.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(data_app, name="data")
-app.add_typer(bench_app, name="bench")
-app.add_typer(recs_app, name="recs")
-register_model_commands(app)  # train, evaluate, export
-app.command("replay")(replay_command)
-app.command("broker")(broker_command)
-register_serve(app)  # serve
-app.command("schema")(schema_command)
 
 
 @app.command()

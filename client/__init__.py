@@ -13,17 +13,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from liverank.client.consumer import RecsClient, latest
     from liverank.client.endpoint import LookupUnavailableError, lookup
-    from liverank.client.partitioner import partition_for
+    from liverank.core.partitioner import partition_for
 
 __all__ = ["RecsClient", "LookupUnavailableError", "latest", "lookup", "partition_for"]
 
 # name -> its module (not named like a function: a loaded submodule would shadow it)
-_HOMES = {"RecsClient": "consumer", "latest": "consumer", "lookup": "endpoint",
-          "LookupUnavailableError": "endpoint", "partition_for": "partitioner"}
+_HOMES = {"RecsClient": "liverank.client.consumer", "latest": "liverank.client.consumer",
+          "lookup": "liverank.client.endpoint",
+          "LookupUnavailableError": "liverank.client.endpoint",
+          "partition_for": "liverank.core.partitioner"}
 
 
 def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    return getattr(importlib.import_module(home), name)

@@ -42,8 +42,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from liverank.broker import kafka
-from liverank.client.partitioner import partition_for
 from liverank.core import events as ev
+from liverank.core.partitioner import partition_for
 from liverank.core.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from liverank.core.settings import Settings
 from liverank.core.timebase import STEPS_PER_DAY
 from liverank.model.data.live import Candidates, LiveStreams
 from liverank.model.metrics import Accumulator
+from liverank.model.pushes import score_pushes
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class OnlineEvaluator:
         summary = self._summary(model, pop, by_day, requests, answered, live_items,
                                 total_items, recommended, live_catalogue)
         summary["watch_triggered"] = self._score_watch_answers(timeline)
+        summary["pushes"] = score_pushes(timeline, self.answers, self.k, self.watch_horizon)
         return summary
 
     def _score_watch_answers(self, timeline: list[ev.Event]) -> dict[str, Any]:
@@ -235,6 +237,14 @@ def format_summary(report: dict[str, Any]) -> str:
         f"answers/s {report['answers_per_s']:.0f}",
         "latency ms " + (", ".join(f"{k} {v:.1f}" for k, v in lat.items()) if lat else "n/a"),
     ]
+    push = report.get("pushes") or {}
+    if push.get("pushes"):
+        k = push["k"]
+        lines.append(
+            f"pushes {push['pushes']} ({push['pushes_per_start']:.3f} per stream start, "
+            f"{push['users']} users): next watch in the push (HR@{k}) "
+            f"{push[f'hr@{k}_paired']:.4f} vs in the answer before it "
+            f"{push[f'hr@{k}_before']:.4f} ({push['with_answer_before']} pushes)")
     return "\n".join(lines)
 
 

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="Prefix for every topic name (tests, tenants).")
     partitions: int = Field(8, ge=1, description="Partitions of every topic created.")
     replication_factor: int = Field(1, ge=1, description="Replication of created topics.")
+    create_topics: bool = Field(
+        True, description="Create missing topics at start (the system's topics, Faust's "
+        "changelog and leader topics). false where topics are managed outside liverank "
+        "(Strimzi KafkaTopic resources, docs/deploy.md): then a missing topic is an error."
+    )
     answers_retention_ms: int = Field(
         7 * 24 * 3600 * 1000, ge=-1, description="Retention of the answer log "
         "(recommendations); -1 keeps it forever (a simulation to analyse). The latest answer "
@@ -87,6 +92,22 @@ class Settings(BaseSettings):
         1008, ge=0, description="Steps beyond the newest seen after which an event is refused."
     )
     recommend_on_watch: bool = Field(False, description="Also answer after every watch.")
+    push_on_live: bool = Field(
+        False, description="Push a refreshed answer (trigger live_change) to a user on the "
+        "page when a streamer in their input window goes live (docs/consuming.md)."
+    )
+    push_on_page_steps: int = Field(
+        3, ge=0, description="A user is on the page for this many steps after their last "
+        "request or watch (pushes)."
+    )
+    push_recent_steps: int = Field(
+        7 * STEPS_PER_DAY, ge=0,
+        description="A streamer going live triggers a push only if the user watched them "
+        "at most this many steps before (and within their input window).",
+    )
+    push_min_gap_steps: int = Field(
+        6, ge=0, description="Fewest steps between two pushes to one user (rate limit)."
+    )
     store: str = Field("rocksdb://", description="Faust table store (memory:// in tests).")
     data_dir: str = Field(
         "out/service-data", description="Directory of the worker's local state (the table "

@@ -61,6 +61,7 @@ from liverank.core import events as ev
 from liverank.core.settings import Settings
 from liverank.core.timebase import event_time_ms
 from liverank.model.data.live import Candidates, LiveStreams
+from liverank.model.pushes import PushPlanner, PushRule
 from liverank.model.scorer import Ranked, RankRequest, Scorer, load_scorer, model_stamp
 from liverank.services import faustcompat
 from liverank.services.acks import OrderedAcks
@@ -81,6 +82,7 @@ from liverank.services.state import (
     Job,
     MicroBatcher,
     Ownership,
+    Pushing,
     UserWindows,
     answer_batch,
     plan_batch,
@@ -266,6 +268,8 @@ class Service:
         self._partitions = 0
         self.windows = UserWindows(self._view, scorer.window_len, settings.window_slack,
                                    floor_of=self._floor_of)
+        # Pushes when a streamer a user on the page watched goes live (off by default).
+        self.pushes = PushPlanner(PushRule.of(settings)) if settings.push_on_live else None
         self.agent = self.app.agent(self.user_topic, name="recommend")(self._recommend)
         self.app.task(self._run_io)
         self.app.timer(1.0, name="liverank-gauges")(self._refresh_gauges)
@@ -444,6 +448,8 @@ class Service:
         for tp in tps:
             if tp.topic == topic:
                 self._progress.pop(tp.partition, None)
+        if self.pushes is not None:
+            self.pushes.forget(tp.partition for tp in tps if tp.topic == topic)
 
     # --- stream events ---------------------------------------------------------------------
     def on_stream_records(self, records: Iterable[tuple[int, int, bytes]]) -> None:
@@ -549,6 +555,7 @@ class Service:
         answers: list[ev.Recommendation] = []
         self._out = out
         decoded: list[Decoded] = []
+        partitions: list[int] = []
         owner = self._view.owner = self._latest.owner = {}
         progress = self._progress
         owned = self._owned
@@ -560,11 +567,18 @@ class Service:
                 decoded.append(d)
                 owner[d.key] = e  # any event of the user: they all sit in its partition
                 p = e.message.partition
+                partitions.append(p)
                 if d.event.step > progress.get(p, -1):
                     progress[p] = d.event.step
         stats = BatchStats()
+        pushing = await self._pushing(decoded, partitions)
         jobs = plan_batch([(d.key, d.event, d.produced_ms) for d in decoded], self.windows,
-                          self.settings.recommend_on_watch, stats)
+                          self.settings.recommend_on_watch, stats, pushing)
+        if stats.pushes:  # a pushed user's answer is written under an event of its partition
+            of_partition = {e.message.partition: e for e in events}
+            for job in jobs:
+                if job.partition is not None:
+                    owner.setdefault(job.key, of_partition[job.partition])
         self._view.records = []
         written = self.windows.flush(self._view.__setitem__)
         self._latest.records = []
@@ -581,6 +595,18 @@ class Service:
             m.duplicates.inc(stats.duplicates)
         self._out = None
         return Batch(out, answers)
+
+    async def _pushing(self, decoded: list[Decoded], partitions: list[int]) -> Pushing | None:
+        """The push planner's view of a batch: the starts are read once every stream-events
+        partition has passed the batch's newest step (bounded by the watermark wait; starts
+        beyond the watermark are planned with a later batch)."""
+        if self.pushes is None or not decoded:
+            return None
+        live = self.live
+        assert live is not None
+        await self._wait_watermark(max(d.event.step for d in decoded))
+        return Pushing(self.pushes, live.starts, partitions, live.watermark,
+                       self.settings.epoch_ms)
 
     async def _answer(self, jobs: list[Any], out: list[Outgoing]) -> list[ev.Recommendation]:
         live = self.live
@@ -753,6 +779,8 @@ class Service:
             m.intervals.set(len(self.live))
             m.watermark.set(self.live.watermark)
         m.windows.set(self.windows.created)
+        if self.pushes is not None:
+            m.users_on_page.set(self.pushes.on_page)
         m.ready.set(1 if self.ready()[0] else 0)
         m.live.set(1 if self.alive()[0] else 0)
         m.since_progress.set(self.health.since_progress())

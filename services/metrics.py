@@ -83,6 +83,9 @@ class Metrics:
                                "succeed, 0 during an outage.", registry=r)
         self.live = Gauge("liverank_live", "1 unless the worker is wedged (liveness).",
                           registry=r)
+        self.users_on_page = Gauge("liverank_users_on_page", "Users of this worker's "
+                                   "partitions within push_on_page_steps of their last event "
+                                   "(who a stream start may push to).", registry=r)
         self.publish_failures = Counter("liverank_publish_failures", "Messages the broker "
                                         "did not acknowledge.", registry=r)
 
@@ -90,17 +93,18 @@ class Metrics:
         """Count a batch's delivered answers: by trigger, late, fallback, stale, and each
         one's produce-to-publish latency. One ``inc()`` per counter per batch (the
         per-answer calls were measurable on the hot path)."""
-        counts = [0, 0, 0, 0, 0]  # request, watch, late, fallback, stale
+        counts = [0, 0, 0, 0, 0, 0]  # request, watch, late, fallback, stale, live_change
         observe = self.latency.observe
         for rec in recs:
-            counts[rec.trigger == "watch"] += 1
+            counts[5 if rec.trigger == "live_change" else rec.trigger == "watch"] += 1
             if rec.produced_ms is not None:
                 observe(max(0, rec.published_ms - rec.produced_ms) / 1000)
             counts[2] += rec.late
             counts[3] += rec.fallback
             counts[4] += rec.stale
         for metric, n in zip((self.answers.labels("request"), self.answers.labels("watch"),
-                              self.late, self.fallback, self.stale), counts, strict=True):
+                              self.late, self.fallback, self.stale,
+                              self.answers.labels("live_change")), counts, strict=True):
             if n:
                 metric.inc(n)
 

@@ -25,6 +25,7 @@ import msgspec
 
 from liverank.core import events as ev
 from liverank.model.data.live import Candidates, LiveStreams
+from liverank.model.pushes import PushPlanner, Starts
 from liverank.model.scorer import Ranked, RankRequest, Scorer
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ class Job:
     window: list[tuple[str, int]]
     produced_ms: int | None
     exclude: str | None = None  # the streamer being watched (trigger "watch")
+    partition: int | None = None  # a push's user-events partition (its user has no event)
 
 
 @dataclass
@@ -207,7 +209,21 @@ class BatchStats:
     watch_not_live: int = 0  # watches of a stream not live at their step
     late: int = 0
     stale: int = 0
+    pushes: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Pushing:
+    """What `plan_batch` needs to plan pushes (`liverank.model.pushes`): the planner, the
+    live index's starts, each item's partition, and the newest step whose starts are all
+    known (the watermark: later starts are planned with a later batch)."""
+
+    planner: PushPlanner
+    starts: Starts
+    partitions: Sequence[int]
+    upto: int
+    epoch_ms: int
 
 
 def plan_batch(
@@ -215,16 +231,26 @@ def plan_batch(
     windows: UserWindows,
     recommend_on_watch: bool = False,
     stats: BatchStats | None = None,
+    pushing: Pushing | None = None,
 ) -> list[Job]:
     """Apply a micro-batch of decoded user events, in order, to the windows; return a `Job`
     per answer, its window taken at the event's place in the timeline.
 
     ``items`` are (key, event, produced_ms). A request's window is the entries with seq
     below its own; a watch's refreshed answer (``recommend_on_watch``) includes the watch.
+    With ``pushing``, the pushes of the streams started since an item's partition's
+    previous event come before the item, as `liverank.model.pushes` says.
     """
     stats = stats if stats is not None else BatchStats()
     jobs: list[Job] = []
-    for key, event, produced_ms in items:
+    for i, (key, event, produced_ms) in enumerate(items):
+        if pushing is not None:
+            partition = pushing.partitions[i]
+            for push in pushing.planner.plan(partition, min(event.step, pushing.upto),
+                                             pushing.starts):
+                jobs.append(Job(push.key, push.request(pushing.epoch_ms), "live_change",
+                                push.window, None, partition=partition))
+                stats.pushes += 1
         if isinstance(event, ev.RecRequest):
             stats.requests += 1
             jobs.append(Job(key, event, "request", windows.history(key, event.seq),
@@ -237,6 +263,9 @@ def plan_batch(
             elif recommend_on_watch:
                 jobs.append(Job(key, event, "watch", windows.history(key, event.seq + 1),
                                 produced_ms, exclude=event.streamer))
+        if pushing is not None:
+            pushing.planner.seen(partition, key, event.user, event.step,
+                                 windows.history(key, event.seq + 1))
     return jobs
 
 

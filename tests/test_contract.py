@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from liverank.broker.kafka import TOPICS
 from liverank.cli.main import app
-from liverank.client.partitioner import murmur2, partition_for
 from liverank.core import events as ev
+from liverank.core.partitioner import murmur2, partition_for
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 FIX = "run `liverank schema --write docs/schemas` and commit the result"

@@ -44,6 +44,7 @@ from liverank.model.data.synth import write as write_synth
 from liverank.model.data.timeline import REQUEST, build_timeline
 from liverank.model.data.twitch import Interactions, load_interactions
 from liverank.model.evaluate import iter_requests
+from liverank.model.pushes import PushRule, offline_pushes
 from liverank.model.scorer import Ranked, Scorer, load_scorer
 from liverank.replay.producer import ForwardingSink, replay_to_kafka
 from liverank.replay.producer import replay as replay_to
@@ -300,6 +301,38 @@ def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
     assert 'liverank_dead_letters_total{reason="undecodable"' in text
     assert "liverank_late_requests_total 0.0" in text
     assert "faust_" in text  # Faust's own sensors in the same registry
+
+
+def test_pushes_on_live_change_equal_the_offline_computation(
+        models: Models, kafka_settings: Settings, kafka_broker_kind: str, tmp_path: Path,
+        workers: list[Worker]) -> None:
+    """With pushes on, the worker publishes a ``live_change`` answer for exactly the pushes
+    `offline_pushes` computes from the same timeline, ranked alike; requests are still
+    answered once each, and the latest-answer table holds pushes too."""
+    kafka.ensure_topics(kafka_settings)
+    worker = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
+                    push_on_live="true").start()
+    workers.append(worker)
+    worker.wait_ready()
+    timeline = build_timeline(models.data)
+    events = [timeline.event(i) for i in range(len(timeline))]
+    scorer = load(models.v1)
+    want = {r.request_id: r for r in offline_pushes(
+        events, scorer, K, kafka_settings.partitions, PushRule.of(kafka_settings),
+        kafka_settings.epoch_ms)}
+    assert len(want) > 10
+    replay(models, kafka_settings)
+    recs = wait_answers(kafka_settings, request_ids(models) | set(want), 120, worker)
+    pushes = [r for r in recs if r.trigger == "live_change"]
+    assert len(recs) == len(request_ids(models)) + len(want)  # nothing else, no repeats
+    assert {r.request_id for r in pushes} == set(want)
+    for r in pushes:
+        ref = want[r.request_id]
+        assert (r.seq, r.step, r.user, r.late) == (ref.seq, ref.step, ref.user, False)
+        assert same_ranking(r, Ranked([i.streamer for i in ref.items],
+                                      [i.score for i in ref.items], ref.fallback)), r
+    text = worker.metrics()
+    assert f'liverank_answers_total{{trigger="live_change"}} {float(len(want))}' in text
 
 
 def answers_metric(worker: Worker) -> float:

@@ -63,6 +63,7 @@ class LiveStreams:
         self._streamer = np.zeros(0, dtype=np.int32)  # index into _names
         self._start = np.zeros(0, dtype=np.int64)  # NO_STEP: start not seen
         self._stop = np.zeros(0, dtype=np.int64)  # NO_STEP: still live
+        self._start_seq = np.zeros(0, dtype=np.int64)  # seq of the start event (-1: none)
         self._used = np.zeros(0, dtype=np.bool_)
         self._alloc(1024)
         self._cache: dict[int, Candidates] = {}
@@ -78,6 +79,7 @@ class LiveStreams:
         self._streamer = _grow(self._streamer, extra, 0)
         self._start = _grow(self._start, extra, NO_STEP)
         self._stop = _grow(self._stop, extra, NO_STEP)
+        self._start_seq = _grow(self._start_seq, extra, -1)
         self._used = _grow(self._used, extra, False)
         self._free.extend(range(capacity - 1, old - 1, -1))
 
@@ -97,7 +99,7 @@ class LiveStreams:
         self._start[slot], self._stop[slot], self._used[slot] = NO_STEP, NO_STEP, True
         return slot
 
-    def start(self, stream: int, streamer: str, step: int) -> None:
+    def start(self, stream: int, streamer: str, step: int, seq: int = -1) -> None:
         if step < self._pruned_below and stream not in self._slot_of:
             # A start behind the pruning cutoff for a stream not held: a broadcast already
             # pruned (stopped long ago), sent again. Taking it would make it live forever.
@@ -108,7 +110,7 @@ class LiveStreams:
             return  # a replayed start: the first one holds
         if self._stop[slot] != NO_STEP:
             self.anomalies += 1  # the stop came first (e.g. read from the middle of the log)
-        self._start[slot] = step
+        self._start[slot], self._start_seq[slot] = step, seq
         self._invalidate(step)
 
     def stop(self, stream: int, streamer: str, step: int) -> None:
@@ -147,7 +149,7 @@ class LiveStreams:
     def apply(self, event: ev.StreamEvent, partition: int) -> bool:
         """Apply one stream event read from ``partition``; True when the watermark moved."""
         if isinstance(event, ev.StreamStart):
-            self.start(event.stream, event.streamer, event.step)
+            self.start(event.stream, event.streamer, event.step, event.seq)
         elif isinstance(event, ev.StreamStop):
             self.stop(event.stream, event.streamer, event.step)
         elif isinstance(event, ev.Watermark | ev.End):
@@ -176,6 +178,17 @@ class LiveStreams:
             del self._cache[next(iter(self._cache))]
         self._cache[step] = result
         return result
+
+    def starts(self, after: int, upto: int) -> list[tuple[int, int, str]]:
+        """(step, seq, streamer) of every broadcast held that started in ``(after, upto]``,
+        in timeline order: what went live (the pushes' trigger, `liverank.model.pushes`)."""
+        hit = np.flatnonzero(self._used & (self._start > after) & (self._start <= upto))
+        if not hit.shape[0]:
+            return []
+        hit = hit[np.lexsort((self._start_seq[hit], self._start[hit]))]
+        return [(step, seq, self._names[name]) for step, seq, name in zip(
+            self._start[hit].tolist(), self._start_seq[hit].tolist(),
+            self._streamer[hit].tolist(), strict=True)]
 
     def prune(self, floor: int) -> int:
         """Forget intervals that stopped ``stopped_horizon`` steps or more before ``floor``,
