@@ -19,6 +19,7 @@ from liverank.cli.bench_soak import (
     dir_mb,
     loop_frame,
     loop_period,
+    paced,
     parse_cpu_ticks,
     parse_metrics,
     parse_vmrss_mb,
@@ -137,6 +138,25 @@ def test_looped_frame_shifts_steps_and_streams_and_keeps_users():
     per_pass = [set(looped["stream"][i * 3:(i + 1) * 3]) for i in range(3)]
     assert not (per_pass[0] & per_pass[1]) and not (per_pass[1] & per_pass[2])
     assert loop_frame(frame, 1, 144) is frame
+
+
+def test_paced_feed_loops_the_log_and_counts_requests_per_event(tmp_path):
+    from liverank.model.data.synth import write
+    from liverank.model.data.timeline import REQUEST
+    from liverank.model.data.twitch import load_interactions
+
+    csv_path = tmp_path / "tiny.csv"
+    write("tiny", 0, csv_path)
+    ds = load_interactions(csv_path)
+    once = paced(ds, csv_path, rate=50, seconds=10, epoch_ms=0)
+    assert once.passes == 1 and once.period == loop_period(ds.max_step)
+    assert once.speed == pytest.approx(speed_for(50, len(ds) / once.period))
+    kinds = once.timeline.kind
+    assert once.requests_before[-1] == np.count_nonzero(kinds == REQUEST) == len(ds)
+    assert np.all(np.diff(once.requests_before) == (kinds == REQUEST))
+    looped = paced(ds, csv_path, rate=10 * len(ds), seconds=1, epoch_ms=0)
+    assert looped.passes == passes_needed(1, 10 * len(ds), len(ds)) > 1
+    assert looped.requests_before[-1] == looped.passes * len(ds)
 
 
 def test_slope_is_per_minute_and_nan_without_spread():
