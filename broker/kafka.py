@@ -64,8 +64,10 @@ STREAM_EVENTS = "stream-events"
 USER_EVENTS = "user-events"
 RECOMMENDATIONS = "recommendations"
 RECOMMENDATIONS_LATEST = "recommendations-latest"
+RECOMMENDATIONS_SHADOW = "recommendations-shadow"
 DEAD_LETTERS = "dead-letters"
-TOPICS = (STREAM_EVENTS, USER_EVENTS, RECOMMENDATIONS, RECOMMENDATIONS_LATEST, DEAD_LETTERS)
+TOPICS = (STREAM_EVENTS, USER_EVENTS, RECOMMENDATIONS, RECOMMENDATIONS_LATEST,
+          RECOMMENDATIONS_SHADOW, DEAD_LETTERS)
 DEAD_LETTERS_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
@@ -80,7 +82,7 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
     * ``recommendations-latest`` is compacted: the latest answer of every user;
     * ``dead-letters`` keeps 30 days.
     """
-    if name == RECOMMENDATIONS:
+    if name in (RECOMMENDATIONS, RECOMMENDATIONS_SHADOW):
         return {"retention.ms": str(settings.answers_retention_ms)}
     if name == RECOMMENDATIONS_LATEST:
         return {"cleanup.policy": "compact"}
@@ -399,14 +401,20 @@ def detect_broker_kind(bootstrap: str, settings: Settings) -> Literal["kafka", "
 def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> dict[str, int]:
     """Create the system's topics (``settings.topic(name)``) unless they exist; check them.
 
-    Every topic gets ``settings.partitions`` partitions and `topic_config`. An existing
-    topic with another partition count is an error: keys would land on other partitions
+    Every topic gets ``settings.partitions`` partitions and `topic_config`; with
+    ``settings.create_topics`` off, nothing is created and a missing topic is an error. An
+    existing topic with another partition count is an error: keys would land on other partitions
     than the service's state expects. Returns {full topic name: partitions}.
     """
     wanted = [settings.topic(n) for n in (TOPICS if names is None else names)]
     admin = admin_client(settings)
     meta = wait_for_broker(settings)
     missing = [t for t in wanted if t not in meta.topics]
+    if missing and not settings.create_topics:
+        raise KafkaSetupError(
+            f"topics missing at {settings.kafka_bootstrap}: {', '.join(missing)}. "
+            "LIVERANK_CREATE_TOPICS=false: they are created outside liverank (the "
+            "deployment's KafkaTopic resources, docs/deploy.md)")
     if missing:
         names_of = {settings.topic(n): n for n in TOPICS}
         new = [NewTopic(t, num_partitions=settings.partitions,

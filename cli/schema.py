@@ -11,7 +11,7 @@ import typer
 def schema_command(
     topic: str | None = typer.Argument(None, help="One topic (stream-events, user-events, "
                                        "recommendations, recommendations-latest, "
-                                       "dead-letters); all when omitted."),
+                                       "recommendations-shadow, dead-letters); all when omitted."),
     write: Path | None = typer.Option(None, "--write", help="Write <topic>.json files into "
                                       "this folder instead (e.g. docs/schemas)."),
 ) -> None:

@@ -8,6 +8,8 @@ Topics and their records (JSON on the wire, one object per message, ``kind`` tag
 * ``recommendations`` (key: user id): `Recommendation`
 * ``recommendations-latest`` (compacted, key: user id): each user's latest `Recommendation`;
   null values (tombstones) under non-user keys
+* ``recommendations-shadow`` (key: user id): the candidate model's `Recommendation` for the
+  same requests (``shadow`` true), when a shadow model is loaded
 * ``dead-letters`` (key: none): `DeadLetter`
 
 `json_schemas` turns these into one JSON Schema per topic (docs/schemas/, the published
@@ -158,6 +160,7 @@ class Recommendation(_Event, frozen=True, kw_only=True, tag=RECOMMENDATION):
     late: bool = False
     stale: bool = False
     schema_version: Int64 = SCHEMA_VERSION
+    shadow: bool = False  # a candidate model's answer (recommendations-shadow), never served
 
 
 class DeadLetter(_Event, frozen=True, kw_only=True, tag=DEAD_LETTER):
@@ -267,6 +270,9 @@ TOPIC_VALUES: dict[str, tuple[object, str]] = {
         "compacted; key: the user id in decimal, value: that user's latest answer. Also "
         "holds tombstones (null values) under keys that are not user ids (b\"\\x00seal\"): "
         "skip null values and keys that are not decimal digits"),
+    "recommendations-shadow": (
+        Recommendation, "key: the user id in decimal; a candidate model's answers to the "
+        "same requests, shadow true, never served"),
     "dead-letters": (DeadLetter, "key: none"),
 }
 

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
 
     # --- serving -------------------------------------------------------------------------
     model_dir: str = Field("out/model", description="Exported model directory to serve.")
+    shadow_model_dir: str = Field(
+        "", description="A candidate model directory scored next to the live one on every "
+        "request; its answers go to recommendations-shadow only (empty: no shadow)."
+    )
     top_k: int = Field(10, ge=1, description="Items per recommendation.")
     window_slack: int = Field(
         128, ge=0, description="Most watches a user window keeps beyond its length when "

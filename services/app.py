@@ -198,6 +198,13 @@ class Service:
         self.model_dir = model_dir
         self._load = load
         self._model_stamp = model_stamp(model_dir) if model_dir else None
+        # A candidate model ranking the same requests, published to recommendations-shadow
+        # only (`liverank promote` compares the two and promotes through the model swap).
+        self.shadow: Scorer | None = None
+        self._shadow_stamp: tuple[Any, ...] | None = None
+        if settings.shadow_model_dir:
+            self._shadow_stamp = model_stamp(settings.shadow_model_dir)
+            self.shadow = load(settings.shadow_model_dir, settings.scorer_threads)
         self.metrics = Metrics(new_registry())
         self.metrics.set_model(scorer.version)
         self.clock = EventClock(settings.future_horizon)
@@ -266,7 +273,7 @@ class Service:
         self._floor_seq: dict[int, int] = {}  # user-events partition -> committed seq
         self._group_reader: GroupReader | None = None  # made in the broker timer's thread
         self._partitions = 0
-        self.windows = UserWindows(self._view, scorer.window_len, settings.window_slack,
+        self.windows = UserWindows(self._view, self._window_len(), settings.window_slack,
                                    floor_of=self._floor_of)
         # Pushes when a streamer a user on the page watched goes live (off by default).
         self.pushes = PushPlanner(PushRule.of(settings)) if settings.push_on_live else None
@@ -278,6 +285,9 @@ class Service:
         if model_dir and settings.model_poll_s > 0:
             self.app.timer(settings.model_poll_s, name="liverank-model-watch")(
                 self.check_model)
+        if settings.shadow_model_dir and settings.model_poll_s > 0:
+            self.app.timer(settings.model_poll_s, name="liverank-shadow-watch")(
+                self.check_shadow)
         self._install_metrics()
         self._install_health()
         self._install_lookup()
@@ -616,8 +626,14 @@ class Service:
         t1 = time.perf_counter()
         watermark = live.watermark
         recs = await answer_batch(jobs, live, self.scorer, self.settings.top_k, now_ms,
-                                  late=lambda j: j.event.step > watermark, rank=self._rank)
+                                  late=lambda j: j.event.step > watermark, rank=self._rank,
+                                  shadow=self.shadow)
         t2 = time.perf_counter()
+        if self.shadow is not None:  # the candidate's answers follow the live ones
+            recs, shadowed = recs[:len(jobs)], recs[len(jobs):]
+            topic = self.topics[kafka.RECOMMENDATIONS_SHADOW]
+            out.extend((topic, ev.user_key(r.user), ev.encode(r), None) for r in shadowed)
+            self.metrics.shadow_answers.inc(len(shadowed))
         topic = self.topics[kafka.RECOMMENDATIONS]
         encode, user_key = ev.encode, ev.user_key
         latest: dict[bytes, bytes] = {}
@@ -790,31 +806,68 @@ class Service:
         A directory that fails to load (hash mismatch, missing file) is refused and counted;
         the current model keeps serving."""
         assert self.model_dir is not None
-        stamp = model_stamp(self.model_dir)
-        if stamp is None or stamp == self._model_stamp:
+        got = await self._reload(self.model_dir, self._model_stamp, self.scorer)
+        if got is None:
             return False
-        loop = asyncio.get_running_loop()
-        try:
-            new = await loop.run_in_executor(None, self._load, self.model_dir,
-                                             self.settings.scorer_threads)
-        except (ValueError, OSError, RuntimeError) as exc:
-            self.metrics.model_swap_failures.inc()
-            logger.error("model swap refused dir=%s error=%s", self.model_dir, exc)
-            self._model_stamp = stamp  # do not retry the same broken directory every poll
-            return False
-        self._model_stamp = stamp
-        if new.version == self.scorer.version:
+        self._model_stamp, new = got
+        if new is None:
             return False
         old, self.scorer = self.scorer, new  # the next batch is scored by the new version
-        _freeze_heap()
-        self.windows.length = new.window_len
-        self.windows.capacity = max(self.windows.capacity,
-                                    new.window_len + self.settings.window_slack)
+        self._windows_for_models()
         self.metrics.model_swaps.inc()
         self.metrics.set_model(new.version)
         logger.info("model swapped old_version=%s new_version=%s dir=%s", old.version,
                     new.version, self.model_dir)
         return True
+
+    async def check_shadow(self) -> bool:
+        """Switch in a new candidate if the shadow model directory changed (as
+        `check_model`); True if it did."""
+        got = await self._reload(self.settings.shadow_model_dir, self._shadow_stamp,
+                                 self.shadow)
+        if got is None:
+            return False
+        self._shadow_stamp, new = got
+        if new is None:
+            return False
+        old, self.shadow = self.shadow, new
+        self._windows_for_models()
+        logger.info("shadow model swapped old_version=%s new_version=%s dir=%s",
+                    old.version if old else None, new.version,
+                    self.settings.shadow_model_dir)
+        return True
+
+    async def _reload(self, model_dir: str, stamp_before: tuple[Any, ...] | None,
+                      current: Scorer | None
+                      ) -> tuple[tuple[Any, ...], Scorer | None] | None:
+        """None when ``model_dir`` is unchanged; else its new stamp and the scorer loaded
+        from it (None: refused and counted, or the same version as ``current``)."""
+        stamp = model_stamp(model_dir)
+        if stamp is None or stamp == stamp_before:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, self._load, model_dir,
+                                             self.settings.scorer_threads)
+        except (ValueError, OSError, RuntimeError) as exc:
+            self.metrics.model_swap_failures.inc()
+            logger.error("model swap refused dir=%s error=%s", model_dir, exc)
+            return stamp, None  # do not retry the same broken directory every poll
+        if current is not None and new.version == current.version:
+            return stamp, None
+        _freeze_heap()
+        return stamp, new
+
+    def _window_len(self) -> int:
+        """Windows hold what the longest-reading model needs (each reads its own last
+        ``window_len`` entries)."""
+        return max(self.scorer.window_len,
+                   self.shadow.window_len if self.shadow is not None else 0)
+
+    def _windows_for_models(self) -> None:
+        self.windows.length = self._window_len()
+        self.windows.capacity = max(self.windows.capacity,
+                                    self.windows.length + self.settings.window_slack)
 
 
 def _freeze_heap() -> None:

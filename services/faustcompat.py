@@ -322,6 +322,7 @@ def faust_app_options(settings: Settings) -> dict[str, Any]:
         "broker": ",".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")),
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
+        "topic_allow_declare": settings.create_topics,  # changelog and leader topics
         "store": settings.store,
         "datadir": settings.data_dir,  # local state under one directory, not the cwd
         "consumer_auto_offset_reset": "earliest",

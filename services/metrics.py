@@ -83,6 +83,9 @@ class Metrics:
                                "succeed, 0 during an outage.", registry=r)
         self.live = Gauge("liverank_live", "1 unless the worker is wedged (liveness).",
                           registry=r)
+        self.shadow_answers = Counter("liverank_shadow_answers", "Answers of the shadow "
+                                      "(candidate) model published to "
+                                      "recommendations-shadow.", registry=r)
         self.users_on_page = Gauge("liverank_users_on_page", "Users of this worker's "
                                    "partitions within push_on_page_steps of their last event "
                                    "(who a stream start may push to).", registry=r)

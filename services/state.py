@@ -293,10 +293,11 @@ def build_answers(
     published_ms: int,
     late: Callable[[Job], bool] = lambda job: False,
     stale: Callable[[Job], bool] = lambda job: False,
+    shadow: bool = False,
 ) -> list[ev.Recommendation]:
     if len(ranked) != len(jobs):
         raise RuntimeError(f"scorer returned {len(ranked)} answers for {len(jobs)} requests")
-    return [_recommendation(job, r, c, version, published_ms, late(job), stale(job))
+    return [_recommendation(job, r, c, version, published_ms, late(job), stale(job), shadow)
             for job, r, c in zip(jobs, ranked, cands, strict=True)]
 
 
@@ -315,18 +316,29 @@ async def answer_batch(
     now_ms: Callable[[], int],
     late: Callable[[Job], bool] = lambda job: False,
     rank: Rank = rank_inline,
+    shadow: Scorer | None = None,
 ) -> list[ev.Recommendation]:
     """The one answer path: every job's live candidates, one `Scorer.rank` call for the
     batch (``rank`` runs it: inline, or in the worker's scoring thread), then the
-    `Recommendation` records. The live index is read on the caller's thread only."""
+    `Recommendation` records. The live index is read on the caller's thread only.
+
+    With a ``shadow`` scorer, the same requests (same windows, same candidates) are ranked
+    by it too and its answers follow the live ones, marked ``shadow``."""
     requests, cands = rank_inputs(jobs, live)
     ranked = await rank(scorer, requests, k) if requests else []
-    return build_answers(jobs, ranked, cands, scorer.version, now_ms(), late,
+    published = now_ms()
+    recs = build_answers(jobs, ranked, cands, scorer.version, published, late,
                          stale=lambda job: live.stale(job.event.step))
+    if shadow is not None and requests:
+        shadowed = await rank(shadow, requests, k)
+        recs += build_answers(jobs, shadowed, cands, shadow.version, published, late,
+                              stale=lambda job: live.stale(job.event.step), shadow=True)
+    return recs
 
 
 def _recommendation(job: Job, ranked: Ranked, cands: Candidates, version: str,
-                    published_ms: int, late: bool, stale: bool) -> ev.Recommendation:
+                    published_ms: int, late: bool, stale: bool,
+                    shadow: bool = False) -> ev.Recommendation:
     e = job.event
     names = ranked.streamers  # map() over positional RecItem(stream, streamer, score, rank):
     # the hot path of building answers, about twice as fast as a comprehension
@@ -336,7 +348,7 @@ def _recommendation(job: Job, ranked: Ranked, cands: Candidates, version: str,
         event_id=f"rec:{e.event_id}", seq=e.seq, step=e.step, event_time_ms=e.event_time_ms,
         user=e.user, request_id=e.event_id, trigger=job.trigger, produced_ms=job.produced_ms,
         published_ms=published_ms, model_version=version, fallback=ranked.fallback,
-        items=items, late=late, stale=stale)
+        items=items, late=late, stale=stale, shadow=shadow)
 
 
 async def wait_signal(signal: asyncio.Event, timeout_s: float) -> bool:

@@ -335,6 +335,40 @@ def test_pushes_on_live_change_equal_the_offline_computation(
     assert f'liverank_answers_total{{trigger="live_change"}} {float(len(want))}' in text
 
 
+def test_a_shadow_model_ranks_every_request_to_the_shadow_topic_only(
+        models: Models, kafka_settings: Settings, kafka_broker_kind: str, tmp_path: Path,
+        workers: list[Worker]) -> None:
+    """With LIVERANK_SHADOW_MODEL_DIR the candidate (v2) ranks every request on the same
+    windows and candidates: its answers, marked shadow, equal v2's offline ranking and go to
+    recommendations-shadow only; recommendations holds v1's answers alone."""
+    kafka.ensure_topics(kafka_settings)
+    worker = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
+                    shadow_model_dir=str(models.v2)).start()
+    workers.append(worker)
+    worker.wait_ready()
+    replay(models, kafka_settings)
+    want = request_ids(models)
+    recs = wait_answers(kafka_settings, want, 120, worker)
+    v1, v2 = load(models.v1).version, load(models.v2).version
+    assert v1 != v2
+    assert len(recs) == len(want) and {r.model_version for r in recs} == {v1}
+    assert not any(r.shadow for r in recs)
+    shadow_topic = kafka_settings.topic(kafka.RECOMMENDATIONS_SHADOW)
+    deadline = time.monotonic() + 60
+    while True:
+        shadowed = [ev.decode(m.value(), ev.Recommendation) for m in
+                    kafka.read_topic(kafka_settings, shadow_topic, timeout_s=10)]
+        if len({r.request_id for r in shadowed}) >= len(want) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {r.request_id for r in shadowed} == want and len(shadowed) == len(want)
+    ref = offline(models, models.v2)
+    for r in shadowed:
+        assert r.shadow and r.model_version == v2
+        assert same_ranking(r, ref[r.request_id]), r.request_id
+    assert f"liverank_shadow_answers_total {float(len(want))}" in worker.metrics()
+
+
 def answers_metric(worker: Worker) -> float:
     for line in worker.metrics().splitlines():
         if line.startswith('liverank_answers_total{trigger="request"}'):
