@@ -3,8 +3,15 @@
 * `PopScorer` (POP): rows per streamer before the evaluated period, ranked among the live.
 * `LivePopScorer` (live popularity): viewers so far of the streamer's current stream --
   rows of that stream that started at an earlier step (past events only).
-* `RepScorer` (REP): the most recently watched live streamer of the window first (LiveRec's
-  repeat baseline), then the rest by POP; falls back to POP on an empty window.
+* `RepScorer` (REP, liverank's own): the live streamers of the user's last 50 watches,
+  most recently watched first, then the rest by POP; POP alone on an empty window. It is
+  *not* LiveRec's repeat baseline: it ranks by recency and looks further back.
+* `RepCountScorer` (REP-count, LiveRec's REP): live streamers by how often they occur in
+  the input window, as in LiveRec's code (``baselines.py``, class ``REP``, in
+  github.com/JRappaz/liverec): ``Counter(inputs[b, :-1])`` over the last ``seq_len = 16``
+  inputs -- which leaves out the newest of them (``skip_newest``) -- scored for each live
+  streamer; no recency. LiveRec leaves ties (most candidates: count 0) in numpy's argsort
+  order; here they fall to the shared tie-break below, i.e. POP.
 
 Each uses the same tie-break as the models: the popularity order (most watched first), then
 name. numpy only.
@@ -102,7 +109,8 @@ def _viewers_so_far(ds: Interactions, live: Availability) -> np.ndarray:
 
 
 class RepScorer(BaseScorer):
-    """Most recent live streamer of the last ``window_len`` watches first, then POP."""
+    """Most recent live streamer of the last ``window_len`` watches first, then POP (not
+    LiveRec's REP: that is `RepCountScorer`)."""
 
     version = "rep"
 
@@ -122,5 +130,35 @@ class RepScorer(BaseScorer):
                 col = cset.cols.get(name)
                 if col is not None:
                     scores[col] = 1.0 + pos  # later in the window = more recent = higher
+            out.append(Scored(cset.names, scores, not window))
+        return out
+
+
+class RepCountScorer(BaseScorer):
+    """LiveRec's REP: occurrences of each live streamer in the last ``window_len`` watches
+    (without the newest one when ``skip_newest``, as LiveRec's code counts ``inputs[:-1]``),
+    ties by POP."""
+
+    version = "rep-count"
+
+    def __init__(self, ds: Interactions, before_step: int, window_len: int = 16,
+                 skip_newest: bool = True) -> None:
+        super().__init__(popularity_index(ds, before_step))
+        self.window_len = window_len
+        self.skip_newest = skip_newest
+        top = float(self._prior.max()) if self._prior.size else 0.0
+        self._scaled = self._prior / (top + 1.0)  # POP part stays in [0, 1): only ties
+
+    def score_all(self, requests: Sequence[RankRequest]) -> list[Scored]:
+        out = []
+        for req in requests:
+            cset = self.candidates(req.candidates)
+            scores = self._scaled[cset.items].copy()
+            window = list(req.window[-self.window_len:]) if self.window_len else []
+            counted = window[:-1] if self.skip_newest else window
+            for name, _ in counted:
+                col = cset.cols.get(name)
+                if col is not None:
+                    scores[col] += 1.0
             out.append(Scored(cset.names, scores, not window))
         return out

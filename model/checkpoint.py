@@ -1,14 +1,18 @@
 """Training checkpoints and scoring with torch: the torch side of a trained model.
 
 A checkpoint directory holds ``weights.pt`` and ``checkpoint.json`` (config, item index,
-time encoding, version). `TorchScorer` runs the torch model through the same request path
-as the torch-free `OnnxScorer` (validation during training, checkpoints in ``evaluate``,
-the scorer benchmark). Imported by train, export and evaluate; imports none of them.
+time encoding, version, lineage). `grow_items` adds streamers to a trained model's
+vocabulary without changing what it answers for the known ones (warm starts). `TorchScorer`
+runs the torch model through the same request path as the torch-free `OnnxScorer`
+(validation during training, checkpoints in ``evaluate``, the scorer benchmark). Imported
+by train, export and evaluate; imports none of them.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,91 @@ def load_checkpoint(path: str | Path) -> tuple[SeqRec, dict[str, Any]]:
     model.eval()
     return model, meta
 
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """``checkpoint.json`` of a checkpoint directory (weights not loaded)."""
+    meta_path = Path(path) / "checkpoint.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{path}: not a training checkpoint (checkpoint.json missing)")
+    meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, "
+                         f"expected {CHECKPOINT_FORMAT!r}")
+    return meta
+
+
+# -- vocabulary growth -------------------------------------------------------------------
+
+GROW_INITS = ("oov", "mean")
+
+
+def grow_items(model: SeqRec, n_new: int, init: str = "oov") -> SeqRec:
+    """A copy of ``model`` whose vocabulary has ``n_new`` more items.
+
+    Items ``1..n`` keep their rows, so every known streamer scores exactly as before; the
+    new items take ids ``n+1..n+n_new`` and the OOV id moves to the end (``n+n_new+1``) with
+    its row. A new item's row (in every item table: the embedding, and MF's context table)
+    starts as ``init``:
+
+    * ``"oov"``: a copy of the OOV row. Until training moves it, a new streamer scores
+      exactly as it did while the model did not know it (as a candidate and in a window),
+      so growth alone changes no answer;
+    * ``"mean"``: the mean of the known items' rows (a typical streamer; the OOV row when
+      there are none).
+    """
+    if init not in GROW_INITS:
+        raise ValueError(f"unknown init {init!r}: use one of {GROW_INITS}")
+    if n_new < 0:
+        raise ValueError(f"cannot shrink the vocabulary (n_new={n_new})")
+    n = model.cfg.n_items
+    grown = SeqRec(replace(model.cfg, n_items=n + n_new))
+    state = model.state_dict()
+    for name in ("item_emb.weight", "ctx_emb.weight"):
+        if name not in state:
+            continue
+        old = state[name]  # (n + 2, D): padding, items 1..n, OOV
+        fill = old[n + 1] if init == "oov" or n == 0 else old[1 : n + 1].mean(0)
+        state[name] = torch.cat([old[: n + 1], fill.expand(n_new, -1).clone(), old[n + 1 :]])
+    grown.load_state_dict(state)
+    grown.train(model.training)
+    return grown
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A trained checkpoint to continue from."""
+
+    path: Path
+    model: SeqRec
+    index: ItemIndex
+    enc: TimeEncoding
+    version: str
+
+
+def load_warm_start(path: str | Path, model_cfg: ModelConfig | None = None) -> WarmStart:
+    """The checkpoint at ``path``; `ValueError` (one line) when it cannot be loaded or its
+    model config differs from ``model_cfg`` in anything but ``n_items``."""
+    path = Path(path)
+    try:
+        model, meta = load_checkpoint(path)
+        index = ItemIndex(tuple(meta["items"]), np.asarray(meta["popularity"], np.int64))
+        enc = TimeEncoding.from_json(meta["time_encoding"])
+        version = str(meta["version"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError,
+            pickle.UnpicklingError) as exc:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        if str(path) not in reason:
+            reason = f"{path}: cannot warm-start from it ({type(exc).__name__}: {reason})"
+        raise ValueError(reason) from exc
+    if model_cfg is not None:
+        mine, theirs = model_cfg.to_json(), model.cfg.to_json()
+        differ = [f"{k} (parent {theirs[k]!r}, asked {mine[k]!r})" for k in mine
+                  if k != "n_items" and mine[k] != theirs[k]]
+        if differ:
+            raise ValueError(f"{path}: a warm start keeps the parent's model config; it "
+                             f"differs in {', '.join(differ)}")
+    return WarmStart(path, model, index, enc, version)
 
 
 class TorchScorer(ModelScorer):

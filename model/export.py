@@ -10,8 +10,11 @@ all-padding windows (max abs difference <= 1e-4, else it fails) and the figure i
 
 ``model.json``: format, version, arch, config, window_len, time_encoding, items (item i is
 ``items[i-1]``; OOV is ``len(items)+1``), popularity (training rows per item), inputs
-(name -> shape), output, metrics (validation + parity), training info and ``files``
-(sha256 and size of ``model.onnx``), which `OnnxScorer` verifies.
+(name -> shape), output, metrics (validation + parity), training info, ``lineage`` (the
+parent's checkpoint version -- ``training.checkpoint_version`` of the parent's model.json,
+whose ``version`` it prefixes -- or null, the data period, the items a warm start added;
+None for checkpoints older than lineage) and ``files`` (sha256 and size of ``model.onnx``),
+which `OnnxScorer` verifies.
 """
 
 from __future__ import annotations
@@ -184,6 +187,7 @@ def _write(model: SeqRec, meta: dict[str, Any], out: Path) -> dict[str, Any]:
         "metrics": {"validation": validation, "onnx_max_abs_diff": diff},
         "training": {"train": meta["train"], "data": meta["data"],
                      "history": meta.get("history", []), "checkpoint_version": meta["version"]},
+        "lineage": meta.get("lineage"),
         "files": {"model.onnx": {"sha256": digest, "bytes": onnx_path.stat().st_size}},
     }
     (out / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")

@@ -13,7 +13,19 @@ from the streamers live at the target's step (``negatives="live"``, never an off
 never the positive) or from all streamers (``"uniform"``); MF uses BPR.
 
 The checkpoint directory holds ``weights.pt`` (best state dict) and ``checkpoint.json``
-(model and training config, item index with training counts, time encoding, history).
+(model and training config, item index with training counts, time encoding, history,
+lineage). Rows are taken in event order (`in_event_order`), so a log read back from the
+event topics and the same rows from a CSV train identically.
+
+Retraining (`retrain`, ``liverank train --warm-start CKPT``): start from a trained checkpoint
+instead of random weights, keep its item ids and grow the vocabulary with the streamers the
+new training rows know and it did not (`grow_items`); the warm start is validated before
+the first epoch and stays the checkpoint unless an epoch beats it. ``lineage`` in
+checkpoint.json (and in the exported model.json) names the parent version and the data
+period:
+
+    liverank train --from-topics --until 2019-11-02T00:00Z --warm-start out/models/liverank \
+        --out out/models/liverank-next --preset quick
 """
 
 from __future__ import annotations
@@ -31,10 +43,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CHECKPOINT_FORMAT, TorchScorer, save_checkpoint
+from liverank.core.timebase import DEFAULT_EPOCH_MS, event_time_ms
+
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    TorchScorer,
+    WarmStart,
+    grow_items,
+    load_warm_start,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from .data.availability import Availability, availability
-from .data.split import time_split
-from .data.twitch import Interactions
+from .data.split import TimeSplit, time_split
+from .data.twitch import Interactions, in_event_order
 from .evaluate import EvalTarget, iter_targets, period
 from .features import (
     ItemIndex,
@@ -110,19 +132,33 @@ def configs(arch: str = "liverank", preset: str = "quick", **overrides: Any
 # -- data --------------------------------------------------------------------------------
 
 
-def build_index(ds: Interactions, train_mask: np.ndarray, min_count: int
-                ) -> tuple[ItemIndex, np.ndarray]:
+def build_index(ds: Interactions, train_mask: np.ndarray, min_count: int,
+                base: ItemIndex | None = None) -> tuple[ItemIndex, np.ndarray]:
     """Item index of streamers with >= min_count training rows (popularity order, then name)
-    and the map dataset streamer index -> model item (OOV for the rest, 0 for padding)."""
+    and the map dataset streamer index -> model item (OOV for the rest, 0 for padding).
+
+    With ``base`` (a warm start's index): its names keep their ids ``1..n`` whatever their
+    count now, and the streamers it lacks with >= min_count rows follow (popularity order,
+    then name). Counts are the training rows of ``ds`` (0 for a base streamer absent now).
+    """
     counts = np.bincount(ds.streamer[train_mask], minlength=ds.n_streamers + 1)
     counts[0] = 0
     idx = np.flatnonzero(counts >= max(min_count, 1))
+    if base is not None:
+        idx = idx[base.ids(ds.streamer_names[idx].astype(str)) == base.oov]
     names = ds.streamer_names[idx].astype(str)
     order = np.lexsort((names, -counts[idx]))
-    index = ItemIndex(tuple(names[order].tolist()), counts[idx[order]].astype(np.int64))
-    item_of = np.full(ds.n_streamers + 1, index.oov, dtype=np.int64)
+    added = tuple(names[order].tolist())
+    if base is None:
+        index = ItemIndex(added, counts[idx[order]].astype(np.int64))
+    else:
+        by_name = ds.streamer_index()
+        old = np.asarray([counts[by_name[n]] if n in by_name else 0 for n in base.names],
+                         dtype=np.int64)
+        index = ItemIndex(base.names + added,
+                          np.concatenate([old, counts[idx[order]]]).astype(np.int64))
+    item_of = index.ids(ds.streamer_names.astype(str))
     item_of[0] = 0
-    item_of[idx[order]] = np.arange(1, index.n_items + 1)
     return index, item_of
 
 
@@ -273,19 +309,34 @@ class TrainResult:
 
 
 def train(ds: Interactions, out: str | Path, model_cfg: ModelConfig, cfg: TrainConfig,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, *, parent: str | Path | None = None, grow_init: str = "oov",
+          period: dict[str, Any] | None = None, epoch_ms: int = DEFAULT_EPOCH_MS
+          ) -> TrainResult:
+    """Train on the rows of ``ds`` before the validation period, early-stop on validation
+    NDCG@10, write the best checkpoint to ``out``.
+
+    ``parent``: a checkpoint to warm-start from (`retrain` builds the configs for it):
+    its weights, its item ids kept, the vocabulary grown by the streamers with >= min_count
+    training rows it did not know (`grow_items` with ``grow_init``); ``model_cfg`` must equal
+    the parent's apart from ``n_items``. ``period``: facts about where the rows came from
+    (e.g. the cut of a topic read), added to the lineage's data period; ``epoch_ms`` turns
+    its steps into event times.
+    """
     out = Path(out)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
+    ds = in_event_order(ds)
     split = time_split(ds, cfg.val_offset, cfg.test_offset)
     train_mask = ds.start < split.pivot_1
     if not train_mask.any():
         raise ValueError(f"{ds.source}: no training rows before step {split.pivot_1} "
                          f"(max_step {split.max_step}); lower --val-offset/--test-offset")
-    index, item_of = build_index(ds, train_mask, cfg.min_count)
+    warm = load_warm_start(parent, model_cfg) if parent is not None else None
+    index, item_of = build_index(ds, train_mask, cfg.min_count,
+                                 base=warm.index if warm else None)
     model_cfg = replace(model_cfg, n_items=index.n_items)
-    enc = TimeEncoding()
+    enc = warm.enc if warm else TimeEncoding()
     seqs = make_sequences(ds, train_mask, model_cfg.window_len)
     if len(seqs) == 0:
         raise ValueError(f"{ds.source}: no user has two training rows")
@@ -293,15 +344,32 @@ def train(ds: Interactions, out: str | Path, model_cfg: ModelConfig, cfg: TrainC
     sampler = LiveSampler(live, ds.n_streamers) if cfg.negatives == "live" else None
     batcher = Batcher(seqs, item_of, index, model_cfg, cfg, enc, sampler)
     val = _validation_targets(ds, split, model_cfg.window_len, cfg)
-    model = SeqRec(model_cfg)
+    if warm:
+        model = grow_items(warm.model, index.n_items - warm.index.n_items, grow_init)
+    else:
+        model = SeqRec(model_cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    created = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    version = f"{model_cfg.arch}-{created}"
+    now = datetime.now(UTC)  # to the millisecond: a retrain's version never equals its parent's
+    version = f"{model_cfg.arch}-{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z"
     scorer = TorchScorer(model, index, enc, version)
-    logger.info("train arch=%s items=%d sequences=%d val_targets=%d split=%s", model_cfg.arch,
-                index.n_items, len(seqs), len(val), split)
+    lineage = _lineage(ds, split, warm, index, grow_init, period, epoch_ms)
+    logger.info("train arch=%s items=%d new_items=%d sequences=%d val_targets=%d split=%s "
+                "parent=%s", model_cfg.arch, index.n_items, lineage["vocabulary"]["added"],
+                len(seqs), len(val), split, lineage["parent"])
     history: list[dict[str, Any]] = []
     best, best_epoch, waited, deadline = -1.0, 0, 0, _deadline(cfg)
+
+    def save(metrics: dict[str, Any]) -> None:
+        meta = _meta(ds, model_cfg, cfg, index, enc, split, version, history, metrics)
+        save_checkpoint(out, model, meta | {"lineage": lineage})
+
+    if warm:  # epoch 0: the grown parent, before any step; kept unless an epoch beats it
+        metrics = validate(scorer, val)
+        best = float(metrics["all"]["NDCG@10"])  # type: ignore[index]
+        lineage["warm_start"]["val_ndcg10"] = best
+        lineage["warm_start"]["val_hr1"] = float(metrics["all"]["HR@1"])  # type: ignore[index]
+        logger.info("warm start val_ndcg10=%.4f", best)
+        save(metrics)
     for epoch in range(1, cfg.epochs + 1):
         stats = _epoch(model, opt, batcher, len(seqs), cfg, rng, epoch, progress)
         metrics = validate(scorer, val)
@@ -313,8 +381,7 @@ def train(ds: Interactions, out: str | Path, model_cfg: ModelConfig, cfg: TrainC
                     stats["loss"], stats["sequences_per_s"], stats["seconds"], ndcg)
         if ndcg > best:
             best, best_epoch, waited = ndcg, epoch, 0
-            meta = _meta(ds, model_cfg, cfg, index, enc, split, version, history, metrics)
-            save_checkpoint(out, model, meta)
+            save(metrics)
         else:
             waited += 1
             if waited >= cfg.patience:
@@ -324,9 +391,83 @@ def train(ds: Interactions, out: str | Path, model_cfg: ModelConfig, cfg: TrainC
             logger.info("time budget of %.1f minutes spent", cfg.max_minutes)
             break
     _update_history(out, history)
-    secs = float(np.mean([h["seconds"] for h in history]))
-    rate = float(np.mean([h["sequences_per_s"] for h in history]))
+    secs = float(np.mean([h["seconds"] for h in history])) if history else 0.0
+    rate = float(np.mean([h["sequences_per_s"] for h in history])) if history else 0.0
     return TrainResult(out, best_epoch, best, history, secs, rate)
+
+
+# -- warm starts -------------------------------------------------------------------------
+
+
+def retrain(ds: Interactions, out: str | Path, parent: str | Path, *,
+            preset: str | None = None, progress: bool = True, grow_init: str = "oov",
+            period: dict[str, Any] | None = None, epoch_ms: int = DEFAULT_EPOCH_MS,
+            **overrides: Any) -> TrainResult:
+    """Continue training the checkpoint ``parent`` on ``ds`` and write a new checkpoint with
+    its lineage (parent version, data period, items added) to ``out``.
+
+    Configs: the parent's model config (``overrides`` may repeat its values, not change
+    them) and its training config, with ``preset``'s epochs/patience and then ``overrides``
+    (``None`` values ignored) on top. The function a periodic retrain (``liverank train
+    --warm-start``) calls; export the result with `liverank.model.export.export`.
+    """
+    try:
+        meta = read_checkpoint_meta(parent)
+        model_cfg = ModelConfig.from_json(meta["model"])
+        base = dict(meta["train"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        if str(parent) not in reason:
+            reason = f"{parent}: cannot warm-start from it ({type(exc).__name__}: {reason})"
+        raise ValueError(reason) from exc
+    given = {k: v for k, v in overrides.items() if v is not None}
+    model_keys = set(ModelConfig.__dataclass_fields__)
+    changed = [f"{k} (parent {getattr(model_cfg, k)!r}, asked {v!r})"
+               for k, v in given.items() if k in model_keys and getattr(model_cfg, k) != v]
+    if changed:
+        raise ValueError(f"{parent}: a warm start keeps the parent's model config; asked to "
+                         f"change {', '.join(changed)}")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: use one of {sorted(PRESETS)}")
+    values = base
+    if preset is not None:
+        values |= {**PRESETS[preset], "preset": preset}
+    values |= {k: v for k, v in given.items() if k not in model_keys}
+    unknown = set(values) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}")
+    return train(ds, out, model_cfg, TrainConfig(**values), progress, parent=parent,
+                 grow_init=grow_init, period=period, epoch_ms=epoch_ms)
+
+
+def _lineage(ds: Interactions, split: TimeSplit, warm: WarmStart | None, index: ItemIndex,
+             grow_init: str, period: dict[str, Any] | None, epoch_ms: int) -> dict[str, Any]:
+    """Where a model comes from: its parent (None when trained from scratch), the items
+    it added, and the data period (steps and event times; training rows start before
+    ``validation[0]``; rows from ``held_out_from`` on are not used)."""
+
+    def iso(step: int) -> str:
+        return datetime.fromtimestamp(event_time_ms(step, epoch_ms) / 1000, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+
+    first, last = int(ds.start.min()), int(ds.start.max())
+    data: dict[str, Any] = {
+        "source": ds.source, "rows": len(ds), "first_step": first, "last_step": last,
+        "train_steps": [first, split.pivot_1 - 1],
+        "validation_steps": [split.pivot_1, split.pivot_2 - 1],
+        "held_out_from": split.pivot_2, "epoch_ms": epoch_ms,
+        "first_time": iso(first), "train_until_time": iso(split.pivot_1 - 1),
+        "last_time": iso(last),
+    }
+    data |= period or {}
+    kept = warm.index.n_items if warm else 0
+    return {
+        "parent": warm.version if warm else None,
+        "parent_checkpoint": str(warm.path) if warm else None,
+        "warm_start": {"init": grow_init} if warm else None,
+        "vocabulary": {"kept": kept, "added": index.n_items - kept},
+        "data": data,
+    }
 
 
 def _deadline(cfg: TrainConfig) -> float:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from liverank.model.baselines import LivePopScorer, PopScorer, RepScorer
+from liverank.model.baselines import LivePopScorer, PopScorer, RepCountScorer, RepScorer
 from liverank.model.data.availability import availability
 from liverank.model.data.split import TimeSplit
 from liverank.model.data.twitch import from_frame
-from liverank.model.evaluate import evaluate_scorers, iter_requests, iter_targets
+from liverank.model.evaluate import (
+    evaluate_scorers,
+    iter_requests,
+    iter_targets,
+    markdown_table,
+)
 from liverank.model.scorer import RankRequest
 
 # Streams: 10 = "big" live 0..30, 11 = "mid" live 0..30, 12 = "small" live 10..30,
@@ -79,3 +84,48 @@ def test_evaluate_counts_the_known_ranks() -> None:
         assert m["HR@1"] == 0.0 and m["HR@5"] == 1.0
         assert np.isclose(m["MRR"], 0.5)
     assert result["models"]["REP"]["repeat_ratio"] == 0.5
+
+
+def test_rep_count_is_liverecs_count_in_the_window_without_the_newest_watch() -> None:
+    ds = _log()
+    req = _req(ds)  # window: small@14, mid@15 (newest); live: big, mid, small
+    # LiveRec counts inputs[:-1]: small once, mid (the newest) not at all; the rest by POP.
+    assert RepCountScorer(ds, 20).rank([req], 3)[0].streamers == ["small", "big", "mid"]
+    # Counting the newest too: small and mid tie at 1, POP settles it (small has more rows).
+    both = RepCountScorer(ds, 20, skip_newest=False).rank([req], 3)[0]
+    assert both.streamers == ["small", "mid", "big"]
+    assert both.scores[0] - both.scores[2] > 0.5 and both.scores[0] - both.scores[1] < 1
+    # A window of 1 holds only the newest watch, which LiveRec does not count: POP order.
+    assert RepCountScorer(ds, 20, window_len=1).rank([req], 3)[0].streamers == [
+        "big", "small", "mid"]
+    assert RepCountScorer(ds, 20).rank([RankRequest((), 20, req.candidates)], 1)[0].fallback
+
+
+def test_repeats_under_both_definitions() -> None:
+    ds = _log()
+    by_log = {t.event_id: (t.repeat, t.in_window) for t in iter_targets(ds, 0, 30, 16)}
+    assert by_log["req:15"] == (True, True)  # small, watched at 14: in the last 16 watches
+    assert by_log["req:13"] == (False, False)
+    short = {t.event_id: (t.repeat, t.in_window)
+             for t in iter_targets(ds, 0, 30, 16, repeat_window=1)}
+    assert short["req:15"] == (True, False)  # watched before, but not the newest watch
+    (target,) = [t for t in iter_targets(ds, 0, 30, 2, repeat_window=1)
+                 if t.event_id == "req:15"]
+    assert len(target.request.window) == 2  # the model's window is not cut to repeat_window
+
+
+def test_evaluate_reports_both_definitions_labelled() -> None:
+    ds = _log()
+    split = TimeSplit(pivot_1=18, pivot_2=20, max_step=30)
+    scorers = {"REP": RepScorer(ds, 20), "REP-count": RepCountScorer(ds, 20)}
+    result = evaluate_scorers(ds, scorers, split, repeat_window=1)
+    m = result["models"]["REP"]
+    assert m["repeat_ratio"] == 0.5 and m["window_repeat_ratio"] == 0.0
+    assert m["window_repeat"]["n"] == 0 and m["window_new"]["n"] == 2
+    assert set(result["repeat_definitions"]) == {"log", "window"}
+    table = markdown_table(result)
+    assert "new (log) HR@1" in table and "rep (win) NDCG@10" in table
+    assert "repeat ratio 0.500 (log" in table and "0.000 (win: among the last 1 watches" in table
+    # req:15: REP-count ranks small first (counted once), REP puts mid (newest) first.
+    assert result["models"]["REP-count"]["all"]["HR@1"] == 0.5
+    assert m["all"]["HR@1"] == 0.0

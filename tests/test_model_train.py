@@ -72,7 +72,7 @@ def test_cli_train_export_evaluate(tiny: object, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     result = json.loads(out.read_text())
     models = result["models"]
-    assert set(models) == {"POP", "LivePop", "REP", "onnx (onnx)", "ck (torch)"}
+    assert set(models) == {"POP", "LivePop", "REP", "REP-count", "onnx (onnx)", "ck (torch)"}
     # the exported model and its checkpoint answer identically
     assert models["onnx (onnx)"]["all"] == models["ck (torch)"]["all"]
     assert out.with_suffix(".md").read_text().startswith("| model |")

@@ -151,6 +151,21 @@ def from_frame(
     )
 
 
+def in_event_order(ds: Interactions) -> Interactions:
+    """``ds`` with its rows in event order -- by start step, file order within a step (the
+    order of the watches on the replay timeline) -- and users and streamers re-indexed by
+    first appearance in that order. A log read back from the event topics comes in this
+    order, so anything that depends on row order or indexes (training's sampling) gives the
+    same result whether the rows came from a CSV or from the topics. Returns ``ds`` itself
+    when it is already in that order."""
+    start = ds.start
+    if len(ds) < 2 or bool(np.all(start[1:] >= start[:-1])):
+        return ds
+    order = np.argsort(start, kind="stable")
+    frame = ds.to_frame().iloc[order].reset_index(drop=True)
+    return from_frame(frame, source=ds.source, bad_rows=ds.bad_rows)
+
+
 def user_str(values: object) -> list[str]:
     return [str(v) for v in values]  # type: ignore[attr-defined]
 
