@@ -5,17 +5,27 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-setup
 
-.PHONY: setup test test-all lint demo bench soak clean
+.PHONY: setup test test-all lint demo bench bench-e2e soak clean
 
 setup: $(STAMP)
 
-# torch first, pinned: torch==2.13.0 is a CPU wheel on these machines; a looser spec would
-# pull a multi-GB CUDA build through the `train` extra.
-$(STAMP): pyproject.toml
+# Everything from the lock files the images install from too (deploy/requirements/, made
+# by its lock.sh; docs/deploy.md), each package checked against its hashes: pip, setuptools
+# and wheel first, then torch, pinned: torch==2.13.0 is a CPU wheel on these machines; a
+# looser spec would pull a multi-GB CUDA build (dev.txt pins that CPU build and its
+# dependencies); then the rest and liverank itself. checkov, for `make test`'s policy
+# check, gets an environment of its own: its pins clash with torch's.
+LOCKS   := deploy/requirements
+CHECKOV := $(VENV)/tools/checkov
+
+$(STAMP): pyproject.toml $(LOCKS)/build.txt $(LOCKS)/dev.txt $(LOCKS)/checkov.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[all]'
+	$(BIN)/pip install -q --require-hashes -r $(LOCKS)/build.txt
+	$(BIN)/pip install -q --no-deps torch==2.13.0
+	$(BIN)/pip install -q --require-hashes -r $(LOCKS)/dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(PYTHON) -m venv $(CHECKOV)
+	$(CHECKOV)/bin/pip install -q --require-hashes -r $(LOCKS)/checkov.txt
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -48,6 +58,14 @@ bench: $(STAMP)
 # p99 and the live index every 5 s (out/soak/soak.csv, soak.png, summary.json).
 soak: $(STAMP)
 	$(BIN)/liverank bench soak --scale medium --minutes 10 --rate-share 0.8 --out out/soak
+
+# The whole pipeline on the whole twitch100k log, a request before every watch: wall time
+# from the replay's start to the last answer, unanswered (must be 0), answers/s, RSS and lag
+# every 10 s (out/e2e-<N>w/e2e.csv, e2e.png, summary.json). WORKERS=2: two workers in one
+# consumer group. Generates out/data/twitch100k.csv when missing. Long: ~45 min on 2 cores.
+WORKERS ?= 1
+bench-e2e: $(STAMP)
+	$(BIN)/liverank bench e2e --scale twitch100k --workers $(WORKERS) --out out/e2e-$(WORKERS)w
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache \

@@ -14,97 +14,106 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
-Register = Callable[[typer.Typer], object]
+Command = TyperCommand | TyperGroup
 
 
-def _typer_group(name: str, sub: typer.Typer) -> typer.core.TyperGroup:
+def _registered(name: str, register: Callable[[typer.Typer], object]) -> Command:
+    """The command ``name`` as ``register`` adds it to a Typer (help, epilog and all)."""
+    sub = typer.Typer()
+    register(sub)
+    return cast(Command, typer.main.get_group(sub).commands[name])
+
+
+def _group(name: str, sub: typer.Typer) -> Command:
     group = typer.main.get_group(sub)
     group.name = name
     return group
 
 
-def _registered(register: Register, name: str) -> typer.core.TyperGroup:
-    """The command ``name`` as ``register`` adds it to a Typer (help, epilog and all)."""
-    sub = typer.Typer()
-    register(sub)
-    return typer.main.get_group(sub).commands[name]  # type: ignore[return-value]
-
-
-# Each loader imports its module when called, not when this module is imported.
-def _data() -> object:
+# One loader per module; each imports its module when called, not when this one is imported.
+def _data(name: str) -> Command:
     from liverank.model.data.cli import app as data_app
 
-    return _typer_group("data", data_app)
+    return _group(name, data_app)
 
 
-def _bench() -> object:
+def _bench(name: str) -> Command:
     from liverank.cli.bench import app as bench_app
 
-    return _typer_group("bench", bench_app)
+    return _group(name, bench_app)
 
 
-def _recs() -> object:
+def _recs(name: str) -> Command:
     from liverank.cli.recs import app as recs_app
 
-    return _typer_group("recs", recs_app)
+    return _group(name, recs_app)
 
 
-def _model(name: str) -> object:
+def _model(name: str) -> Command:
+    from liverank.client.history import read_log  # train --from-topics
     from liverank.model.cli import register  # train, evaluate, export
 
-    return _registered(register, name)
+    return _registered(name, functools.partial(register, read_log=read_log))
 
 
-def _replay(name: str) -> object:
+def _replay(name: str) -> Command:
     from liverank.replay.cli import broker_command, replay_command
 
-    command = {"replay": replay_command, "broker": broker_command}[name]
-    return _registered(lambda t: t.command(name)(command), name)
+    command: Callable[..., None] = replay_command if name == "replay" else broker_command
+    return _registered(name, lambda t: t.command(name)(command))
 
 
-def _serve(name: str) -> object:
+def _serve(name: str) -> Command:
     from liverank.services.serve import register
 
-    return _registered(register, name)
+    return _registered(name, register)
 
 
-def _schema(name: str) -> object:
+def _schema(name: str) -> Command:
     from liverank.cli.schema import schema_command
 
-    return _registered(lambda t: t.command(name)(schema_command), name)
+    return _registered(name, lambda t: t.command(name)(schema_command))
 
 
-LAZY: dict[str, Callable[[], object]] = {
-    "data": _data,
-    "bench": _bench,
-    "recs": _recs,
-    "train": functools.partial(_model, "train"),
-    "evaluate": functools.partial(_model, "evaluate"),
-    "export": functools.partial(_model, "export"),
-    "replay": functools.partial(_replay, "replay"),
-    "broker": functools.partial(_replay, "broker"),
-    "serve": functools.partial(_serve, "serve"),
-    "schema": functools.partial(_schema, "schema"),
+def _pushes(name: str) -> Command:
+    from liverank.cli.pushes import pushes_command
+
+    return _registered(name, lambda t: t.command(name)(pushes_command))
+
+
+def _promote(name: str) -> Command:
+    from liverank.cli.promote import promote_command
+
+    return _registered(name, lambda t: t.command(name)(promote_command))
+
+
+LAZY: dict[str, Callable[[str], Command]] = {
+    "data": _data, "bench": _bench, "recs": _recs,
+    "train": _model, "evaluate": _model, "export": _model,
+    "replay": _replay, "broker": _replay, "serve": _serve, "schema": _schema,
+    "pushes": _pushes, "promote": _promote,
 }
+
+
+@functools.cache
+def lazy_command(name: str) -> Command:
+    return LAZY[name](name)
 
 
 class LazyGroup(TyperGroup):
     """The root group: the commands in `LAZY` are built from their modules on first use."""
 
-    @functools.cache  # noqa: B019 (one root group per process)
-    def _lazy(self, name: str) -> typer.core.TyperCommand | typer.core.TyperGroup:
-        return LAZY[name]()  # type: ignore[return-value]
-
-    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+    def list_commands(self, ctx: Any) -> list[str]:
         return [*LAZY, *(n for n in super().list_commands(ctx) if n not in LAZY)]
 
-    def get_command(self, ctx: typer.Context, cmd_name: str):  # type: ignore[no-untyped-def,override]
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name in LAZY:
-            return self._lazy(cmd_name)
+            return lazy_command(cmd_name)
         return super().get_command(ctx, cmd_name)
 
 
@@ -128,20 +137,30 @@ def demo(
     out: Path = typer.Option(Path("out/demo"), help="Where the report and artifacts go."),
     epochs: int | None = typer.Option(None, help="Override the quick preset's epochs."),
     timeout: float = typer.Option(600.0, help="Longest wait for the answers (s)."),
+    rate: float | None = typer.Option(None, min=0.1, help="Requests/s of the test window "
+                                      "(default: half the answers/s the service reaches on "
+                                      "a calibration backlog, measured in the run)."),
+    keep_topics: bool = typer.Option(False, help="Keep the run's topics on a configured "
+                                     "tansu broker (deleted by default: tansu keeps every "
+                                     "record in memory)."),
 ) -> None:
     """The replay simulation end to end on the embedded broker (or the configured one).
 
-    Generates data, trains (quick preset), exports ONNX, starts the service, replays the
-    whole log at max speed with requests only in the test window (earlier watches fill the
-    user windows), evaluates the answers online, prints a summary and writes a report
-    (markdown, JSON, PNG) under --out. Every process it started is stopped at the end.
+    Generates data, trains (quick preset), exports ONNX, starts the service, replays every
+    watch before the test window at max speed (it fills the user windows; its last steps
+    carry a calibration backlog of requests that measures the service's capacity), then the
+    test window with its requests sent evenly at half that capacity (or --rate), so the
+    latency reported is the service's own. Evaluates the answers online, prints a summary
+    with a latency histogram and writes a report (markdown, JSON, PNG) under --out. Every
+    process it started is stopped at the end.
     """
     from liverank.cli.demo import DemoError, DemoOptions, run_demo
     from liverank.model.data.twitch import DataError
 
     try:
         run_demo(DemoOptions(scale=scale, data=data, fmt=fmt, seed=seed, out=out,
-                             epochs=epochs, timeout_s=timeout))
+                             epochs=epochs, timeout_s=timeout, rate=rate,
+                             keep_topics=keep_topics))
     except DataError as exc:  # a bad --data file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
