@@ -250,3 +250,25 @@ def test_batch_planning_equals_the_offline_walk_whatever_the_batches(tmp_path, s
         got += [(j.event.user, j.event.step, j.event.seq, j.window) for j in jobs
                 if j.trigger == "live_change"]
     assert sorted(got) == sorted((p.user, p.step, p.seq, p.window) for p in want)
+
+
+def test_the_monitor_reports_pushes_next_to_the_answer_before_them() -> None:
+    from liverank.client.monitor import OnlineEvaluator, format_summary
+
+    log = Log()
+    watched_then_away(log)
+    log.request(1, 4)
+    log.watch(1, "B", 4)
+    log.start("A", 5)
+    log.watch(1, "A", 6)
+    req = next(e for e in log.events if isinstance(e, ev.RecRequest))
+    start = next(e for e in log.events if isinstance(e, ev.StreamStart) and e.step == 5)
+    monitor = OnlineEvaluator(k=1)
+    for e in log.events:
+        monitor.add(e)
+    monitor.add(rec(1, req.seq, 4, ["B"], "request", req.event_id))
+    monitor.add(rec(1, start.seq, 5, ["A", "B"], "live_change", "live:1:5"))
+    report = monitor.report()
+    assert report["pushes"]["pushes"] == 1 and report["pushes"]["hr@1_paired"] == 1.0
+    assert report["answered_requests"] == 1 and report["unanswered_requests"] == 0
+    assert "pushes 1 (" in format_summary(report)
