@@ -22,6 +22,7 @@ from liverank.cli.bench_replay import bench_replay
 from liverank.cli.bench_scorer import bench_scorer_command
 from liverank.cli.bench_service import bench_service_command
 from liverank.cli.bench_soak import bench_soak_command
+from liverank.cli.bench_variants import bench_variants_command
 
 app = typer.Typer(help="Benchmarks: each figure is printed next to its in-run reference.",
                   no_args_is_help=True)
@@ -29,6 +30,7 @@ app.command("scorer")(bench_scorer_command)
 app.command("replay")(bench_replay)
 app.command("service")(bench_service_command)
 app.command("soak")(bench_soak_command)
+app.command("variants")(bench_variants_command)
 
 Row = tuple[str, str, float, str, float]  # component, figure, value, reference, ref value
 
