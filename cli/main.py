@@ -92,11 +92,17 @@ def _promote(name: str) -> Command:
     return _registered(name, lambda t: t.command(name)(promote_command))
 
 
+def _simulate(name: str) -> Command:
+    from liverank.cli.simulate import simulate_command
+
+    return _registered(name, lambda t: t.command(name)(simulate_command))
+
+
 LAZY: dict[str, Callable[[str], Command]] = {
     "data": _data, "bench": _bench, "recs": _recs,
     "train": _model, "evaluate": _model, "export": _model,
     "replay": _replay, "broker": _replay, "serve": _serve, "schema": _schema,
-    "pushes": _pushes, "promote": _promote,
+    "pushes": _pushes, "promote": _promote, "simulate": _simulate,
 }
 
 
