@@ -9,6 +9,10 @@
 tansu keeps everything in memory and listens on IPv4 only; the advertised address is the
 listen address, so clients reconnect to exactly what they were given.
 
+Memory: tansu keeps every record in RAM and applies no retention (`liverank.broker.tansu`);
+deleting a topic gives its memory back. `release_run_topics` deletes a run's topics (its
+prefix) when the broker is tansu; the demo and the benchmarks call it when they are done.
+
 Security (keyword-only options of `EmbeddedBroker.start`, see ``docs/security.md``):
 
 * ``tls_cert=``/``tls_key=``: clients connect with TLS (``security.protocol`` SSL or
@@ -37,8 +41,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from liverank.broker import tansu
+
+if TYPE_CHECKING:
+    from liverank.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -345,6 +353,19 @@ def embedded_broker(listen: str = "127.0.0.1:0", *,
         yield broker
     finally:
         broker.stop()
+
+
+def release_run_topics(settings: Settings, prefix: str | None = None) -> list[str]:
+    """Delete every topic named ``prefix``* (default ``settings.topic_prefix``: a run's own
+    topics and its workers' changelogs) when the broker is tansu, whose memory they hold
+    until then; on Kafka nothing (retention bounds them). Returns the names deleted."""
+    from liverank.broker import kafka
+
+    prefix = settings.topic_prefix if prefix is None else prefix
+    if not prefix or not kafka.is_tansu(settings):
+        return []
+    return tansu.release_topics(kafka.admin_client(settings), prefix,
+                                timeout_s=settings.kafka_timeout_s)
 
 
 def serve_forever(listen: str = DEFAULT_LISTEN,

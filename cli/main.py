@@ -143,20 +143,30 @@ def demo(
     out: Path = typer.Option(Path("out/demo"), help="Where the report and artifacts go."),
     epochs: int | None = typer.Option(None, help="Override the quick preset's epochs."),
     timeout: float = typer.Option(600.0, help="Longest wait for the answers (s)."),
+    rate: float | None = typer.Option(None, min=0.1, help="Requests/s of the test window "
+                                      "(default: half the answers/s the service reaches on "
+                                      "a calibration backlog, measured in the run)."),
+    keep_topics: bool = typer.Option(False, help="Keep the run's topics on a configured "
+                                     "tansu broker (deleted by default: tansu keeps every "
+                                     "record in memory)."),
 ) -> None:
     """The replay simulation end to end on the embedded broker (or the configured one).
 
-    Generates data, trains (quick preset), exports ONNX, starts the service, replays the
-    whole log at max speed with requests only in the test window (earlier watches fill the
-    user windows), evaluates the answers online, prints a summary and writes a report
-    (markdown, JSON, PNG) under --out. Every process it started is stopped at the end.
+    Generates data, trains (quick preset), exports ONNX, starts the service, replays every
+    watch before the test window at max speed (it fills the user windows; its last steps
+    carry a calibration backlog of requests that measures the service's capacity), then the
+    test window with its requests sent evenly at half that capacity (or --rate), so the
+    latency reported is the service's own. Evaluates the answers online, prints a summary
+    with a latency histogram and writes a report (markdown, JSON, PNG) under --out. Every
+    process it started is stopped at the end.
     """
     from liverank.cli.demo import DemoError, DemoOptions, run_demo
     from liverank.model.data.twitch import DataError
 
     try:
         run_demo(DemoOptions(scale=scale, data=data, fmt=fmt, seed=seed, out=out,
-                             epochs=epochs, timeout_s=timeout))
+                             epochs=epochs, timeout_s=timeout, rate=rate,
+                             keep_topics=keep_topics))
     except DataError as exc:  # a bad --data file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -7,9 +7,14 @@ an answer triggered by a watch, against the user's next *different* stream withi
 
 It reports HR@k / NDCG@k / MRR (all, new, repeat targets) overall and per simulated day,
 the share of recommended streams that were live at the request's step, catalogue coverage,
-produce-to-publish latency percentiles, throughput, late answers, requests left unanswered
-and duplicates. For reference it ranks the same targets with POP (watches seen so far,
-ranked among the streamers live at the step): the model should beat it.
+produce-to-publish latency percentiles and histogram, throughput, late answers, requests left
+unanswered and duplicates. For reference it ranks the same targets with POP (watches seen so
+far, ranked among the streamers live at the step) and REP (the user's most recently watched
+live streamer first, of their last `REP_WINDOW` watches, then POP), overall and per day:
+the model should beat both.
+
+``from_step``: requests before it are not scored and their answers are left out of every
+figure (the demo's calibration load: a backlog drained to measure the service's capacity).
 
 Completeness comes from the replay's ``End`` records and counts, never from broker
 watermarks (tansu reports wrong high watermarks; see docs/operations.md).
@@ -22,6 +27,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +35,16 @@ import numpy as np
 
 from liverank.core import events as ev
 from liverank.core.settings import Settings
-from liverank.core.timebase import STEPS_PER_DAY
+from liverank.core.timebase import STEP_MS, STEPS_PER_DAY
 from liverank.model.data.live import Candidates, LiveStreams
 from liverank.model.metrics import Accumulator
 from liverank.model.pushes import score_pushes
 
 logger = logging.getLogger(__name__)
 
+REP_WINDOW = 50  # REP looks at the user's last 50 watches, as `RepScorer` (model.baselines)
+# Upper edges (ms) of the latency histogram's bins; the last bin is open-ended.
+LATENCY_EDGES_MS = (5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
 
 
 def _target_rank(items: list[ev.RecItem], streamer: str) -> int | None:
@@ -55,12 +64,44 @@ def _pop_rank(counts: dict[str, int], live: Iterable[str], target: str) -> int |
     return better + 1
 
 
+def _rep_rank(recent: list[str], counts: dict[str, int], live: Iterable[str],
+              target: str) -> int | None:
+    """Rank of ``target`` by REP: the streamers of ``recent`` (the user's last watches,
+    oldest first) that are ``live``, most recent first, then the other live streamers by
+    POP (`_pop_rank`'s order). None when ``target`` is not live."""
+    if target not in live:
+        return None
+    mine: list[str] = []  # live streamers of the window, most recent first, once each
+    for s in reversed(recent):
+        if s in live and s not in mine:
+            mine.append(s)
+    if target in mine:
+        return mine.index(target) + 1
+    held = set(mine)
+    rest = {s for s in live if s not in held}
+    return len(mine) + (_pop_rank(counts, rest, target) or 0)
+
+
+def latency_histogram(values: np.ndarray) -> list[tuple[str, int]]:
+    """(bin label, count) over `LATENCY_EDGES_MS`: "<5 ms", "5-10 ms", ..., ">=10000 ms"."""
+    edges = np.asarray(LATENCY_EDGES_MS, dtype=np.float64)
+    counts = np.bincount(np.searchsorted(edges, values, side="right"),
+                         minlength=len(edges) + 1)
+    labels = [f"<{LATENCY_EDGES_MS[0]} ms"]
+    labels += [f"{a}-{b} ms" for a, b in zip(LATENCY_EDGES_MS, LATENCY_EDGES_MS[1:],
+                                              strict=False)]
+    labels.append(f">={LATENCY_EDGES_MS[-1]} ms")
+    return [(lab, int(c)) for lab, c in zip(labels, counts.tolist(), strict=True)]
+
+
 class OnlineEvaluator:
     """Feed it every record (any order); `report` replays them in timeline order."""
 
-    def __init__(self, k: int = 10, watch_horizon: int = STEPS_PER_DAY) -> None:
+    def __init__(self, k: int = 10, watch_horizon: int = STEPS_PER_DAY,
+                 from_step: int | None = None) -> None:
         self.k = k
         self.watch_horizon = watch_horizon
+        self.from_step = from_step
         self.stream_events: list[ev.StreamEvent] = []
         self.user_events: list[ev.UserEvent] = []
         self.answers: dict[str, ev.Recommendation] = {}
@@ -92,22 +133,27 @@ class OnlineEvaluator:
         live = LiveStreams(partitions=1, stopped_horizon=0)  # walked in step order
         day = -1
         seen: dict[int, set[str]] = defaultdict(set)  # user -> streamers watched so far
+        recent: dict[int, list[str]] = defaultdict(list)  # user -> last REP_WINDOW watches
         counts: dict[str, int] = defaultdict(int)
         pending: dict[int, ev.RecRequest] = {}  # user -> request waiting for its watch
-        model, pop = Accumulator(), Accumulator()
-        by_day: dict[int, Accumulator] = defaultdict(Accumulator)
+        acc = _Accumulators()
         live_items = total_items = 0
         recommended: set[str] = set()
         live_catalogue: set[str] = set()
-        requests = answered = 0
+        requests = answered = skipped = 0
+        day_start: dict[int, int] = {}  # day -> event time (ms) of its step 0
         for e in timeline:
             if e.step // STEPS_PER_DAY != day:  # intervals that stopped before now: gone
                 day = e.step // STEPS_PER_DAY
                 live.prune(e.step)
+                day_start[day] = e.event_time_ms - (e.step % STEPS_PER_DAY) * STEP_MS
             if isinstance(e, ev.StreamStart | ev.StreamStop):
                 live.apply(e, 0)
                 continue
             if isinstance(e, ev.RecRequest):
+                if self.from_step is not None and e.step < self.from_step:
+                    skipped += 1  # not scored: a calibration load
+                    continue
                 requests += 1
                 pending[e.user] = e
                 ans = self.answers.get(e.event_id)
@@ -124,12 +170,19 @@ class OnlineEvaluator:
                 continue  # the end records
             req = pending.pop(e.user, None)
             if req is not None and req.step == e.step:
-                self._score(req, e, seen, counts, live.candidates(e.step), model, pop,
-                            by_day)
+                self._score(req, e, seen, recent[e.user], counts, live.candidates(e.step),
+                            acc)
             seen[e.user].add(e.streamer)
+            window = recent[e.user]
+            window.append(e.streamer)
+            del window[:-REP_WINDOW]
             counts[e.streamer] += 1
-        summary = self._summary(model, pop, by_day, requests, answered, live_items,
-                                total_items, recommended, live_catalogue)
+        summary = self._summary(acc, requests, answered, live_items, total_items, recommended,
+                                live_catalogue)
+        summary["requests_not_scored"] = skipped
+        summary["from_step"] = self.from_step
+        summary["day_start_ms"] = {str(d): t for d, t in sorted(day_start.items())
+                                   if str(d) in summary["by_day"]}
         summary["watch_triggered"] = self._score_watch_answers(timeline)
         summary["pushes"] = score_pushes(timeline, self.answers, self.k, self.watch_horizon)
         return summary
@@ -156,21 +209,25 @@ class OnlineEvaluator:
         return acc.result()
 
     def _score(self, req: ev.RecRequest, watch: ev.Watch, seen: dict[int, set[str]],
-               counts: dict[str, int], live: Candidates, model: Accumulator, pop: Accumulator,
-               by_day: dict[int, Accumulator]) -> None:
+               recent: list[str], counts: dict[str, int], live: Candidates,
+               acc: _Accumulators) -> None:
         ans = self.answers.get(req.event_id)
         if ans is None:
             return  # counted as unanswered
         repeat = watch.streamer in seen[watch.user]
-        rank = _target_rank(ans.items, watch.streamer)
-        model.add(rank, repeat)
-        by_day[req.step // STEPS_PER_DAY].add(rank, repeat)
-        pop.add(_pop_rank(counts, live.streams.keys(), watch.streamer), repeat)
+        day = req.step // STEPS_PER_DAY
+        on_air = live.streams.keys()
+        for name, rank in (("model", _target_rank(ans.items, watch.streamer)),
+                           ("pop", _pop_rank(counts, on_air, watch.streamer)),
+                           ("rep", _rep_rank(recent, counts, on_air, watch.streamer))):
+            acc.total[name].add(rank, repeat)
+            acc.by_day[name][day].add(rank, repeat)
 
-    def _summary(self, model: Accumulator, pop: Accumulator, by_day: dict[int, Accumulator],
-                 requests: int, answered: int, live_items: int, total_items: int,
-                 recommended: set[str], live_catalogue: set[str]) -> dict[str, Any]:
-        answers = list(self.answers.values())
+    def _summary(self, acc: _Accumulators, requests: int, answered: int, live_items: int,
+                 total_items: int, recommended: set[str], live_catalogue: set[str]
+                 ) -> dict[str, Any]:
+        answers = [a for a in self.answers.values()
+                   if self.from_step is None or a.step >= self.from_step]
         latency = np.array([a.published_ms - a.produced_ms for a in answers
                             if a.produced_ms is not None], dtype=np.float64)
         published = np.array([a.published_ms for a in answers], dtype=np.float64)
@@ -188,14 +245,32 @@ class OnlineEvaluator:
             "fallback_answers": sum(1 for a in answers if a.fallback),
             "user_events_read": len(self.user_events),
             "user_events_expected": expected_user_events,
-            "model": model.result(),
-            "pop": pop.result(),
+            "model": acc.total["model"].result(),
+            "pop": acc.total["pop"].result(),
+            "rep": acc.total["rep"].result(),
             "live_share": live_items / total_items if total_items else float("nan"),
             "coverage": len(recommended) / len(live_catalogue) if live_catalogue else 0.0,
             "latency_ms": _percentiles(latency),
+            "latency_histogram": latency_histogram(latency),
             "answers_per_s": len(answers) / span_s if span_s > 0 else float("nan"),
-            "by_day": {str(d): acc.result()["all"] for d, acc in sorted(by_day.items())},
+            "by_day": acc.days("model"),
+            "by_day_pop": acc.days("pop"),
+            "by_day_rep": acc.days("rep"),
         }
+
+
+class _Accumulators:
+    """Ranks of the model and of the two references (POP, REP), overall and per day."""
+
+    NAMES = ("model", "pop", "rep")
+
+    def __init__(self) -> None:
+        self.total = {n: Accumulator() for n in self.NAMES}
+        self.by_day: dict[str, dict[int, Accumulator]] = {n: defaultdict(Accumulator)
+                                                           for n in self.NAMES}
+
+    def days(self, name: str) -> dict[str, Any]:
+        return {str(d): a.result()["all"] for d, a in sorted(self.by_day[name].items())}
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:
@@ -225,7 +300,10 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [
         f"{'':14s} {'HR@1':>7s} {'HR@5':>7s} {'HR@10':>7s} {'NDCG@10':>8s} {'MRR':>7s}  targets",
     ]
-    for name, r in (("model", m), ("POP", p)):
+    rows = [("model", m), ("POP", p)]
+    if "rep" in report:
+        rows.append(("REP", report["rep"]["all"]))
+    for name, r in rows:
         lines.append(f"{name:14s} {r['HR@1']:7.4f} {r['HR@5']:7.4f} {r['HR@10']:7.4f} "
                      f"{r['NDCG@10']:8.4f} {r['MRR']:7.4f}  {int(r['n'])}")
     lat = report["latency_ms"]
@@ -236,6 +314,7 @@ def format_summary(report: dict[str, Any]) -> str:
         f"live share {report['live_share']:.4f}, coverage {report['coverage']:.3f}, "
         f"answers/s {report['answers_per_s']:.0f}",
         "latency ms " + (", ".join(f"{k} {v:.1f}" for k, v in lat.items()) if lat else "n/a"),
+        *format_histogram(report.get("latency_histogram") or []),
     ]
     push = report.get("pushes") or {}
     if push.get("pushes"):
@@ -248,8 +327,24 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_histogram(bins: list[tuple[str, int]] | list[list[Any]], width: int = 40
+                     ) -> list[str]:
+    """Text bars of a `latency_histogram`, from the first to the last non-empty bin."""
+    filled = [i for i, (_, n) in enumerate(bins) if n]
+    if not filled:
+        return []
+    top = max(int(n) for _, n in bins)
+    total = sum(int(n) for _, n in bins)
+    lines = ["latency histogram (produce to publish):"]
+    for label, n in bins[filled[0]:filled[-1] + 1]:
+        bar = "#" * max(round(width * int(n) / top), 1 if n else 0)
+        lines.append(f"  {label:>14s} {int(n):8d} {100 * int(n) / total:5.1f}% {bar}")
+    return lines
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """JSON + a figure of HR@10/NDCG@10 per simulated day (when matplotlib is there)."""
+    """JSON, a figure of HR@10/NDCG@10 per simulated day for the model, POP and REP, and one
+    of the latency histogram (figures when matplotlib is there)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "online.json"]
     paths[0].write_text(json.dumps(report, indent=2, default=float))
@@ -261,31 +356,90 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     except ImportError:
         logger.warning("matplotlib missing: no figures")
         return paths
-    days = report["by_day"]
-    if days:
-        xs = [int(d) for d in days]
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for metric in ("HR@10", "NDCG@10"):
-            ax.plot(xs, [days[str(d)][metric] for d in xs], marker="o", label=metric)
-        ax.set_xlabel(f"simulated day ({STEPS_PER_DAY} steps)")
-        ax.set_ylabel("metric over that day's requests")
-        ax.set_title("Online accuracy of the live recommendations over simulated time")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / "online_by_day.png", dpi=110)
-        plt.close(fig)
-        paths.append(out_dir / "online_by_day.png")
+    if report["by_day"]:
+        paths.append(_plot_by_day(plt, report, out_dir / "online_by_day.png"))
+    if any(n for _, n in report.get("latency_histogram") or []):
+        paths.append(_plot_latency(plt, report, out_dir / "latency.png"))
     return paths
 
 
-def collect(settings: Settings, timeout_s: float = 120.0, k: int = 10) -> OnlineEvaluator:
+def day_labels(days: list[int], day_start_ms: dict[str, int],
+               targets: dict[str, Any] | None = None) -> list[str]:
+    """Tick labels of simulated days: "day 41", the date under it when its start time is
+    known ("Wed 07-17"), and the day's scored requests when ``targets`` (a ``by_day``) has
+    them ("n=812"; the first and last day of a window are partial)."""
+    out = []
+    for d in days:
+        lines = [f"day {d}"]
+        t = day_start_ms.get(str(d))
+        if t is not None:
+            lines.append(f"{datetime.fromtimestamp(t / 1000, tz=UTC):%a %m-%d}")
+        if targets and str(d) in targets:
+            lines.append(f"n={int(targets[str(d)]['n'])}")
+        out.append("\n".join(lines))
+    return out
+
+
+def _plot_by_day(plt: Any, report: dict[str, Any], path: Path) -> Path:
+    """Two panels (HR@10, NDCG@10) with a line each for the model, POP and REP; one tick per
+    simulated day, labelled with its date."""
+    xs = sorted(int(d) for d in report["by_day"])
+    series = [("model", report["by_day"], "tab:blue", "o"),
+              ("POP", report.get("by_day_pop") or {}, "tab:grey", "s"),
+              ("REP", report.get("by_day_rep") or {}, "tab:orange", "^")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, metric in zip(axes, ("HR@10", "NDCG@10"), strict=True):
+        for name, days, color, marker in series:
+            pts = [(x, days[str(x)][metric]) for x in xs if str(x) in days]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker=marker, color=color,
+                        label=name)
+        ax.set_title(metric)
+        ax.set_ylim(0, 1)
+        ax.grid(True, alpha=0.3)
+        step = max(1, -(-len(xs) // 12))  # at most ~12 labelled ticks
+        ax.set_xticks(xs[::step])
+        ax.set_xticklabels(day_labels(xs[::step], report.get("day_start_ms") or {},
+                                      report["by_day"]), fontsize=8)
+        ax.set_xlabel(f"simulated day ({STEPS_PER_DAY} steps of 10 min)")
+    axes[0].set_ylabel("over that day's requests")
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle("Online accuracy of the live recommendations, model vs POP and REP")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_latency(plt: Any, report: dict[str, Any], path: Path) -> Path:
+    bins = report["latency_histogram"]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(range(len(bins)), [n for _, n in bins], color="tab:blue")
+    ax.set_xticks(range(len(bins)))
+    ax.set_xticklabels([label.replace(" ms", "") for label, _ in bins], rotation=45,
+                       fontsize=8)
+    ax.set_xlabel("produce-to-publish latency (ms)")
+    ax.set_ylabel("answers")
+    lat = report.get("latency_ms") or {}
+    if lat:
+        ax.set_title(f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms over "
+                     f"{sum(n for _, n in bins)} answers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def collect(settings: Settings, timeout_s: float = 120.0, k: int = 10,
+            from_step: int | None = None) -> OnlineEvaluator:
     """Read the three topics until the replay's ``End`` records say everything was sent and
-    every request has an answer (or ``timeout_s`` passes), and feed an evaluator."""
+    every request has an answer (or ``timeout_s`` passes), and feed an evaluator (which
+    scores requests from ``from_step`` on)."""
     from liverank.broker.kafka import read_topic
 
     s = settings
     deadline = time.monotonic() + timeout_s
-    evaluator = OnlineEvaluator(k=k)
+    evaluator = OnlineEvaluator(k=k, from_step=from_step)
     stream_msgs = read_topic(s, s.topic("stream-events"), timeout_s=timeout_s,
                              until=lambda m: b'"kind":"end"' in (m.value() or b""))
     for e in decode_all(m.value() for m in stream_msgs)[0]:

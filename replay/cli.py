@@ -4,6 +4,8 @@
     liverank broker &                                   # embedded tansu on 127.0.0.1:9092
     liverank replay out/data/twitch100k.csv --speed max
     liverank replay data.csv --speed 3600 --from-step 2000 --requests session-start
+    liverank replay data.csv --to-step 5897 --requests none --no-end   # fill the windows,
+    liverank replay data.csv --from-step 5898 --rate 500               # then 500 requests/s
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def replay_command(
                             "shared 2,000-user sample format."),
     speed: str = typer.Option("max", help="Simulated seconds per wall second (3600: one hour "
                               "per second; one 10-minute step takes 600/N s), or 'max'."),
+    rate: float | None = typer.Option(None, help="Requests per second, sent evenly (the "
+                                      "other events in proportion), whatever the log's "
+                                      "daily cycle: a known load. Not with --speed."),
     from_step: int | None = typer.Option(None, help="First step replayed; streams already "
                                          "live then get their start first."),
     to_step: int | None = typer.Option(None, help="Last step replayed (inclusive)."),
@@ -49,6 +54,9 @@ def replay_command(
                                          "bar (default: when writing to a terminal)."),
     report_path: Path | None = typer.Option(None, "--report", help="Also write the counts "
                                             "per topic as JSON to this file."),
+    end: bool = typer.Option(True, "--end/--no-end", help="Send the End records at the end "
+                             "(--no-end: another replay continues these topics, e.g. "
+                             "--from-step after --to-step)."),
 ) -> None:
     """Replay a viewing log into Kafka as a live platform would have emitted it.
 
@@ -64,10 +72,15 @@ def replay_command(
     from liverank.model.data.timeline import REQUEST_MODES, build_timeline
     from liverank.model.data.twitch import DataError, load_interactions
     from liverank.replay.encoder import EncodeError
-    from liverank.replay.producer import parse_speed, replay_to_kafka
+    from liverank.replay.producer import message_rate, parse_speed, replay_to_kafka
 
     try:
         pace = parse_speed(speed)
+        if rate is not None and pace is not None:
+            raise ValueError("--rate sends requests evenly and --speed paces by steps: give "
+                             "one of them")
+        if rate is not None and not rate > 0:
+            raise ValueError(f"--rate must be > 0, got {rate:g}")
         if requests not in REQUEST_MODES:
             raise ValueError(f"--requests must be one of {', '.join(REQUEST_MODES)}, "
                              f"got {requests!r}")
@@ -81,6 +94,8 @@ def replay_command(
         tl = build_timeline(ds, requests=requests, requests_from=requests_from,  # type: ignore[arg-type]
                             session_gap=session_gap, from_step=from_step, to_step=to_step,
                             epoch_ms=settings.epoch_ms)
+        if rate is not None:
+            message_rate(tl, settings.partitions, rate)  # refuses a range with no request
     except (DataError, ValueError) as exc:
         _fail(str(exc), EXIT_SETUP)
     if ds.bad_rows:
@@ -89,7 +104,7 @@ def replay_command(
     with _progress_bar(len(tl), settings.epoch_ms, show) as on_block:
         try:
             report = replay_to_kafka(tl, settings, speed=pace, start_step=from_step,
-                                     on_block=on_block)
+                                     rate=rate, end=end, on_block=on_block)
         except KafkaSetupError as exc:
             _fail(str(exc), EXIT_SETUP)
         except EncodeError as exc:  # before anything was produced

@@ -13,7 +13,8 @@ latency); value = the JSON of `liverank.core.events`. Keys are placed by librdka
 Speed: `liverank.replay.encoder` formats the JSON from the timeline's columns (in a forked
 child at ``--speed max`` on large files), so this process mostly just calls ``produce``.
 Pacing maps step ``s`` to wall time ``t0 + (s - s0) * 600 / speed``; clock and sleep are
-injectable for tests.
+injectable for tests. ``rate`` instead sends the requests at an even rate (`EvenRateSink`):
+a known load on the service, whatever the log's daily cycle (the demo's test window).
 
 Broker outages (`OutageWatch`): a broker that is away is waited out, not an error. librdkafka
 keeps produced messages queued and retries them itself for ``message.timeout.ms``, which
@@ -43,7 +44,7 @@ import numpy as np
 from liverank.core import events as ev
 from liverank.core.settings import Settings
 from liverank.core.timebase import STEP_MS
-from liverank.model.data.timeline import Timeline
+from liverank.model.data.timeline import REQUEST, WATERMARK, Timeline
 from liverank.replay.encoder import (
     BLOCK_EVENTS,
     Batch,
@@ -401,6 +402,53 @@ def parse_speed(text: str) -> float | None:
     return value
 
 
+class EvenRateSink(ForwardingSink):
+    """A `Sink` that hands messages to ``producer`` at a steady ``per_s`` messages/s, the
+    first at once, stamping ``produced_ms`` when each one is actually handed over (waiting
+    is not counted as service latency). Pacing by steps (``speed``) releases a whole step at
+    once and follows the log's daily cycle; this one measures a service at a known load.
+    The clock starts at the first message; a sink that falls behind does not catch up."""
+
+    def __init__(self, producer: Any, per_s: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_ms: Callable[[], int] | None = None) -> None:
+        super().__init__(producer)
+        if not per_s > 0:
+            raise ValueError(f"messages per second must be > 0, got {per_s}")
+        self.per_s, self.clock = per_s, clock
+        self.wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self._t0: float | None = None
+        self._sent = 0
+
+    def produce(self, topic: str, value: Any = None, key: Any = None, partition: int = -1,
+                **kwargs: Any) -> None:
+        now = self.clock()
+        if self._t0 is None:
+            self._t0 = now
+        due = self._t0 + self._sent / self.per_s
+        if due < now - 1.0:  # more than a second behind: pace from here, no burst
+            self._t0, self._sent = now, 0
+            due = now
+        while (wait := due - self.clock()) > 0:
+            self.producer.poll(min(wait, 0.05))  # serves delivery callbacks while waiting
+        kwargs["headers"] = [(PRODUCED_MS_HEADER, b"%d" % self.wall_ms())]
+        self.producer.produce(topic, value, key, partition, **kwargs)
+        self._sent += 1  # only once handed over: a refused message is retried at its slot
+
+
+def message_rate(tl: Timeline, partitions: int, requests_per_s: float) -> float:
+    """Messages/s that send ``tl``'s requests at ``requests_per_s`` on average (a watermark
+    is one message per partition); `ValueError` when ``tl`` holds no request."""
+    requests = int(np.count_nonzero(tl.kind == REQUEST))
+    if not requests:
+        raise ValueError("--rate needs requests in the replayed steps (see --requests, "
+                         "--requests-from)")
+    if not requests_per_s > 0:
+        raise ValueError(f"--rate must be > 0, got {requests_per_s}")
+    messages = len(tl) + int(np.count_nonzero(tl.kind == WATERMARK)) * (partitions - 1)
+    return requests_per_s * messages / requests
+
+
 # --- the replay -----------------------------------------------------------------------------
 
 def replay(
@@ -421,6 +469,7 @@ def replay(
     batches: Iterable[Batch] | None = None,
     broker: str = "the broker",
     outage_timeout_s: float = 300.0,
+    end: bool = True,
 ) -> ReplayReport:
     """Send ``tl`` through ``sink``; returns the per-topic counts after a final flush.
 
@@ -431,7 +480,8 @@ def replay(
     outage limit and `FLUSH_MARGIN_S`, so librdkafka's own message timeout comes first).
     ``sleep`` defaults to polling the sink, so delivery callbacks run while pacing waits.
     ``on_block(events_done, step, report)`` drives a progress bar. ``batches``: the encoded
-    timeline (`encode_blocks`), by default encoded here in-process.
+    timeline (`encode_blocks`), by default encoded here in-process. ``end=False`` sends no
+    `End` records: another replay continues these topics (and sends them).
     """
     report = ReplayReport({stream_topic: TopicCounts(), user_topic: TopicCounts()})
     if batches is None:
@@ -468,7 +518,9 @@ def replay(
             if report.first_error is not None:
                 break
         else:
-            _send_end(tl, sink, report, partitions, stream_topic, callbacks[0], now_ms, watch)
+            if end:
+                _send_end(tl, sink, report, partitions, stream_topic, callbacks[0], now_ms,
+                          watch)
     except _StopError:
         pass
     except KeyboardInterrupt:
@@ -636,16 +688,20 @@ def is_end(value: bytes) -> bool:
 
 def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = None,
                     start_step: int | None = None, parallel: bool | None = None,
-                    **kwargs: Any) -> ReplayReport:
+                    rate: float | None = None, **kwargs: Any) -> ReplayReport:
     """`replay` into the broker of ``settings``: topics ensured first, then an idempotent
     producer. Raises `KafkaSetupError` within ``settings.kafka_timeout_s`` when no broker
     answers, before anything is produced; and, naming the broker and
     ``LIVERANK_OUTAGE_TIMEOUT_S``, when the broker went away for longer than
-    ``settings.outage_timeout_s`` (shorter outages are waited out)."""
+    ``settings.outage_timeout_s`` (shorter outages are waited out). ``rate``: requests/s,
+    sent evenly (`EvenRateSink`; not with ``speed``)."""
     from confluent_kafka import Producer
 
     from liverank.broker import kafka as kf
 
+    if rate is not None and speed is not None:
+        raise ValueError("--rate paces the requests evenly: use it with --speed max")
+    per_s = None if rate is None else message_rate(tl, settings.partitions, rate)
     stream_topic = settings.topic(kf.STREAM_EVENTS)
     user_topic = settings.topic(kf.USER_EVENTS)
     # The encoder (maybe a forked child) starts before any Kafka client thread exists here.
@@ -665,10 +721,11 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
         if close is not None:
             close()
         raise
-    logger.info("replay events=%d bootstrap=%s partitions=%d speed=%s encoder=%s",
+    logger.info("replay events=%d bootstrap=%s partitions=%d speed=%s rate=%s encoder=%s",
                 len(tl), settings.kafka_bootstrap, settings.partitions, speed or "max",
-                "forked" if isinstance(batches, ForkedEncoder) else "inline")
-    report = replay(tl, producer, partitions=settings.partitions,
+                rate or "-", "forked" if isinstance(batches, ForkedEncoder) else "inline")
+    sink = producer if per_s is None else EvenRateSink(producer, per_s)
+    report = replay(tl, sink, partitions=settings.partitions,
                     stream_topic=stream_topic, user_topic=user_topic, speed=speed,
                     start_step=start_step, batches=batches,
                     broker=settings.kafka_bootstrap,

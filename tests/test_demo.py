@@ -1,6 +1,7 @@
 """The demo end to end at tiny scale (the same code path as `make demo`), and the
 offline/online agreement: every online answer equals the ranking `evaluate --targets all
---availability broadcast` computes for the same request, list for list."""
+--availability broadcast` computes for the same request, list for list. The test window is
+paced at half the capacity calibrated in the run, so its latency is the service's own."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def demo_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
     mp.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     before = _demo_prefixes(kafka_bootstrap)
     try:
-        report = run_demo(DemoOptions(scale="tiny", out=out, seed=0, timeout_s=240))
+        report = run_demo(DemoOptions(scale="tiny", out=out, seed=0, timeout_s=240,
+                                      keep_topics=True))  # read back below
     finally:
         mp.undo()
     # The run's topics stay on the session's broker: which prefix is this run's.
@@ -58,10 +60,31 @@ def test_demo_answers_every_request_with_live_streams_better_than_pop(
     assert model["n"] == report["requests"]
     assert model["NDCG@10"] > pop["NDCG@10"]
     for name in ("summary.md", "online.json", "offline.json", "answers.jsonl",
-                 "online_by_day.png"):
+                 "online_by_day.png", "latency.png"):
         assert (out / name).exists(), name
     assert set(report["stages_s"]) >= {"broker", "data", "train", "export", "serve",
-                                       "replay", "monitor"}
+                                       "fill", "calibrate", "replay", "monitor"}
+    assert report["rep"]["all"]["n"] == report["requests"]
+    assert set(report["by_day_pop"]) == set(report["by_day_rep"]) == set(report["by_day"])
+
+
+def test_test_window_is_paced_at_half_the_calibrated_capacity(
+        demo_run: tuple[dict, Path]) -> None:
+    report, out = demo_run
+    pacing = report["pacing"]
+    assert pacing["source"] == "calibrated"
+    lo, hi = pacing["calibration_steps"]
+    assert hi == report["pivot_2"] - 1 and lo <= hi
+    # the calibration backlog was answered but not scored
+    assert report["requests_not_scored"] == pacing["calibration_requests"] > 0
+    assert pacing["rate"] == pytest.approx(0.5 * pacing["calibration_answers_per_s"])
+    # the replay sent the test window at that rate: it took (requests / rate) seconds, not
+    # the fraction of a second a --speed max replay takes
+    replay = json.loads((out / "replay.json").read_text())
+    assert replay["seconds"] >= 0.8 * report["requests"] / pacing["rate"]
+    assert sum(n for _, n in report["latency_histogram"]) == report["requests"]
+    # every user event of both replays was read (the fill sent no End of its own)
+    assert report["user_events_read"] == report["user_events_expected"]
 
 
 def test_online_answers_equal_offline_rankings(demo_run: tuple[dict, Path]) -> None:
@@ -90,6 +113,7 @@ def test_online_answers_equal_offline_rankings(demo_run: tuple[dict, Path]) -> N
 _VALUES: dict[str, object] = {"stream-events": ev.StreamEvent, "user-events": ev.UserEvent,
                               "recommendations": ev.Recommendation,
                               "recommendations-latest": ev.Recommendation | None,
+                              "recommendations-shadow": ev.Recommendation,
                               "dead-letters": ev.DeadLetter}
 
 
@@ -125,8 +149,10 @@ def test_every_published_record_conforms_to_its_topics_schema(
                 assert rec is not None and key == ev.user_key(rec.user), where  # type: ignore
         counts[topic] = len(records)
     assert counts["stream-events"] > 0 and counts["user-events"] > report["requests"]
-    assert counts["recommendations"] == report["requests"]  # no duplicates in a clean run
+    # no duplicates in a clean run; the calibration backlog's requests are answered too
+    assert counts["recommendations"] == report["requests"] + report["requests_not_scored"]
     assert counts["dead-letters"] == 0
+    assert counts["recommendations-shadow"] == 0  # no candidate model in the demo
     last: dict[bytes | None, object] = dict(decoded["recommendations"])
     latest = {k: v for k, v in decoded["recommendations-latest"] if k != SEAL_KEY}
     assert latest == last  # written with the answers: each user's latest, nothing else

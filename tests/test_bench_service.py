@@ -1,0 +1,62 @@
+"""`liverank bench service`'s pure parts: the warm-up before a measured slice, the table
+with the fallback share next to every figure; no broker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from liverank.cli.bench import _service_rows
+from liverank.cli.bench_service import CONSUME_ONLY, FAKE, SCORE_ONLY, SERVICE, _part, bench_table
+from liverank.core.settings import Settings
+from liverank.model.data.synth import generate
+from liverank.model.data.timeline import REQUEST, START, WATCH, build_timeline
+
+
+@pytest.fixture(scope="module")
+def tiny():  # type: ignore[no-untyped-def]
+    return generate("tiny", seed=0)
+
+
+def test_part_warms_up_without_requests_then_measures_the_slice(tiny) -> None:  # type: ignore[no-untyped-def]
+    part = _part(tiny, 300, 339, warm_steps=100, base=Settings())
+    warm, measured = part.warm, part.measured
+    assert not np.any(warm.kind == REQUEST) and warm.step.max() < 300
+    assert part.warm_watches == int(np.count_nonzero((tiny.start >= 200) & (tiny.start < 300)))
+    # streams live when the warm-up begins have their start sent first
+    early = warm.step < 200
+    assert np.any(early) and np.all(warm.kind[early] == START)
+    assert measured.step.min() == 300 and measured.step.max() == 339
+    watches = measured.kind == WATCH
+    assert part.requests == int(np.count_nonzero(watches)) > 0  # a request per watch
+    whole = build_timeline(tiny, from_step=200, to_step=339, requests_from=300)
+    assert np.array_equal(np.concatenate([warm.seq, measured.seq]), whole.seq)
+
+
+def test_a_cold_slice_has_no_warm_up(tiny) -> None:  # type: ignore[no-untyped-def]
+    part = _part(tiny, 300, 339, warm_steps=0, base=Settings())
+    assert part.warm_watches == 0 and np.all(part.warm.kind == START)
+
+
+def _result() -> dict:
+    return {"data": "d.csv", "model": "m", "steps": 40, "requests": 1000, "live_mean": 12.0,
+            "warm_steps": 1008, "warm_watches": 5000,
+            "answers_per_s": {SERVICE: 2000.0, FAKE: 3000.0, SCORE_ONLY: 4000.0,
+                              CONSUME_ONLY: 4500.0},
+            "fallback_share": {SERVICE: 0.036, FAKE: 0.036, SCORE_ONLY: 0.036,
+                               CONSUME_ONLY: None},
+            "ratio": 0.67,
+            "latency": {"rate": 1000.0, "answers": 900, "fallback_share": 0.04,
+                        "p50_ms": 30.0, "p99_ms": 90.0}}
+
+
+def test_every_figure_carries_its_fallback_share() -> None:
+    table = bench_table(_result())
+    assert "after 1008 warm-up steps holding 5,000 watches" in table
+    assert f"| {SERVICE} | 2,000 | 3.6% |" in table
+    assert f"| {CONSUME_ONLY} | 4,500 | - |" in table
+    assert "fallback share 4.0%" in table
+    rows = _service_rows(_result())
+    assert all("fallback" in r[1] for r in rows)
+    assert [r[3] for r in rows[:3]] == [f"{FAKE}, fallback 3.6%", f"{SCORE_ONLY}, fallback 3.6%",
+                                        CONSUME_ONLY]

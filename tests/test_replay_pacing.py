@@ -1,0 +1,146 @@
+"""Pacing a replay at a request rate, replays that continue one another (no End in between),
+and the demo's calibration arithmetic; no broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from liverank.cli.demo import DemoError, calibration_start, drain_rate
+from liverank.cli.main import app
+from liverank.core import events as ev
+from liverank.model.data.synth import generate
+from liverank.model.data.timeline import REQUEST, WATERMARK, build_timeline
+from liverank.model.data.twitch import write_twitch
+from liverank.replay.producer import (
+    PRODUCED_MS_HEADER,
+    EvenRateSink,
+    MemorySink,
+    message_rate,
+    replay,
+)
+
+P = 4
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny():  # type: ignore[no-untyped-def]
+    return generate("tiny", seed=0)
+
+
+class _Clock:
+    """A fake monotonic clock (s) and wall clock (ms) that move only when polled."""
+
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wall_ms(self) -> int:
+        return int(self.now * 1000)
+
+
+class _TimedSink(MemorySink):
+    """A MemorySink whose poll(t) advances the clock by t (as a real poll would wait)."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.at: list[float] = []
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.at.append(self.clock.now)
+        super().produce(*args, **kwargs)
+
+    def poll(self, timeout: float = 0) -> int:
+        self.clock.now += timeout
+        return super().poll(timeout)
+
+
+def test_even_rate_sink_spaces_messages_and_stamps_the_send_time() -> None:
+    clock = _Clock()
+    inner = _TimedSink(clock)
+    sink = EvenRateSink(inner, per_s=200.0, clock=clock, wall_ms=clock.wall_ms)
+    for i in range(50):
+        sink.produce("t", b"v%d" % i, None, -1, headers=[(PRODUCED_MS_HEADER, b"0")])
+    gaps = np.diff(inner.at)
+    assert gaps == pytest.approx(np.full(49, 1 / 200), abs=1e-9)
+    for at, msg in zip(inner.at, inner.sent, strict=True):  # stamped when handed over
+        assert msg.headers == [(PRODUCED_MS_HEADER, b"%d" % int(at * 1000))]
+
+
+def test_even_rate_sink_does_not_burst_to_catch_up() -> None:
+    clock = _Clock()
+    inner = _TimedSink(clock)
+    sink = EvenRateSink(inner, per_s=100.0, clock=clock, wall_ms=clock.wall_ms)
+    sink.produce("t", b"a")
+    clock.now += 5.0  # the caller stalled for 5 s (500 slots)
+    for _ in range(3):
+        sink.produce("t", b"b")
+    assert np.diff(inner.at[1:]) == pytest.approx([0.01, 0.01])
+
+
+def test_message_rate_counts_watermarks_once_per_partition(tiny) -> None:  # type: ignore[no-untyped-def]
+    tl = build_timeline(tiny, requests_from=300)
+    requests = int(np.count_nonzero(tl.kind == REQUEST))
+    wm = int(np.count_nonzero(tl.kind == WATERMARK))
+    assert message_rate(tl, P, 10.0) == pytest.approx(10.0 * (len(tl) + 3 * wm) / requests)
+    with pytest.raises(ValueError, match="--rate needs requests"):
+        message_rate(build_timeline(tiny, requests="none"), P, 10.0)
+
+
+def test_a_replay_without_end_continued_by_another_sends_the_log_once(tiny) -> None:  # type: ignore[no-untyped-def]
+    whole = build_timeline(tiny, requests_from=300)
+    first = build_timeline(tiny, requests_from=300, to_step=299)
+    second = build_timeline(tiny, requests_from=300, from_step=300)
+    sink = MemorySink()
+    r1 = replay(first, sink, partitions=P, stream_topic="s", user_topic="u", end=False)
+    assert r1.ok and not any(m.value.startswith(b'{"kind":"end"') for m in sink.sent)
+    r2 = replay(second, sink, partitions=P, stream_topic="s", user_topic="u")
+    assert r2.ok
+    events = [ev.decode(m.value) for m in sink.sent]
+    ends = [e for e in events if isinstance(e, ev.End)]
+    assert len(ends) == P  # one End per partition, from the second replay only
+    # every event of the whole log, once; the continuation re-sends only the starts of
+    # streams still live at its first step (taken once by every consumer)
+    ids = [e.event_id for e in events if not isinstance(e, ev.End | ev.Watermark)]
+    whole_ids = {whole.event(i).event_id for i in range(len(whole))
+                 if whole.kind[i] != WATERMARK}
+    assert set(ids) == whole_ids
+    repeated = {i for i in ids if ids.count(i) > 1}
+    assert repeated and all(i.startswith("start:") for i in repeated)
+    user = [e for e in events if isinstance(e, ev.Watch | ev.RecRequest)]
+    assert [e.seq for e in user] == sorted(e.seq for e in user)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--rate", "100", "--speed", "60"], "give one of them"),
+    (["--rate", "100", "--requests", "none"], "--rate needs requests"),
+    (["--rate", "0"], "--rate must be > 0"),
+])
+def test_bad_rate_options_are_one_line_errors(tmp_path: Path, tiny, args: list[str],  # type: ignore[no-untyped-def]
+                                              needle: str) -> None:
+    path = tmp_path / "log.csv"
+    write_twitch(tiny, path)
+    result = runner.invoke(app, ["replay", str(path), *args, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_calibration_takes_the_latest_steps_holding_enough_requests() -> None:
+    starts = np.repeat(np.arange(100), 10)  # 10 requests at each of steps 0..99
+    assert calibration_start(starts, pivot=100, want=35) == 96  # steps 96..99: 40 requests
+    assert calibration_start(starts, pivot=100, want=10_000) == 75  # capped: a quarter
+    assert calibration_start(starts, pivot=100, want=10_000, most_steps=200) == 0
+
+
+def test_drain_rate_is_answers_after_the_first_over_the_span() -> None:
+    assert drain_rate([1_000, 1_500, 2_000]) == pytest.approx(2.0)
+    with pytest.raises(DemoError, match="too few"):
+        drain_rate([1_000])
