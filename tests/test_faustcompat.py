@@ -313,3 +313,19 @@ def test_a_partition_with_records_beyond_what_was_delivered_is_reported_stalled_
     assert guard.stalled(tp, committed=725, high=1174, idle_s=10, now=t0 + 12) is None  # once
     guard.expected[tp] = 1174  # everything delivered since
     assert guard.stalled(tp, committed=725, high=1174, idle_s=10, now=t0 + 100) is None
+
+
+def test_a_partition_is_not_stalled_while_records_of_other_partitions_still_arrive(
+        app: faust.App) -> None:
+    """Under a backlog Faust can leave one partition undelivered for a while as it serves
+    the others: reading its tail back then delivered those records twice."""
+    guard = GapGuard(app.consumer, "user-events",
+                     Settings(kafka_bootstrap="127.0.0.1:1", broker_kind="kafka"))
+    quiet, busy = TP("user-events", 3), TP("user-events", 4)
+    guard.forget([quiet, busy])
+    t0 = guard.since[quiet]
+    guard.last_any = t0 + 50  # a record of `busy` came at t0 + 50
+    assert guard.stalled(quiet, committed=725, high=1174, idle_s=10, now=t0 + 55) is None
+    assert guard.stalled(quiet, committed=725, high=1174, idle_s=10, now=t0 + 59) is None
+    gap = guard.stalled(quiet, committed=725, high=1174, idle_s=10, now=t0 + 61)  # all quiet
+    assert gap is not None and (gap.first, gap.last) == (725, None)
