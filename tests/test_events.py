@@ -71,4 +71,5 @@ def test_keys_and_schemas() -> None:
     assert ev.user_key(42) == b"42" and ev.stream_key(7) == b"7"
     schemas = ev.json_schemas()
     assert set(schemas) == {"stream-events", "user-events", "recommendations",
-                            "recommendations-latest", "dead-letters"}
+                            "recommendations-latest", "recommendations-shadow",
+                            "dead-letters"}
