@@ -355,6 +355,18 @@ def embedded_broker(listen: str = "127.0.0.1:0", *,
         broker.stop()
 
 
+def configured_or_embedded(stack: contextlib.ExitStack) -> tuple[Settings, EmbeddedBroker | None]:
+    """The settings of the configured broker (``LIVERANK_KAFKA_BOOTSTRAP``), or of an
+    embedded tansu started on a free port and stopped with ``stack`` (returned too, so a
+    benchmark can watch its process)."""
+    from liverank.core.settings import Settings, bootstrap_configured
+
+    if bootstrap_configured():
+        return Settings(), None
+    broker = stack.enter_context(EmbeddedBroker.start("127.0.0.1:0"))
+    return Settings(kafka_bootstrap=broker.bootstrap, broker_kind="tansu"), broker
+
+
 def release_run_topics(settings: Settings, prefix: str | None = None) -> list[str]:
     """Delete every topic named ``prefix``* (default ``settings.topic_prefix``: a run's own
     topics and its workers' changelogs) when the broker is tansu, whose memory they hold

@@ -263,10 +263,9 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
     import shutil
 
     from liverank.broker import kafka
-    from liverank.broker.embedded import EmbeddedBroker
+    from liverank.broker.embedded import configured_or_embedded
     from liverank.cli.bench_service import _fresh
     from liverank.cli.bench_soak import _data, _model, _worker_class
-    from liverank.core.settings import bootstrap_configured
     from liverank.model.data.timeline import build_timeline
     from liverank.model.data.twitch import load_interactions
     from liverank.replay.producer import replay_to_kafka
@@ -278,13 +277,8 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
     model = opts.model or _model(SoakOptions(scale=opts.scale, out=out), ds)
     Worker = _worker_class(opts.store)  # noqa: N806 - a class
     with contextlib.ExitStack() as stack:
-        broker_pid: int | None = None
-        if bootstrap_configured():
-            base = Settings()
-        else:
-            broker = stack.enter_context(EmbeddedBroker.start("127.0.0.1:0"))
-            base, broker_pid = Settings(kafka_bootstrap=broker.bootstrap,
-                                        broker_kind="tansu"), broker.process.pid
+        base, broker = configured_or_embedded(stack)
+        broker_pid = broker.process.pid if broker is not None else None
         settings = _fresh(base, "e2e")
         to_step = None if opts.steps is None else opts.steps - 1
         tl = build_timeline(ds, to_step=to_step, epoch_ms=settings.epoch_ms)

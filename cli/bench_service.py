@@ -143,8 +143,7 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
               warm_steps: int = WARM_STEPS) -> dict[str, Any]:
     import contextlib
 
-    from liverank.broker.embedded import EmbeddedBroker
-    from liverank.core.settings import bootstrap_configured
+    from liverank.broker.embedded import configured_or_embedded
     from liverank.model.data.twitch import load_interactions
 
     work.mkdir(parents=True, exist_ok=True)
@@ -153,11 +152,7 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
     model = model or _bench_model(ds, work)
     lo = from_step if from_step is not None else ds.max_step // 2
     with contextlib.ExitStack() as stack:
-        if bootstrap_configured():
-            base = Settings()
-        else:
-            broker = stack.enter_context(EmbeddedBroker.start("127.0.0.1:0"))
-            base = Settings(kafka_bootstrap=broker.bootstrap, broker_kind="tansu")
+        base, _ = configured_or_embedded(stack)
         part = _part(ds, lo, lo + steps - 1, warm_steps, base)
         fake = _fake_like(model, work)
         drains: dict[str, list[float]] = {"onnx": [], "fake": []}

@@ -747,8 +747,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     import shutil
 
     from liverank.broker import kafka
-    from liverank.broker.embedded import EmbeddedBroker
-    from liverank.core.settings import bootstrap_configured
+    from liverank.broker.embedded import configured_or_embedded
     from liverank.model.data.twitch import load_interactions
     from liverank.replay.producer import replay_to_kafka
 
@@ -764,13 +763,8 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     sampler: _Sampler | None = None
     try:
         with contextlib.ExitStack() as stack:
-            broker_pid: int | None = None
-            if bootstrap_configured():
-                base = Settings()
-            else:
-                broker = stack.enter_context(EmbeddedBroker.start("127.0.0.1:0"))
-                base = Settings(kafka_bootstrap=broker.bootstrap, broker_kind="tansu")
-                broker_pid = broker.process.pid
+            base, broker = configured_or_embedded(stack)
+            broker_pid = broker.process.pid if broker is not None else None
             # -- the maximum
             max_rate: float | None = None
             drain_rate: float | None = None

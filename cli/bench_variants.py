@@ -139,8 +139,7 @@ def run_variants(data: Path, model: Path, variants: list[Variant], steps: int,
 
     import numpy as np
 
-    from liverank.broker.embedded import EmbeddedBroker
-    from liverank.core.settings import bootstrap_configured
+    from liverank.broker.embedded import configured_or_embedded
     from liverank.model.data.timeline import REQUEST, build_timeline
     from liverank.model.data.twitch import load_interactions
 
@@ -149,11 +148,7 @@ def run_variants(data: Path, model: Path, variants: list[Variant], steps: int,
     lo = ds.max_step // 2
     runs: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
     with contextlib.ExitStack() as stack:
-        if bootstrap_configured():
-            base = Settings()
-        else:
-            broker = stack.enter_context(EmbeddedBroker.start("127.0.0.1:0"))
-            base = Settings(kafka_bootstrap=broker.bootstrap, broker_kind="tansu")
+        base, _ = configured_or_embedded(stack)
         tl = build_timeline(ds, requests_from=lo, from_step=max(0, lo - warm_steps),
                             to_step=lo + steps - 1, epoch_ms=base.epoch_ms)
         requests = int(np.count_nonzero(tl.kind == REQUEST))

@@ -285,3 +285,22 @@ def test_wait_out_retries_an_unreachable_broker_until_the_outage_limit() -> None
 
     with pytest.raises(kf.KafkaSetupError, match="SASL"):
         kf.wait_out(settings, refused, "testing", clock=lambda: now[0], sleep=sleep)
+
+
+def test_benchmarks_use_the_configured_broker_or_start_their_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    from liverank.broker.embedded import configured_or_embedded
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("LIVERANK_KAFKA_BOOTSTRAP", "broker.example:9093")
+    with contextlib.ExitStack() as stack:
+        settings, broker = configured_or_embedded(stack)
+    assert broker is None and settings.kafka_bootstrap == "broker.example:9093"
+    monkeypatch.delenv("LIVERANK_KAFKA_BOOTSTRAP")
+    with contextlib.ExitStack() as stack:
+        settings, broker = configured_or_embedded(stack)
+        assert broker is not None and broker.alive()
+        assert settings.kafka_bootstrap == broker.bootstrap and settings.broker_kind == "tansu"
+    assert not broker.alive()  # stopped with the stack
