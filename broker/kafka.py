@@ -357,6 +357,20 @@ def wait_for_broker(settings: Settings, timeout_s: float | None = None) -> Any:
             "LIVERANK_KAFKA_BOOTSTRAP") from exc
 
 
+def paced_tick_s(settings: Settings) -> float:
+    """How a paced replay groups its messages (`EvenRateSink`): in ticks on tansu, whose
+    fetches cost in proportion to a partition's batches (`tansu.PACED_TICK_S`); one by one
+    elsewhere."""
+    return tansu.PACED_TICK_S if is_tansu(settings) else 0.0
+
+
+def reader_fetch_wait_ms(settings: Settings) -> int:
+    """``fetch.wait.max.ms`` for a reader that is not latency-bound (one that counts answers
+    and reads their latency from their own timestamps): rare fetches on tansu
+    (`tansu.READER_FETCH_WAIT_MS`), librdkafka's default elsewhere."""
+    return tansu.READER_FETCH_WAIT_MS if is_tansu(settings) else 500
+
+
 def is_tansu(settings: Settings) -> bool:
     """True when the broker is tansu: `Settings.broker_kind`, else ask it (once per address)."""
     if settings.broker_kind != "auto":

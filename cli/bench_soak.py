@@ -26,7 +26,9 @@
    worker's ``/metrics``), produce-to-publish p50/p99 of the answers read in that interval
    (a librdkafka consumer on ``recommendations``: ``published_ms - produced_ms``). Then
    ``soak.png`` and ``summary.json`` with the verdict ``memory_levels_off``: the worker's RSS
-   slope over the second half of the soak below ``--slope-threshold`` MB/min.
+   slope below ``--slope-threshold`` MB/min where its state can no longer grow, after the
+   looped log's first pass (every user seen), or over the soak's second half when the soak
+   ends before a quarter of it has run past the first pass (`steady_slope`).
 
 Uses LIVERANK_KAFKA_BOOTSTRAP if set (then no broker RSS), else an embedded tansu. tansu's
 memory storage keeps every record, so the broker's RSS grows with the log by design: the
@@ -59,6 +61,12 @@ logger = logging.getLogger(__name__)
 STEP_SECONDS = STEP_MS / 1000
 SLOPE_THRESHOLD_MB_PER_MIN = 2.0  # the verdict: worker RSS rising slower than this levels off
 DRAIN_TIMEOUT_S = 120.0
+# One worker needs few partitions, and on tansu each fetch lists every batch of each partition
+# it reads, so the broker's CPU grows with partitions x the run's length
+# (docs/platform-notes.md): with 8 it, not the worker, gave out after ~5 minutes.
+SOAK_PARTITIONS = 2
+# The steady window (after the log's first pass) must cover at least this share of the soak.
+STEADY_MIN_SHARE = 0.25
 MAX_PASSES = 50
 
 
@@ -275,6 +283,26 @@ def second_half_slope(samples: Sequence[Sample], attr: str = "worker_rss_mb") ->
     return slope_per_min([s.elapsed_s for s in late], [getattr(s, attr) for s in late])
 
 
+def steady_slope(samples: Sequence[Sample], first_pass_end_step: int | None,
+                 min_share: float = STEADY_MIN_SHARE) -> tuple[float, float, str]:
+    """The worker's RSS slope (MB/min) where its state can no longer grow: after the looped
+    log's first pass (every user and streamer of the log seen; later passes replay the same
+    users), when that part is at least ``min_share`` of the soak; else over its second half.
+    Returns (slope, from elapsed s, what the window is)."""
+    soak = [s for s in samples if s.phase == "soak" and s.worker_rss_mb is not None]
+    if not soak:
+        return float("nan"), 0.0, "none"
+    if first_pass_end_step is not None:
+        later = [s for s in soak
+                 if s.replay_step is not None and s.replay_step > first_pass_end_step]
+        if len(later) >= 2 and later[-1].elapsed_s - later[0].elapsed_s >= (
+                min_share * soak[-1].elapsed_s):
+            rss = [v for s in later if (v := s.worker_rss_mb) is not None]
+            return (slope_per_min([s.elapsed_s for s in later], rss),
+                    later[0].elapsed_s, "after the log's first pass")
+    return second_half_slope(samples), soak[-1].elapsed_s / 2, "second half"
+
+
 def at_fraction(samples: Sequence[Sample], frac: float, attr: str) -> float | None:
     """``attr`` of the soak sample nearest ``frac`` of the soak's duration."""
     soak = [s for s in samples if s.phase == "soak" and getattr(s, attr) is not None]
@@ -298,19 +326,22 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def verdict(slope_mb_per_min: float, threshold: float = SLOPE_THRESHOLD_MB_PER_MIN) -> bool:
-    """Memory levels off: the second-half RSS slope is known and below ``threshold``."""
+    """Memory levels off: the steady RSS slope (`steady_slope`) is known and below
+    ``threshold``."""
     return not math.isnan(slope_mb_per_min) and slope_mb_per_min < threshold
 
 
 def summarize(samples: Sequence[Sample], latencies_ms: Sequence[float], *,
-              threshold: float = SLOPE_THRESHOLD_MB_PER_MIN, **extra: Any) -> dict[str, Any]:
-    """summary.json: RSS at 25/50/75/100% of the soak, the second-half worker RSS slope and
-    the verdict, max lag, latency over the run, live-index size at the end vs its maximum."""
+              threshold: float = SLOPE_THRESHOLD_MB_PER_MIN,
+              first_pass_end_step: int | None = None, **extra: Any) -> dict[str, Any]:
+    """summary.json: RSS at 25/50/75/100% of the soak, the worker's RSS slopes (second half;
+    steady, `steady_slope`) and the verdict, max lag, latency over the run, live-index size
+    at the end vs its maximum."""
     def rss(attr: str) -> dict[str, float | None]:
         return {f"{int(f * 100)}%": _round(at_fraction(samples, f, attr))
                 for f in (0.25, 0.5, 0.75, 1.0)}
 
-    slope = second_half_slope(samples)
+    slope, steady_from, steady_basis = steady_slope(samples, first_pass_end_step)
     lags = [s.lag for s in samples if s.lag is not None]
     intervals = [s.stream_intervals for s in samples if s.stream_intervals is not None]
     soak = [s for s in samples if s.phase == "soak"]
@@ -339,7 +370,10 @@ def summarize(samples: Sequence[Sample], latencies_ms: Sequence[float], *,
         "mean_load1": mean("load1"),
         "worker_rss_mb": rss("worker_rss_mb"),
         "broker_rss_mb": rss("broker_rss_mb"),
-        "worker_rss_slope_second_half_mb_per_min": _round(slope),
+        "worker_rss_slope_second_half_mb_per_min": _round(second_half_slope(samples)),
+        "worker_rss_slope_steady_mb_per_min": _round(slope),
+        "steady_from_s": _round(steady_from, 1),
+        "steady_window": steady_basis,
         "broker_rss_slope_second_half_mb_per_min": _round(
             second_half_slope(samples, "broker_rss_mb")),
         "slope_threshold_mb_per_min": threshold,
@@ -383,6 +417,7 @@ class SoakOptions:
     slope_threshold: float = SLOPE_THRESHOLD_MB_PER_MIN
     store: str = "rocksdb://"
     keep_state: bool = False
+    partitions: int = SOAK_PARTITIONS
 
 
 def _worker_class(store: str = "rocksdb://") -> type:
@@ -403,6 +438,7 @@ def _worker_class(store: str = "rocksdb://") -> type:
             env = {k: v for k, v in os.environ.items() if not k.startswith("LIVERANK_")}
             env |= {"LIVERANK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
                     "LIVERANK_TOPIC_PREFIX": settings.topic_prefix,
+                    "LIVERANK_PARTITIONS": str(settings.partitions),
                     "LIVERANK_BROKER_KIND": settings.broker_kind,
                     "LIVERANK_STORE": store, "LIVERANK_DATA_DIR": str(data_dir),
                     "LIVERANK_WEB_PORT": str(self.port),
@@ -603,7 +639,8 @@ def _read_answers(settings: Settings, progress: _Progress, stop: threading.Event
 
     topic = settings.topic(kafka.RECOMMENDATIONS)
     try:
-        consumer = Consumer({**kafka.consumer_config(settings), "fetch.wait.max.ms": 100})
+        consumer = Consumer({**kafka.consumer_config(settings),
+                             "fetch.wait.max.ms": kafka.reader_fetch_wait_ms(settings)})
         parts = kafka.partition_count(settings, topic)
         consumer.assign([TopicPartition(topic, p, 0) for p in range(parts)])
         try:
@@ -764,6 +801,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     try:
         with contextlib.ExitStack() as stack:
             base, broker = configured_or_embedded(stack)
+            base = base.model_copy(update={"partitions": opts.partitions})
             broker_pid = broker.process.pid if broker is not None else None
             # -- the maximum
             max_rate: float | None = None
@@ -869,7 +907,9 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     samples = sampler.samples
     summary = summarize(
         samples, latencies, threshold=opts.slope_threshold,
+        first_pass_end_step=int(ds.max_step) if passes > 1 else None,
         data=str(data), scale=opts.scale, model=str(model), store=opts.store,
+        partitions=opts.partitions,
         max_answers_per_s=_round(max_rate, 1), max_source=rate_source,
         drain_answers_per_s=_round(drain_rate, 1), max_saturated=saturated,
         rate_share=opts.rate_share if max_rate is not None else None,
@@ -935,8 +975,8 @@ def plot(samples: Sequence[Sample], path: Path, soak_end: float | None = None,
         fig.suptitle(
             f"soak {summary.get('scale')}: {summary.get('offered_requests_per_s'):,.0f} req/s "
             f"({_share(summary)});\n"
-            f"worker RSS slope (2nd half) "
-            f"{summary.get('worker_rss_slope_second_half_mb_per_min')} MB/min; "
+            f"worker RSS slope ({summary.get('steady_window')}) "
+            f"{summary.get('worker_rss_slope_steady_mb_per_min')} MB/min; "
             f"levels off: {summary.get('memory_levels_off')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -956,9 +996,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"soak {s['scale']}: {s['soak_s']:.0f} s at {s['offered_requests_per_s']:,.0f} "
         f"requests/s ({_share(s)}), {s['samples']} samples",
         "worker RSS MB at 25/50/75/100%: " + " / ".join(str(w[k]) for k in w),
-        f"worker RSS slope over the second half: "
-        f"{s['worker_rss_slope_second_half_mb_per_min']} MB/min "
-        f"(threshold {s['slope_threshold_mb_per_min']})",
+        f"worker RSS slope {s['steady_window']} (from {s['steady_from_s']} s): "
+        f"{s['worker_rss_slope_steady_mb_per_min']} MB/min (threshold "
+        f"{s['slope_threshold_mb_per_min']}); over the second half "
+        f"{s['worker_rss_slope_second_half_mb_per_min']} MB/min",
         f"max lag {s['max_lag']}, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms over "
         f"{s['answers']} answers",
         f"sent {s['sent_requests_per_s']} requests/s, answered {s['answered_per_s']}/s while "
@@ -1003,12 +1044,16 @@ def bench_soak_command(
                               "tell the store's memory from the rest)."),
     keep_state: bool = typer.Option(False, help="Keep the worker's state directory "
                                     "(OUT/worker-data) after the run."),
+    partitions: int = typer.Option(SOAK_PARTITIONS, min=1, help="Partitions of the soak's "
+                                   "topics: one worker needs few, and on tansu every fetch "
+                                   "lists each partition's batches (docs/platform-notes.md)."),
 ) -> None:
     """Soak: one worker at a share of its measured maximum for a bounded time.
 
     Records worker/broker RSS, lag, p50/p99 and the live index every --sample-s seconds to
     OUT/soak.csv, draws OUT/soak.png and writes OUT/summary.json with the verdict
-    memory_levels_off (worker RSS slope over the second half < --slope-threshold MB/min).
+    memory_levels_off (worker RSS slope < --slope-threshold MB/min after the log's first pass,
+    when every user has been seen; over the second half when the soak is shorter).
     Uses LIVERANK_KAFKA_BOOTSTRAP if set, else starts an embedded tansu.
     """
     summary = run_soak(SoakOptions(scale=scale, seed=seed, minutes=minutes,
@@ -1016,7 +1061,8 @@ def bench_soak_command(
                                    out=out, model=model, max_requests=max_requests,
                                    saturate=saturate, saturate_s=saturate_s,
                                    drain_s=drain_s, slope_threshold=slope_threshold,
-                                   store=store, keep_state=keep_state))
+                                   store=store, keep_state=keep_state,
+                                   partitions=partitions))
     typer.echo(format_summary(summary))
     typer.echo(f"wrote {out / 'soak.csv'}, {out / 'soak.png'}, {out / 'summary.json'}")
     if summary.get("interrupted"):

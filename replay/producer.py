@@ -407,15 +407,23 @@ class EvenRateSink(ForwardingSink):
     first at once, stamping ``produced_ms`` when each one is actually handed over (waiting
     is not counted as service latency). Pacing by steps (``speed``) releases a whole step at
     once and follows the log's daily cycle; this one measures a service at a known load.
-    The clock starts at the first message; a sink that falls behind does not catch up."""
+    The clock starts at the first message; a sink that falls behind does not catch up.
+
+    ``tick_s`` > 0 hands messages over in ticks: the messages due within a tick go together
+    at its end (each still stamped when handed over), so the producer sends a batch per
+    partition and tick rather than one per message. On tansu a fetch costs in proportion
+    to the batches a partition holds (`liverank.broker.tansu.PACED_TICK_S`).
+    """
 
     def __init__(self, producer: Any, per_s: float,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_ms: Callable[[], int] | None = None) -> None:
+                 wall_ms: Callable[[], int] | None = None, tick_s: float = 0.0) -> None:
         super().__init__(producer)
         if not per_s > 0:
             raise ValueError(f"messages per second must be > 0, got {per_s}")
-        self.per_s, self.clock = per_s, clock
+        if tick_s < 0:
+            raise ValueError(f"tick must be >= 0 s, got {tick_s}")
+        self.per_s, self.clock, self.tick_s = per_s, clock, tick_s
         self.wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self._t0: float | None = None
         self._sent = 0
@@ -429,6 +437,8 @@ class EvenRateSink(ForwardingSink):
         if due < now - 1.0:  # more than a second behind: pace from here, no burst
             self._t0, self._sent = now, 0
             due = now
+        if self.tick_s:  # the end of the tick the message is due in
+            due = self._t0 + math.ceil((due - self._t0) / self.tick_s - 1e-9) * self.tick_s
         while (wait := due - self.clock()) > 0:
             self.producer.poll(min(wait, 0.05))  # serves delivery callbacks while waiting
         kwargs["headers"] = [(PRODUCED_MS_HEADER, b"%d" % self.wall_ms())]
@@ -724,7 +734,8 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
     logger.info("replay events=%d bootstrap=%s partitions=%d speed=%s rate=%s encoder=%s",
                 len(tl), settings.kafka_bootstrap, settings.partitions, speed or "max",
                 rate or "-", "forked" if isinstance(batches, ForkedEncoder) else "inline")
-    sink = producer if per_s is None else EvenRateSink(producer, per_s)
+    sink = producer if per_s is None else EvenRateSink(producer, per_s,
+                                                      tick_s=kf.paced_tick_s(settings))
     report = replay(tl, sink, partitions=settings.partitions,
                     stream_topic=stream_topic, user_topic=user_topic, speed=speed,
                     start_step=start_step, batches=batches,

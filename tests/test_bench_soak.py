@@ -28,6 +28,7 @@ from liverank.cli.bench_soak import (
     second_half_slope,
     slope_per_min,
     speed_for,
+    steady_slope,
     summarize,
     verdict,
 )
@@ -195,6 +196,45 @@ def test_rss_that_keeps_growing_does_not_level_off():
     assert not verdict(slope)
     assert not verdict(float("nan"))
     assert verdict(9.0, threshold=10.0)
+
+
+def _looped(rss: list[float], first_pass_end: int) -> list[Sample]:
+    s = _samples(rss)
+    for i, x in enumerate(s):  # 100 steps per sample
+        x.replay_step = 100 * (i + 1)
+    assert first_pass_end < s[-1].replay_step
+    return s
+
+
+def test_steady_slope_is_taken_after_the_logs_first_pass():
+    # New users until the first pass ends (step 700, the 7th sample), then flat: the second
+    # half still holds the growth, the window after the first pass does not.
+    rss = [200, 230, 260, 290, 320, 350, 380, 381, 381, 381.5, 381.5, 382]
+    s = _looped(rss, 700)
+    assert second_half_slope(s) > 2.0
+    slope, start, window = steady_slope(s, 700)
+    assert window == "after the log's first pass" and start == 240.0  # step 800
+    assert 0 < slope < 2.0 and verdict(slope)
+    summary = summarize(s, [], first_pass_end_step=700)
+    assert summary["memory_levels_off"] is True
+    assert summary["worker_rss_slope_second_half_mb_per_min"] > 2.0
+
+
+def test_state_that_grows_after_the_first_pass_does_not_level_off():
+    rss = [200 + 10 * i for i in range(12)]  # 10 MB every 30 s, users or not
+    s = _looped(rss, 500)
+    slope, _, window = steady_slope(s, 500)
+    assert window == "after the log's first pass" and slope == pytest.approx(20.0)
+    assert summarize(s, [], first_pass_end_step=500)["memory_levels_off"] is False
+
+
+def test_a_first_pass_ending_late_falls_back_to_the_second_half():
+    rss = [200, 240, 280, 320, 360, 361, 361, 361.5, 361.5, 362, 362, 362]
+    s = _looped(rss, 1100)  # only the last sample is past it: under a quarter of the soak
+    slope, start, window = steady_slope(s, 1100)
+    assert window == "second half" and start == 180.0
+    assert slope == pytest.approx(second_half_slope(s))
+    assert steady_slope(s, None)[2] == "second half"  # one pass: no steady window
 
 
 def test_percentile_matches_numpy():

@@ -64,6 +64,8 @@ def test_faust_options_follow_settings() -> None:
     on_tansu = faust_app_options(Settings(broker_kind="tansu"))
     assert on_tansu["producer_max_batch_size"] == 1
     assert on_tansu["broker_session_timeout"] < 60
+    assert on_tansu["table_standby_replicas"] == 0  # no standby reads of growing changelogs
+    assert "table_standby_replicas" not in opts
     assert "broker_credentials" not in on_tansu
     import faust
 
@@ -89,6 +91,16 @@ def test_tansu_recognised_from_what_the_broker_says() -> None:
     assert not tansu.looks_like_tansu("Mk3OEYBSD34fcwNTJENDM2Qk", None)
     assert kf.is_tansu(Settings(broker_kind="tansu"))
     assert not kf.is_tansu(Settings(broker_kind="kafka"))
+
+
+def test_paced_replays_and_counting_readers_spare_tansus_fetches() -> None:
+    """On tansu a fetch lists every batch of its partition (docs/platform-notes.md): a paced
+    replay groups its messages in ticks and counting readers fetch rarely; not on Kafka."""
+    on_tansu, on_kafka = Settings(broker_kind="tansu"), Settings(broker_kind="kafka")
+    assert kf.paced_tick_s(on_tansu) == tansu.PACED_TICK_S > 0
+    assert kf.paced_tick_s(on_kafka) == 0.0
+    assert kf.reader_fetch_wait_ms(on_tansu) == tansu.READER_FETCH_WAIT_MS
+    assert kf.reader_fetch_wait_ms(on_kafka) < tansu.READER_FETCH_WAIT_MS
 
 
 def test_parse_listen() -> None:

@@ -86,6 +86,30 @@ def test_even_rate_sink_does_not_burst_to_catch_up() -> None:
     assert np.diff(inner.at[1:]) == pytest.approx([0.01, 0.01])
 
 
+def test_even_rate_sink_in_ticks_hands_each_tick_over_together() -> None:
+    clock = _Clock()
+    inner = _TimedSink(clock)
+    per_s, tick = 1000.0, 0.05
+    sink = EvenRateSink(inner, per_s=per_s, clock=clock, wall_ms=clock.wall_ms, tick_s=tick)
+    t0 = clock.now
+    for i in range(300):
+        sink.produce("t", b"v%d" % i)
+    at = np.array(inner.at) - t0
+    ticks = np.round(at / tick)
+    assert at == pytest.approx(ticks * tick, abs=1e-6)  # only at tick ends
+    due = np.arange(300) / per_s
+    assert np.all(at >= due - 1e-9) and np.all(at < due + tick + 1e-9)  # never early
+    assert np.bincount(ticks.astype(int)).max() <= tick * per_s + 1  # the rate holds
+    assert len(set(ticks)) == 7  # 300 messages at 1,000/s: due 0-0.299 s, tick ends 0-0.3
+    for t, msg in zip(inner.at, inner.sent, strict=True):  # stamped when handed over
+        assert msg.headers == [(PRODUCED_MS_HEADER, b"%d" % int(t * 1000))]
+
+
+def test_even_rate_sink_refuses_a_negative_tick() -> None:
+    with pytest.raises(ValueError, match="tick"):
+        EvenRateSink(MemorySink(), per_s=10.0, tick_s=-0.1)
+
+
 def test_message_rate_counts_watermarks_once_per_partition(tiny) -> None:  # type: ignore[no-untyped-def]
     tl = build_timeline(tiny, requests_from=300)
     requests = int(np.count_nonzero(tl.kind == REQUEST))
