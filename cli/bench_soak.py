@@ -67,6 +67,8 @@ DRAIN_TIMEOUT_S = 120.0
 SOAK_PARTITIONS = 2
 # The steady window (after the log's first pass) must cover at least this share of the soak.
 STEADY_MIN_SHARE = 0.25
+# The soak loops the log's first days, cut so that one pass takes at most this share of it.
+SOAK_PASS_SHARE = 1 / 3
 MAX_PASSES = 50
 
 
@@ -507,14 +509,40 @@ class Paced:
     passes: int
     period: int
     requests_per_step: float
+    pass_end_step: int  # the last step of the first pass
 
 
-def paced(ds: Any, data: Path, rate: float, seconds: float, epoch_ms: int) -> Paced:
+def first_days(ds: Any, data: Path, max_requests: float) -> Any:
+    """``ds`` cut to its first whole days holding at most ``max_requests`` watches (one day at
+    least); watches running past the cut end at its last step (so that the loop's period,
+    `loop_period`, is those days). Unchanged when it all fits."""
+    import numpy as np
+
+    from liverank.model.data.twitch import from_frame
+
+    per_day = np.bincount(np.asarray(ds.start) // STEPS_PER_DAY)
+    days = max(1, int(np.searchsorted(np.cumsum(per_day), max_requests, side="right")))
+    if days >= len(per_day):
+        return ds
+    cut = days * STEPS_PER_DAY
+    frame = ds.to_frame()
+    frame = frame[frame["start"] < cut].copy()
+    frame["stop"] = frame["stop"].clip(upper=cut - 1)
+    return from_frame(frame, source=str(data))
+
+
+def paced(ds: Any, data: Path, rate: float, seconds: float, epoch_ms: int,
+          pass_share: float | None = None) -> Paced:
+    """The log looped to last ``seconds`` at ``rate`` requests/s. ``pass_share``: cut the log
+    to its first days so that a pass takes at most that share of ``seconds`` (the soak: its
+    users have all been seen early, and the rest shows whether memory levels off)."""
     import numpy as np
 
     from liverank.model.data.timeline import REQUEST, build_timeline
     from liverank.model.data.twitch import from_frame
 
+    if pass_share is not None:
+        ds = first_days(ds, data, pass_share * seconds * rate)
     period = loop_period(ds.max_step)
     passes = passes_needed(seconds, rate, len(ds))
     looped = ds if passes == 1 else from_frame(
@@ -522,7 +550,8 @@ def paced(ds: Any, data: Path, rate: float, seconds: float, epoch_ms: int) -> Pa
     tl = build_timeline(looped, epoch_ms=epoch_ms)
     requests_per_step = len(ds) / period
     return Paced(tl, np.concatenate([[0], np.cumsum(tl.kind == REQUEST)]),
-                 speed_for(rate, requests_per_step), passes, period, requests_per_step)
+                 speed_for(rate, requests_per_step), passes, period, requests_per_step,
+                 int(ds.max_step))
 
 
 def measure_sustained(base: Settings, ds: Any, data: Path, model: Path, work: Path,
@@ -829,7 +858,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
             from liverank.cli.bench_service import _fresh
 
             settings = _fresh(base, "soak")
-            feed = paced(ds, data, rate, seconds, settings.epoch_ms)
+            feed = paced(ds, data, rate, seconds, settings.epoch_ms, SOAK_PASS_SHARE)
             tl, requests_before, speed = feed.timeline, feed.requests_before, feed.speed
             passes, period, requests_per_step = feed.passes, feed.period, feed.requests_per_step
             typer.echo(f"log {data}: {len(ds)} requests over {period} steps "
@@ -907,7 +936,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     samples = sampler.samples
     summary = summarize(
         samples, latencies, threshold=opts.slope_threshold,
-        first_pass_end_step=int(ds.max_step) if passes > 1 else None,
+        first_pass_end_step=feed.pass_end_step if passes > 1 else None,
         data=str(data), scale=opts.scale, model=str(model), store=opts.store,
         partitions=opts.partitions,
         max_answers_per_s=_round(max_rate, 1), max_source=rate_source,

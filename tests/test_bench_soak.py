@@ -17,6 +17,7 @@ from liverank.cli.bench_soak import (
     cpu_pct,
     csv_row,
     dir_mb,
+    first_days,
     loop_frame,
     loop_period,
     paced,
@@ -158,6 +159,30 @@ def test_paced_feed_loops_the_log_and_counts_requests_per_event(tmp_path):
     looped = paced(ds, csv_path, rate=10 * len(ds), seconds=1, epoch_ms=0)
     assert looped.passes == passes_needed(1, 10 * len(ds), len(ds)) > 1
     assert looped.requests_before[-1] == looped.passes * len(ds)
+
+
+def test_the_soak_loops_the_logs_first_days_so_a_pass_ends_early(tmp_path):
+    from liverank.model.data.synth import write
+    from liverank.model.data.twitch import load_interactions
+
+    csv_path = tmp_path / "tiny.csv"
+    write("tiny", 0, csv_path)
+    ds = load_interactions(csv_path)
+    days = ds.max_step // STEPS_PER_DAY + 1
+    assert days >= 3
+    per_day = np.bincount(np.asarray(ds.start) // STEPS_PER_DAY)
+    seconds, rate = 60.0, float(per_day[:2].sum()) / 20  # two days = a third of the soak
+    feed = paced(ds, csv_path, rate=rate, seconds=seconds, epoch_ms=0, pass_share=1 / 3)
+    assert feed.pass_end_step < 2 * STEPS_PER_DAY  # the first two days only
+    assert feed.period == 2 * STEPS_PER_DAY
+    assert feed.requests_before[-1] == feed.passes * per_day[:2].sum()
+    assert feed.passes >= 3
+    cut = first_days(ds, csv_path, per_day[:2].sum())
+    assert len(cut) == per_day[:2].sum() and cut.max_step < 2 * STEPS_PER_DAY
+    assert first_days(ds, csv_path, 1).max_step < STEPS_PER_DAY  # at least a day
+    assert first_days(ds, csv_path, len(ds)) is ds  # all of it fits
+    whole = paced(ds, csv_path, rate=50, seconds=10, epoch_ms=0)
+    assert whole.pass_end_step == ds.max_step
 
 
 def test_slope_is_per_minute_and_nan_without_spread():
