@@ -25,10 +25,14 @@
    worker's state on disk, answers and answers/s and consumer lag and live-index size (the
    worker's ``/metrics``), produce-to-publish p50/p99 of the answers read in that interval
    (a librdkafka consumer on ``recommendations``: ``published_ms - produced_ms``). Then
-   ``soak.png`` and ``summary.json`` with the verdict ``memory_levels_off``: the worker's RSS
-   slope below ``--slope-threshold`` MB/min where its state can no longer grow, after the
-   looped log's first pass (every user seen), or over the soak's second half when the soak
-   ends before a quarter of it has run past the first pass (`steady_slope`).
+   ``soak.png`` and ``summary.json`` with the verdict ``memory_levels_off``, judged where the
+   worker's state can no longer grow in keys: after the looped log's first pass (every user
+   seen; the soak loops the log's first days, a pass a third of the soak at most), or over
+   the second half when less than a quarter of the soak is past it (`steady_slope`). There
+   the RSS is flat (slope below ``--slope-threshold`` MB/min) or saturates: a fit of
+   ``A - B exp(-t/tau)`` bends within the window and has under 5% of the RSS left to grow
+   (`fit_saturation`): windows fill to their length and RocksDB's caches to their caps,
+   which a leak, a straight line, does not do.
 
 Uses LIVERANK_KAFKA_BOOTSTRAP if set (then no broker RSS), else an embedded tansu. tansu's
 memory storage keeps every record, so the broker's RSS grows with the log by design: the
@@ -67,6 +71,8 @@ DRAIN_TIMEOUT_S = 120.0
 SOAK_PARTITIONS = 2
 # The steady window (after the log's first pass) must cover at least this share of the soak.
 STEADY_MIN_SHARE = 0.25
+# Saturating: what the fitted curve has left to grow is under this share of the last RSS.
+SATURATION_REMAINING_SHARE = 0.05
 # The soak loops the log's first days, cut so that one pass takes at most this share of it.
 SOAK_PASS_SHARE = 1 / 3
 MAX_PASSES = 50
@@ -113,6 +119,27 @@ def csv_row(s: Sample) -> dict[str, str]:
             out[name] = f"{value:.3f}"
         else:
             out[name] = str(value)
+    return out
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """``soak.csv`` back into samples (the inverse of `csv_row`), to judge a run again."""
+    types = {f.name: f.type for f in fields(Sample)}
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            values: dict[str, Any] = {}
+            for name, cell in row.items():
+                kind = str(types[name])
+                if name == "phase":
+                    values[name] = cell
+                elif cell == "":
+                    values[name] = None
+                elif kind.startswith("int"):
+                    values[name] = int(cell)
+                else:
+                    values[name] = float(cell)
+            out.append(Sample(**values))
     return out
 
 
@@ -328,9 +355,67 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def verdict(slope_mb_per_min: float, threshold: float = SLOPE_THRESHOLD_MB_PER_MIN) -> bool:
-    """Memory levels off: the steady RSS slope (`steady_slope`) is known and below
-    ``threshold``."""
+    """Flat: the steady RSS slope (`steady_slope`) is known and below ``threshold``."""
     return not math.isnan(slope_mb_per_min) and slope_mb_per_min < threshold
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """``y = asymptote - b * exp(-(t - t0) / tau)`` fitted to a series (`fit_saturation`)."""
+
+    asymptote: float
+    b: float
+    tau_s: float
+    last: float  # the series' last value
+    rmse: float
+    linear_rmse: float  # of a straight line over the same points, for comparison
+    span_s: float  # the time the points cover
+
+    @property
+    def remaining(self) -> float:
+        """How much more the series grows (negative: falls) on the fitted curve."""
+        return self.asymptote - self.last
+
+    def saturates(self, share: float = SATURATION_REMAINING_SHARE) -> bool:
+        """The curve bends within the points (tau shorter than their span) and what is left
+        to grow is under ``share`` of the last value: a fill to a bound nearly reached. A
+        steady leak fits a straight line: tau runs to the grid's end and this is False."""
+        return self.tau_s < self.span_s and self.remaining < share * abs(self.last)
+
+
+def fit_saturation(t_s: Sequence[float], y: Sequence[float]) -> Saturation | None:
+    """Least squares for ``y = A - B exp(-(t - t0)/tau)``: ``tau`` on a log grid from the
+    sampling interval to 10x the span, ``A`` and ``B`` exact for each; None with fewer than
+    4 points or no span."""
+    import numpy as np
+
+    t, v = np.asarray(t_s, dtype=float), np.asarray(y, dtype=float)
+    ok = ~np.isnan(v)
+    t, v = t[ok], v[ok]
+    if len(t) < 4 or t[-1] <= t[0]:
+        return None
+    span = float(t[-1] - t[0])
+    step = float(np.min(np.diff(t))) or span / len(t)
+    best: tuple[float, float, float, float] | None = None
+    for tau in np.geomspace(max(step, 1e-3), 10 * span, 400):
+        x = np.column_stack([np.ones_like(t), -np.exp(-(t - t[0]) / tau)])
+        (a, b), *_ = np.linalg.lstsq(x, v, rcond=None)
+        sse = float(np.sum((x @ np.array([a, b]) - v) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, float(tau), float(a), float(b))
+    assert best is not None
+    sse, tau, a, b = best
+    line = np.polyfit(t, v, 1)
+    linear_sse = float(np.sum((np.polyval(line, t) - v) ** 2))
+    return Saturation(a, b, tau, float(v[-1]), math.sqrt(sse / len(t)),
+                      math.sqrt(linear_sse / len(t)), span)
+
+
+def levels_off(slope_mb_per_min: float, fit: Saturation | None,
+               threshold: float = SLOPE_THRESHOLD_MB_PER_MIN) -> bool:
+    """The soak's verdict: over the steady window the worker's RSS is flat (`verdict`) or
+    saturates (`Saturation.saturates`)."""
+    return verdict(slope_mb_per_min, threshold) or (fit is not None and fit.saturates())
 
 
 def summarize(samples: Sequence[Sample], latencies_ms: Sequence[float], *,
@@ -344,6 +429,10 @@ def summarize(samples: Sequence[Sample], latencies_ms: Sequence[float], *,
                 for f in (0.25, 0.5, 0.75, 1.0)}
 
     slope, steady_from, steady_basis = steady_slope(samples, first_pass_end_step)
+    steady = [s for s in samples if s.phase == "soak" and s.elapsed_s >= steady_from
+              and s.worker_rss_mb is not None]
+    fit = fit_saturation([s.elapsed_s for s in steady],
+                         [s.worker_rss_mb for s in steady if s.worker_rss_mb is not None])
     lags = [s.lag for s in samples if s.lag is not None]
     intervals = [s.stream_intervals for s in samples if s.stream_intervals is not None]
     soak = [s for s in samples if s.phase == "soak"]
@@ -392,7 +481,11 @@ def summarize(samples: Sequence[Sample], latencies_ms: Sequence[float], *,
         "stream_intervals_after_drain": last.stream_intervals if last else None,
         "worker_rss_mb_after_drain": _round(last.worker_rss_mb) if last else None,
         "state_disk_mb_end": _round(last.state_disk_mb) if last else None,
-        "memory_levels_off": verdict(slope, threshold),
+        "worker_rss_fit": None if fit is None else {
+            "asymptote_mb": _round(fit.asymptote), "tau_s": _round(fit.tau_s, 1),
+            "remaining_mb": _round(fit.remaining), "rmse_mb": _round(fit.rmse),
+            "linear_rmse_mb": _round(fit.linear_rmse), "saturates": fit.saturates()},
+        "memory_levels_off": levels_off(slope, fit, threshold),
     }
 
 
@@ -1019,6 +1112,15 @@ def _share(s: dict[str, Any]) -> str:
             f"{s['max_source']}")
 
 
+def _fit_line(fit: dict[str, Any] | None) -> str:
+    if not fit:
+        return "worker RSS fit: too few samples"
+    return (f"worker RSS fit A - B exp(-t/tau) over the same window: asymptote "
+            f"{fit['asymptote_mb']} MB, tau {fit['tau_s']} s, {fit['remaining_mb']} MB left "
+            f"to grow, rmse {fit['rmse_mb']} MB (a straight line: {fit['linear_rmse_mb']}); "
+            f"saturates: {fit['saturates']}")
+
+
 def format_summary(s: dict[str, Any]) -> str:
     w = s["worker_rss_mb"]
     return "\n".join([
@@ -1029,6 +1131,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{s['worker_rss_slope_steady_mb_per_min']} MB/min (threshold "
         f"{s['slope_threshold_mb_per_min']}); over the second half "
         f"{s['worker_rss_slope_second_half_mb_per_min']} MB/min",
+        _fit_line(s.get("worker_rss_fit")),
         f"max lag {s['max_lag']}, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms over "
         f"{s['answers']} answers",
         f"sent {s['sent_requests_per_s']} requests/s, answered {s['answered_per_s']}/s while "
@@ -1081,8 +1184,9 @@ def bench_soak_command(
 
     Records worker/broker RSS, lag, p50/p99 and the live index every --sample-s seconds to
     OUT/soak.csv, draws OUT/soak.png and writes OUT/summary.json with the verdict
-    memory_levels_off (worker RSS slope < --slope-threshold MB/min after the log's first pass,
-    when every user has been seen; over the second half when the soak is shorter).
+    memory_levels_off (after the log's first pass, when every user has been seen, the worker's
+    RSS is flat, slope < --slope-threshold MB/min, or saturates: a fitted A - B exp(-t/tau)
+    with tau inside the window and under 5% left to grow).
     Uses LIVERANK_KAFKA_BOOTSTRAP if set, else starts an embedded tansu.
     """
     summary = run_soak(SoakOptions(scale=scale, seed=seed, minutes=minutes,

@@ -18,6 +18,8 @@ from liverank.cli.bench_soak import (
     csv_row,
     dir_mb,
     first_days,
+    fit_saturation,
+    levels_off,
     loop_frame,
     loop_period,
     paced,
@@ -26,6 +28,7 @@ from liverank.cli.bench_soak import (
     parse_vmrss_mb,
     passes_needed,
     percentile,
+    read_samples,
     second_half_slope,
     slope_per_min,
     speed_for,
@@ -260,6 +263,42 @@ def test_a_first_pass_ending_late_falls_back_to_the_second_half():
     assert window == "second half" and start == 180.0
     assert slope == pytest.approx(second_half_slope(s))
     assert steady_slope(s, None)[2] == "second half"  # one pass: no steady window
+
+
+def test_a_fill_to_a_bound_saturates_and_a_leak_does_not():
+    t = [190.0 + 5 * i for i in range(83)]  # the steady window of a 10-minute soak
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 2.0, len(t))
+    fill = [320 - 80 * math.exp(-(x - 190) / 150) + e for x, e in zip(t, noise, strict=True)]
+    fit = fit_saturation(t, fill)
+    assert fit is not None and fit.saturates()
+    assert fit.asymptote == pytest.approx(320, abs=6) and fit.rmse < fit.linear_rmse
+    slope = slope_per_min(t, fill)
+    assert not verdict(slope)  # a straight line calls it rising ...
+    assert levels_off(slope, fit)  # ... the saturating fit sees it level off
+    leak = [240 + 10 * (x - 190) / 60 + e for x, e in zip(t, noise, strict=True)]  # 10 MB/min
+    fit = fit_saturation(t, leak)
+    assert fit is not None and not fit.saturates()
+    assert not levels_off(slope_per_min(t, leak), fit)
+    slow = [240 + 40 * (1 - math.exp(-(x - 190) / 3000)) for x in t]  # tau far past the run
+    fit = fit_saturation(t, slow)
+    assert fit is not None and not fit.saturates()
+    flat = [300 + e for e in noise]
+    assert levels_off(slope_per_min(t, flat), fit_saturation(t, flat))
+    assert fit_saturation(t[:3], flat[:3]) is None
+
+
+def test_soak_csv_reads_back_into_the_same_samples(tmp_path):
+    samples = _samples([200.0, 210.5, 211.0], drain=1)
+    samples[0].replay_step = 7
+    path = tmp_path / "soak.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(csv_row(s) for s in samples)
+    back = read_samples(path)
+    assert back == samples
+    assert summarize(back, [])["memory_levels_off"] == summarize(samples, [])["memory_levels_off"]
 
 
 def test_percentile_matches_numpy():
