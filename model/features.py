@@ -200,15 +200,40 @@ def repeat_features_positions(keys: np.ndarray, steps: np.ndarray, valid: np.nda
 
     ``keys``/``cand_keys`` identify streamers uniquely (dataset indexes, not model items, so
     two unknown streamers sharing the OOV item are still told apart).
+
+    A candidate at position t matches the entries j <= t (real ones) holding its key; the
+    newest of them, j*, answers for all: the matches are exactly the real entries up to j*
+    with j*'s key, so the count and the latest step come from a (B, J) table of those
+    per-entry running values. Few candidates match anything (live negatives seldom are in
+    the window), so after the one (B, T, K, J) comparison only the matches are handled,
+    where the direct form reduced over every (position, candidate, entry) -- the training
+    batch's hot spot (tests/test_model_features.py holds the two equal).
     """
-    length = keys.shape[1]
-    causal = np.tril(np.ones((length, length), dtype=bool))
-    seen = causal[None, :, None, :] & valid[:, None, None, :]  # (B, T, 1, J)
-    match = (cand_keys[..., None] == keys[:, None, None, :]) & seen  # (B, T, K, J)
-    count = match.sum(-1)
-    last = np.where(match, steps[:, None, None, :], np.iinfo(np.int64).min).max(-1)
-    gap = np.where(count > 0, query[:, :, None] - last, 0)
-    return repeat_buckets(gap, count, enc)
+    b, length = keys.shape
+    if cand_keys.size == 0 or length == 0:
+        return np.zeros(cand_keys.shape + (2,), dtype=np.int64)
+    causal = np.tril(np.ones((length, length), dtype=bool))  # [t, j]: j <= t
+    # Per entry j: the real entries j' <= j with its key (count, latest step).
+    same = (keys[:, :, None] == keys[:, None, :]) & valid[:, None, :] & causal[None]
+    count_upto = same.sum(-1)  # (B, J)
+    last_upto = np.where(same, steps[:, None, :], np.iinfo(np.int64).min).max(-1)
+    # Per position t: the keys of the entries it may match, newest first; the others hold a
+    # key below every candidate's.
+    never = min(int(cand_keys.min()), int(keys.min())) - 1
+    newest_first = np.where(causal[None] & valid[:, None, :], keys[:, None, :],
+                            never)[:, :, ::-1].copy()  # (B, T, J), j reversed
+    match = cand_keys[..., None] == newest_first[:, :, None, :]  # (B, T, K, J)
+    # The matches in C order: by (position, candidate) cell, then newest entry first.
+    cell, rev = np.divmod(np.flatnonzero(match), length)
+    first = np.ones(cell.shape[0], dtype=bool)
+    first[1:] = cell[1:] != cell[:-1]
+    cell, newest = cell[first], (length - 1) - rev[first]  # j* of each matched cell
+    positions, k = match.shape[1], match.shape[2]
+    row, t = cell // (positions * k), (cell // k) % positions
+    out = np.zeros(match.shape[:3] + (2,), dtype=np.int64)
+    out.reshape(-1, 2)[cell] = repeat_buckets(query[row, t] - last_upto[row, newest],
+                                              count_upto[row, newest], enc)
+    return out
 
 
 def repeat_features_last(windows: Sequence[Sequence[tuple[str, int]]], window_len: int,

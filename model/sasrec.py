@@ -74,6 +74,29 @@ class ModelConfig:
         return cls(**raw)
 
 
+class _Rows(torch.autograd.Function):
+    """``weight[idx]`` with `nn.Embedding`'s gradient (none for the padding row), summed by
+    one ``index_add_``. torch's CPU embedding backward adds the gradient row by row through
+    a generic kernel: for the ~70k window and candidate rows of a training batch it was the
+    largest single cost of a step, about 8 times this."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, idx: Tensor,  # type: ignore[override]
+                padding_idx: int | None) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.rows, ctx.padding_idx = weight.shape[0], padding_idx
+        return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, weight.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.rows, grad.shape[-1])
+        out.index_add_(0, idx.reshape(-1), grad.reshape(-1, grad.shape[-1]))
+        if ctx.padding_idx is not None:
+            out[ctx.padding_idx] = 0
+        return out, None, None
+
+
 class Block(nn.Module):
     """Pre-LN transformer block with an explicit attention (exports to plain ONNX ops)."""
 
@@ -131,20 +154,33 @@ class SeqRec(nn.Module):
             self.cnt_bias = nn.Embedding(cfg.n_counts + 1, 1, padding_idx=0)
         self.apply(_init)
 
-    def encode(self, items: Tensor, watch_time: Tensor, gaps: Tensor) -> Tensor:
-        """(B, L) items, (B, L, 2) watch time, (B, L, L) gap buckets -> (B, L, D)."""
+    def _fast_grad(self) -> bool:
+        """Training steps take the faster-to-differentiate forms (`_embed`, the score's sum):
+        the same values; inference, tracing and ONNX export keep the plain ones."""
+        return self.training and torch.is_grad_enabled() and not torch.jit.is_tracing()
+
+    def _embed(self, table: nn.Embedding, idx: Tensor) -> Tensor:
+        if self._fast_grad():
+            return _Rows.apply(table.weight, idx, table.padding_idx)  # type: ignore[no-any-return]
+        return table(idx)  # type: ignore[no-any-return]
+
+    def encode(self, items: Tensor, watch_time: Tensor, gaps: Tensor,
+               item_vecs: Tensor | None = None) -> Tensor:
+        """(B, L) items, (B, L, 2) watch time, (B, L, L) gap buckets -> (B, L, D);
+        ``item_vecs``: the items' embeddings when already looked up."""
         cfg = self.cfg
         length = items.shape[1]
         real = items != 0
-        x = self.item_emb(items)
+        emb = self._embed
+        x = emb(self.item_emb, items) if item_vecs is None else item_vecs
         if cfg.arch == "mf":
-            ctx = self.ctx_emb(items)  # (B, L, D); causal mean over real entries
+            ctx = emb(self.ctx_emb, items)  # (B, L, D); causal mean over real entries
             pos = torch.arange(length, device=items.device)
             causal = (pos[None, :] <= pos[:, None]).float()  # (T, J)
             w = causal[None] * real[:, None, :].float()  # (B, T, J)
             return (w @ ctx) / w.sum(-1, keepdim=True).clamp(min=1.0)
         if cfg.time:
-            x = x + self.hour_emb(watch_time[..., 0]) + self.day_emb(watch_time[..., 1])
+            x = x + emb(self.hour_emb, watch_time[..., 0]) + emb(self.day_emb, watch_time[..., 1])
         if cfg.arch == "gru":
             out, _ = self.gru(self.drop(x))
             return out
@@ -154,7 +190,7 @@ class SeqRec(nn.Module):
         pos = torch.arange(length, device=items.device)
         eye, causal = pos[None, :] == pos[:, None], pos[None, :] <= pos[:, None]  # (L, L)
         keep = ((causal[None] & real[:, None, :]) | eye[None])[:, None]  # (B, 1, L, L)
-        bias = self.gap_bias(gaps).permute(0, 3, 1, 2) if cfg.time else None  # (B, H, L, L)
+        bias = emb(self.gap_bias, gaps).permute(0, 3, 1, 2) if cfg.time else None  # (B, H, L, L)
         for block in self.blocks:
             x = block(x, keep, bias)
         return self.final_ln(x)
@@ -163,15 +199,22 @@ class SeqRec(nn.Module):
         """(B, T, D) hidden, (B, T, 2) query time, (B, T) gap since last watch -> user vec."""
         if not self.cfg.time:
             return h
-        return (h + self.q_hour_emb(query_time[..., 0]) + self.q_day_emb(query_time[..., 1])
-                + self.gap_out_emb(gap_self))
+        emb = self._embed
+        return (h + emb(self.q_hour_emb, query_time[..., 0])
+                + emb(self.q_day_emb, query_time[..., 1]) + emb(self.gap_out_emb, gap_self))
 
-    def score(self, u: Tensor, cand_items: Tensor, cand_repeat: Tensor) -> Tensor:
-        """(..., D) user, (..., C) candidates, (..., C, 2) repeat -> (..., C) scores."""
+    def score(self, u: Tensor, cand_items: Tensor, cand_repeat: Tensor,
+              cand_vecs: Tensor | None = None) -> Tensor:
+        """(..., D) user, (..., C) candidates, (..., C, 2) repeat -> (..., C) scores;
+        ``cand_vecs``: the candidates' item embeddings when already looked up."""
         # u . (item + recency + count) computed as one batched matmul over the gathered item
         # vectors plus small per-bucket tables: the (..., C, D) sums never materialise,
         # which is most of the serving cost with thousands of candidates.
-        s = (self.item_emb(cand_items) @ u.unsqueeze(-1)).squeeze(-1)  # (..., C)
+        cand = self._embed(self.item_emb, cand_items) if cand_vecs is None else cand_vecs
+        if self._fast_grad():  # the same dot products; bmm's backward is slow for C = 1 + N
+            s = (cand * u.unsqueeze(-2)).sum(-1)
+        else:
+            s = (cand @ u.unsqueeze(-1)).squeeze(-1)  # (..., C)
         if not self.cfg.repeat:
             return s
         rec, cnt = cand_repeat[..., 0], cand_repeat[..., 1]
@@ -187,11 +230,24 @@ class SeqRec(nn.Module):
         return self.score(u, cand_items, cand_repeat)
 
     def all_positions(self, items: Tensor, watch_time: Tensor, query_time: Tensor,
-                      gaps: Tensor) -> Tensor:
+                      gaps: Tensor, item_vecs: Tensor | None = None) -> Tensor:
         """User vectors (B, L, D) for every position (training: position t predicts t+1)."""
-        h = self.encode(items, watch_time, gaps)
+        h = self.encode(items, watch_time, gaps, item_vecs)
         eye = torch.eye(items.shape[1], dtype=gaps.dtype, device=gaps.device)
         return self.user(h, query_time, (gaps * eye).sum(-1))
+
+    def position_scores(self, items: Tensor, watch_time: Tensor, query_time: Tensor,
+                        gaps: Tensor, cand_items: Tensor, cand_repeat: Tensor) -> Tensor:
+        """Training: (B, L, C) scores of every position's candidates, `all_positions`
+        then `score`, with the window's and the candidates' item vectors looked up at once:
+        one dense gradient of the item table per step instead of two to fill and add (22 MB
+        each at 88k items, and fresh memory from the system as often as not)."""
+        n = items.numel()
+        vecs = self._embed(self.item_emb, torch.cat([items.reshape(-1),
+                                                     cand_items.reshape(-1)]))
+        u = self.all_positions(items, watch_time, query_time, gaps,
+                               vecs[:n].view(*items.shape, -1))
+        return self.score(u, cand_items, cand_repeat, vecs[n:].view(*cand_items.shape, -1))
 
 
 def _init(module: nn.Module) -> None:

@@ -57,7 +57,7 @@ from .checkpoint import (
 from .data.availability import Availability, availability
 from .data.split import TimeSplit, time_split
 from .data.twitch import Interactions, in_event_order
-from .evaluate import EvalTarget, iter_targets, period
+from .evaluate import REPEAT_WINDOW, EvalTarget, period
 from .features import (
     ItemIndex,
     TimeEncoding,
@@ -66,6 +66,7 @@ from .features import (
 )
 from .metrics import Accumulator
 from .sasrec import ModelConfig, SeqRec
+from .scorer import RankRequest
 
 logger = logging.getLogger(__name__)
 
@@ -176,57 +177,84 @@ class Sequences:
 
 
 def make_sequences(ds: Interactions, mask: np.ndarray, window_len: int) -> Sequences:
+    """Each user's rows of ``mask`` in timeline order (step, then row), cut into chunks of
+    ``window_len`` targets from the end (the first row is no target); a chunk's inputs are
+    the rows just before its targets, left-padded."""
     rows = np.flatnonzero(mask)
     rows = rows[np.lexsort((rows, ds.start[rows], ds.user[rows]))]
     user = ds.user[rows]
     bounds = np.flatnonzero(np.diff(user)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [rows.shape[0]]])
-    chunks: list[tuple[int, int]] = []  # (first target position, last target position + 1)
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        for stop in range(b, a + 1, -window_len):
-            chunks.append((max(a + 1, stop - window_len), stop))
-    shape = (len(chunks), window_len)
-    keys, steps = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
-    tkeys, tsteps = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    starts = np.concatenate([[0], bounds]).astype(np.int64)
+    ends = np.concatenate([bounds, [rows.shape[0]]]).astype(np.int64)
+    # Chunk c of a user (c = 0 at its end) holds the targets [max(a + 1, stop - L), stop)
+    # with stop = b - c L: user by user, newest chunk first.
+    n_chunks = -(-np.maximum(ends - starts - 1, 0) // window_len)
+    owner = np.repeat(np.arange(starts.shape[0]), n_chunks)
+    first_chunk = np.cumsum(n_chunks) - n_chunks
+    c = np.arange(owner.shape[0], dtype=np.int64) - first_chunk[owner]
+    stop = ends[owner] - c * window_len
+    lo = np.maximum(starts[owner] + 1, stop - window_len)
+    # Column j of a chunk is target stop - L + j; the first L - (stop - lo) are padding.
+    cols = np.arange(window_len, dtype=np.int64)
+    target = stop[:, None] - window_len + cols
+    real = cols >= window_len - (stop - lo)[:, None]
+    target = np.where(real, target, 1)  # any index: masked below
     streamer, start = ds.streamer[rows].astype(np.int64), ds.start[rows].astype(np.int64)
-    for i, (lo, hi) in enumerate(chunks):
-        n = hi - lo
-        keys[i, -n:], steps[i, -n:] = streamer[lo - 1 : hi - 1], start[lo - 1 : hi - 1]
-        tkeys[i, -n:], tsteps[i, -n:] = streamer[lo:hi], start[lo:hi]
-    return Sequences(keys, steps, tkeys, tsteps)
+    zero = np.int64(0)
+    return Sequences(np.where(real, streamer[target - 1], zero),
+                     np.where(real, start[target - 1], zero),
+                     np.where(real, streamer[target], zero),
+                     np.where(real, start[target], zero))
 
 
 class LiveSampler:
     """Negatives live at a step: uniform over the live streamers, never the positive."""
 
     def __init__(self, live: Availability, n_streamers: int) -> None:
-        self.live = live
-        self.span = np.int64(n_streamers + 1)
-        cell_steps = np.repeat(np.arange(live.n_steps, dtype=np.int64), live.live_counts())
-        self.cell_keys = cell_steps * self.span + live.streamers.astype(np.int64)
+        self.live = live  # (n_streamers: unused since the search runs inside each step)
+        # Rounds of the binary search inside a step's live list (the longest one).
+        self.depth = int(live.live_counts().max(initial=0)).bit_length()
 
     def sample(self, steps: np.ndarray, positives: np.ndarray, n: int,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(M,) steps and positive streamers -> (M, n) negatives and a validity mask (False
         where fewer than two streamers were live)."""
         steps = np.asarray(steps, dtype=np.int64)
+        positives = np.asarray(positives, dtype=np.int64)
         inside = (steps >= 0) & (steps < self.live.n_steps)
         s = np.where(inside, steps, 0)
         lo = self.live.indptr[s]
         count = np.where(inside, self.live.indptr[s + 1] - lo, 0)
-        key = s * self.span + positives
-        at = np.searchsorted(self.cell_keys, key)
-        found = inside & (at < self.cell_keys.shape[0])
-        found[found] = self.cell_keys[at[found]] == key[found]
+        # The positive's place in its step's (sorted) live list.
+        at = _lower_bound(self.live.streamers, lo, count, positives, self.depth)
+        last = self.live.streamers.shape[0] - 1
+        found = (at < count) & (self.live.streamers[np.minimum(lo + at, last)] == positives)
         choices = count - found  # live streamers other than the positive
         draw = np.floor(rng.random((steps.shape[0], n)) * np.maximum(choices, 1)[:, None])
         draw = draw.astype(np.int64)
-        skip = found[:, None] & (draw >= (at - lo)[:, None])  # step over the positive
-        neg = self.live.streamers[np.minimum(lo[:, None] + draw + skip,
-                                             self.live.streamers.shape[0] - 1)]
+        skip = found[:, None] & (draw >= at[:, None])  # step over the positive
+        neg = self.live.streamers[np.minimum(lo[:, None] + draw + skip, last)]
         ok = np.broadcast_to((choices > 0)[:, None], neg.shape).copy()
         return np.where(ok, neg, 0).astype(np.int64), ok
+
+
+def _lower_bound(values: np.ndarray, lo: np.ndarray, count: np.ndarray, x: np.ndarray,
+                 depth: int) -> np.ndarray:
+    """Per i: how many of ``values[lo[i] : lo[i] + count[i]]`` (sorted ascending) are below
+    ``x[i]``: a binary search in every segment at once, ``depth`` rounds (enough when
+    ``2**depth > count``; none when ``values`` is empty, all counts then being 0). Each
+    search stays inside its own short segment, where one search over a global (step,
+    streamer) key array missed the cache at every level."""
+    left = np.zeros_like(count)
+    right = count.copy()
+    last = max(values.shape[0] - 1, 0)
+    for _ in range(depth):
+        open_ = left < right
+        mid = (left + right) >> 1
+        below = values[np.minimum(lo + mid, last)] < x
+        left = np.where(open_ & below, mid + 1, left)
+        right = np.where(open_ & ~below, mid, right)
+    return left
 
 
 @dataclass
@@ -272,9 +300,9 @@ class Batcher:
 
 
 def batch_loss(model: SeqRec, batch: dict[str, torch.Tensor], loss: str) -> torch.Tensor:
-    u = model.all_positions(batch["items"], batch["watch_time"], batch["query_time"],
-                            batch["gaps"])  # (B, L, D)
-    scores = model.score(u, batch["cand_items"], batch["cand_repeat"])  # (B, L, 1 + N)
+    scores = model.position_scores(batch["items"], batch["watch_time"], batch["query_time"],
+                                   batch["gaps"], batch["cand_items"],
+                                   batch["cand_repeat"])  # (B, L, 1 + N)
     pos, neg = scores[..., 0], scores[..., 1:]
     ok, valid = batch["neg_ok"], batch["valid"]
     if loss == "bpr":
@@ -343,12 +371,12 @@ def train(ds: Interactions, out: str | Path, model_cfg: ModelConfig, cfg: TrainC
     live = availability(ds, cfg.availability)  # type: ignore[arg-type]
     sampler = LiveSampler(live, ds.n_streamers) if cfg.negatives == "live" else None
     batcher = Batcher(seqs, item_of, index, model_cfg, cfg, enc, sampler)
-    val = _validation_targets(ds, split, model_cfg.window_len, cfg)
+    val = _validation_targets(ds, split, model_cfg.window_len, cfg, live)
     if warm:
         model = grow_items(warm.model, index.n_items - warm.index.n_items, grow_init)
     else:
         model = SeqRec(model_cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _adam(model, cfg)
     now = datetime.now(UTC)  # to the millisecond: a retrain's version never equals its parent's
     version = f"{model_cfg.arch}-{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z"
     scorer = TorchScorer(model, index, enc, version)
@@ -470,20 +498,74 @@ def _lineage(ds: Interactions, split: TimeSplit, warm: WarmStart | None, index: 
     }
 
 
+def _adam(model: SeqRec, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam, fused where torch has a fused CPU kernel (2.4 on): the same update, one pass
+    over each parameter instead of a dozen whole-tensor operations with temporaries (the
+    item embedding is most of the parameters and takes a dense gradient every step)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr,
+                                weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # torch without the fused CPU kernel
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+
+
 def _deadline(cfg: TrainConfig) -> float:
     return time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else 0.0
 
 
-def _validation_targets(ds: Interactions, split: Any, window_len: int,
-                        cfg: TrainConfig) -> list[EvalTarget]:
+def _validation_targets(ds: Interactions, split: Any, window_len: int, cfg: TrainConfig,
+                        live: Availability) -> list[EvalTarget]:
+    """The evenly spaced ``cfg.val_targets`` of the validation period's targets: the ones
+    `iter_targets` yields (every watch in the period, timeline order), built for the kept
+    rows only (`_targets_at`) instead of walking the whole log's timeline."""
     lo, hi = period(split, "validation")
-    targets = list(iter_targets(ds, lo, hi, window_len, cfg.availability))  # type: ignore[arg-type]
-    if len(targets) > cfg.val_targets:
-        keep = np.linspace(0, len(targets) - 1, cfg.val_targets).astype(np.int64)
-        targets = [targets[i] for i in keep]
-    if not targets:
+    rows = _target_rows(ds, lo, hi)
+    if rows.shape[0] > cfg.val_targets:
+        rows = rows[np.linspace(0, rows.shape[0] - 1, cfg.val_targets).astype(np.int64)]
+    if not rows.shape[0]:
         raise ValueError(f"{ds.source}: no validation targets in steps [{lo}, {hi}]")
-    return targets
+    return _targets_at(ds, rows, window_len, live)
+
+
+def _target_rows(ds: Interactions, lo: int, hi: int) -> np.ndarray:
+    """Rows starting in ``[lo, hi]`` in timeline order (step, then row): `iter_targets`'s
+    order with ``targets="all"``."""
+    rows = np.flatnonzero((ds.start >= lo) & (ds.start <= hi))
+    return rows[np.argsort(ds.start[rows], kind="stable")]
+
+
+def _targets_at(ds: Interactions, rows: np.ndarray, window_len: int, live: Availability,
+                repeat_window: int = REPEAT_WINDOW) -> list[EvalTarget]:
+    """`iter_targets`' target for each of ``rows``, from each user's watches in timeline
+    order: the request comes before its own watch and after every watch of an earlier step,
+    or of the same step and an earlier row."""
+    n = len(ds)
+    timeline = np.argsort(ds.start, kind="stable")  # the watches in timeline order
+    by_user = timeline[np.argsort(ds.user[timeline], kind="stable")]  # per user, in order
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_user] = np.arange(n)
+    user_first = np.searchsorted(ds.user[by_user], ds.user[rows], side="left")
+    keep = max(window_len, repeat_window, 1)
+    names, streamer, start = ds.streamer_names, ds.streamer, ds.start
+    cands: dict[int, tuple[str, ...]] = {}
+    out: list[EvalTarget] = []
+    for row, first in zip(rows.tolist(), user_first.tolist(), strict=True):
+        k = int(rank[row])
+        history = streamer[by_user[first:k]]
+        recent = by_user[max(first, k - keep) : k]
+        window_rows = recent[-window_len:] if window_len > 0 else recent[:0]
+        window = tuple(zip(names[streamer[window_rows]].tolist(),
+                           start[window_rows].tolist(), strict=True))
+        step = int(start[row])
+        at = cands.get(step)
+        if at is None:
+            at = cands[step] = tuple(names[live.streamers_at(step)].tolist())
+        key = streamer[row]
+        out.append(EvalTarget(f"req:{row}", RankRequest(window, step, at), str(names[key]),
+                              bool((history == key).any()),
+                              bool((streamer[recent[-repeat_window:]] == key).any())))
+    return out
 
 
 def _epoch(model: SeqRec, opt: torch.optim.Optimizer, batcher: Batcher, n: int,

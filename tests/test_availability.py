@@ -117,3 +117,21 @@ def test_unknown_definition() -> None:
         assert "sometimes" in str(exc)
     else:
         raise AssertionError("expected ValueError")
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows)
+def test_steps_beyond_16_bits_index_alike(raw: list[tuple[int, int, int, int]]) -> None:
+    # The cells are sorted by step with 16-bit keys when the steps fit; a log beyond
+    # 65,536 steps takes the 64-bit sort and must give the same index, shifted.
+    shift = 70_000
+    ds = make(raw)
+    late = make([(user, stream, start + shift, length) for user, stream, start, length in raw])
+    for definition in ("broadcast", "rows"):
+        near, far = availability(ds, definition), availability(late, definition)
+        assert far.n_steps == near.n_steps + shift
+        assert far.overlaps == near.overlaps
+        assert not far.live_counts()[:shift].any()
+        np.testing.assert_array_equal(far.indptr[shift:], near.indptr)
+        np.testing.assert_array_equal(far.streamers, near.streamers)
+        np.testing.assert_array_equal(far.streams, near.streams)

@@ -113,6 +113,30 @@ def test_in_event_order_sorts_by_step_keeping_file_order_within_one() -> None:
     assert in_event_order(ordered) is ordered
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_in_event_order_equals_reloading_the_sorted_rows(tiny: Interactions, seed: int) -> None:
+    # in_event_order re-indexes without going through the raw ids again: the same arrays
+    # as loading the rows in event order from scratch.
+    rng = np.random.default_rng(seed)
+    n = 400
+    frame = pd.DataFrame({"user": rng.integers(10**12, 10**12 + 30, n),
+                          "stream": rng.integers(1, 60, n), "start": rng.integers(0, 40, n)})
+    frame["streamer"] = "s" + (frame["stream"] % 17).astype(str)
+    frame["stop"] = frame["start"] + rng.integers(0, 3, n)
+    for ds in (from_frame(frame[["user", "stream", "streamer", "start", "stop"]],
+                          source="x.csv"), tiny):
+        got = in_event_order(ds)
+        order = np.argsort(ds.start, kind="stable")
+        want = from_frame(ds.to_frame().iloc[order].reset_index(drop=True), source=ds.source)
+        for name in ("user", "stream", "streamer", "start", "stop", "user_ids",
+                     "streamer_names"):
+            g, w = getattr(got, name), getattr(want, name)
+            assert g.dtype == w.dtype, name
+            np.testing.assert_array_equal(g, w, err_msg=name)
+        assert (got.source, got.bad_rows) == (want.source, want.bad_rows)
+        assert not np.array_equal(got.user, ds.user)  # re-indexed, not just kept
+
+
 def test_step_at_reads_event_times() -> None:
     assert step_at("step:42", DEFAULT_EPOCH_MS) == 42
     assert step_at(str(DEFAULT_EPOCH_MS + 3 * STEP_MS + 1), DEFAULT_EPOCH_MS) == 3

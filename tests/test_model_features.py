@@ -11,6 +11,7 @@ from liverank.model.features import (
     candidate_set,
     query_steps,
     rank_of,
+    repeat_buckets,
     repeat_features_last,
     repeat_features_positions,
     time_features,
@@ -131,3 +132,42 @@ def test_item_index_refuses_duplicates_and_maps_unknown_to_oov() -> None:
     assert index.ids(["b", "nope"]).tolist() == [2, 3]
     prior = index.prior()
     assert prior.shape == (4,) and prior[0] == 0 and prior[3] == 0 and prior[1] > prior[2]
+
+
+def _repeat_features_by_definition(keys: np.ndarray, steps: np.ndarray, valid: np.ndarray,
+                                   query: np.ndarray, cand_keys: np.ndarray,
+                                   enc: TimeEncoding) -> np.ndarray:
+    """The former `repeat_features_positions`: every (position, candidate, entry) compared."""
+    length = keys.shape[1]
+    causal = np.tril(np.ones((length, length), dtype=bool))
+    seen = causal[None, :, None, :] & valid[:, None, None, :]  # (B, T, 1, J)
+    match = (cand_keys[..., None] == keys[:, None, None, :]) & seen  # (B, T, K, J)
+    count = match.sum(-1)
+    last = np.where(match, steps[:, None, None, :], np.iinfo(np.int64).min).max(-1)
+    gap = np.where(count > 0, query[:, :, None] - last, 0)
+    return repeat_buckets(gap, count, enc)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_repeat_features_positions_equal_the_definition_on_random_windows(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    repeats = 0
+    for _ in range(40):
+        b, length, k = int(rng.integers(1, 9)), int(rng.integers(1, 10)), int(rng.integers(1, 12))
+        n_keys = int(rng.integers(1, 8))  # few keys: repeats and multiple matches are common
+        keys = rng.integers(0, n_keys, size=(b, length))
+        valid = keys != 0
+        if rng.random() < 0.3:  # a mask other than keys != 0: masked entries must not count
+            valid &= rng.random((b, length)) < 0.7
+        steps = rng.integers(0, 3000, size=(b, length))
+        if rng.random() < 0.5:
+            steps = np.sort(steps, axis=1)  # training's order; the other case: any order
+        query = steps + rng.integers(0, 600, size=(b, length))
+        positions = length if rng.random() < 0.8 else 1  # 1: broadcast over positions
+        cand_keys = rng.integers(0, n_keys + 2, size=(b, positions, k))
+        got = repeat_features_positions(keys, steps, valid, query, cand_keys, ENC)
+        want = _repeat_features_by_definition(keys, steps, valid, query, cand_keys, ENC)
+        assert got.dtype == want.dtype == np.int64
+        np.testing.assert_array_equal(got, want)
+        repeats += int((want[..., 1] > 1).sum())  # candidates seen twice or more
+    assert repeats > 0

@@ -140,3 +140,128 @@ def test_configs_apply_arch_defaults_and_refuse_unknown_options() -> None:
         configs("liverank", "quick", colour="red")
     with pytest.raises(ValueError, match="unknown arch"):
         configs("bert", "quick")
+
+
+def _sample_by_global_search(live: object, n_streamers: int, steps: np.ndarray,
+                             positives: np.ndarray, n: int, rng: np.random.Generator
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """The former `LiveSampler.sample`: the positive found by one search over global
+    (step, streamer) keys."""
+    span = np.int64(n_streamers + 1)
+    cell_steps = np.repeat(np.arange(live.n_steps, dtype=np.int64), live.live_counts())
+    cell_keys = cell_steps * span + live.streamers.astype(np.int64)
+    inside = (steps >= 0) & (steps < live.n_steps)
+    s = np.where(inside, steps, 0)
+    lo = live.indptr[s]
+    count = np.where(inside, live.indptr[s + 1] - lo, 0)
+    key = s * span + positives
+    at = np.searchsorted(cell_keys, key)
+    found = inside & (at < cell_keys.shape[0])
+    found[found] = cell_keys[at[found]] == key[found]
+    choices = count - found
+    draw = np.floor(rng.random((steps.shape[0], n)) * np.maximum(choices, 1)[:, None])
+    draw = draw.astype(np.int64)
+    skip = found[:, None] & (draw >= (at - lo)[:, None])
+    neg = live.streamers[np.minimum(lo[:, None] + draw + skip, live.streamers.shape[0] - 1)]
+    ok = np.broadcast_to((choices > 0)[:, None], neg.shape).copy()
+    return np.where(ok, neg, 0).astype(np.int64), ok
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_live_sampler_draws_exactly_what_the_global_search_drew(seed: int) -> None:
+    ds = _random_log(seed)
+    rng = np.random.default_rng(100 + seed)
+    for definition in ("broadcast", "rows"):
+        live = availability(ds, definition)
+        sampler = LiveSampler(live, ds.n_streamers)
+        m = 400
+        # steps inside and outside the index, positives live, off air, unknown and padding
+        steps = rng.integers(-3, live.n_steps + 3, size=m).astype(np.int64)
+        positives = rng.integers(0, ds.n_streamers + 2, size=m).astype(np.int64)
+        live_pick = rng.random(m) < 0.6
+        for i in np.flatnonzero(live_pick):
+            at = live.streamers_at(int(steps[i]))
+            if at.shape[0]:
+                positives[i] = at[int(rng.integers(at.shape[0]))]
+        got = sampler.sample(steps, positives, 7, np.random.default_rng(seed))
+        want = _sample_by_global_search(live, ds.n_streamers, steps, positives, 7,
+                                        np.random.default_rng(seed))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        assert got[1].any() and not got[1].all()
+
+
+def _sequences_by_loop(ds: object, mask: np.ndarray, window_len: int) -> tuple[np.ndarray, ...]:
+    """The former `make_sequences`: one Python iteration per chunk."""
+    rows = np.flatnonzero(mask)
+    rows = rows[np.lexsort((rows, ds.start[rows], ds.user[rows]))]
+    user = ds.user[rows]
+    bounds = np.flatnonzero(np.diff(user)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [rows.shape[0]]])
+    chunks = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        for stop in range(b, a + 1, -window_len):
+            chunks.append((max(a + 1, stop - window_len), stop))
+    shape = (len(chunks), window_len)
+    keys, steps = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    tkeys, tsteps = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    streamer, start = ds.streamer[rows].astype(np.int64), ds.start[rows].astype(np.int64)
+    for i, (lo, hi) in enumerate(chunks):
+        n = hi - lo
+        keys[i, -n:], steps[i, -n:] = streamer[lo - 1 : hi - 1], start[lo - 1 : hi - 1]
+        tkeys[i, -n:], tsteps[i, -n:] = streamer[lo:hi], start[lo:hi]
+    return keys, steps, tkeys, tsteps
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sequences_equal_the_chunk_by_chunk_cut(seed: int) -> None:
+    ds = _random_log(seed)
+    rng = np.random.default_rng(seed)
+    for window_len in (1, 2, 3, 5, 16):
+        for mask in (np.ones(len(ds), dtype=bool), rng.random(len(ds)) < 0.5,
+                     np.zeros(len(ds), dtype=bool)):
+            seqs = make_sequences(ds, mask, window_len)
+            want = _sequences_by_loop(ds, mask, window_len)
+            got = (seqs.keys, seqs.steps, seqs.target_keys, seqs.target_steps)
+            for g, w in zip(got, want, strict=True):
+                assert g.dtype == w.dtype and g.shape == w.shape
+                np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("arch", ["liverank", "sasrec", "gru", "mf"])
+def test_training_forms_give_the_plain_forms_scores_and_gradients(arch: str) -> None:
+    # Training steps gather rows with an index_add backward (window and candidates at once)
+    # and score with a sum instead of nn.Embedding and bmm: same values, same gradients
+    # (none for the padding rows).
+    model = SeqRec(ModelConfig(arch=arch, n_items=30, window_len=6, dim=16, heads=2,
+                               dropout=0.0, time=arch == "liverank",
+                               repeat=arch == "liverank"))
+    inputs = random_inputs(model, ENC, batch=5, candidates=9, rng=np.random.default_rng(3),
+                           empty_rows=1)
+    inputs["cand_items"][:, -2:] = 0  # padding candidates too
+    tensors = _tensors(inputs)
+    per_mode = []
+    for training in (False, True):
+        model.train(training)
+        model.zero_grad()
+        cand = torch.from_numpy(np.repeat(inputs["cand_items"][:, None], 6, axis=1))
+        rep = torch.from_numpy(np.repeat(inputs["cand_repeat"][:, None], 6, axis=1))
+        if training:  # what batch_loss calls: one lookup of window and candidate items
+            scores = model.position_scores(*tensors[:4], cand, rep)
+        else:
+            scores = model.score(model.all_positions(*tensors[:4]), cand, rep)
+        (scores.square().mean() + model(*tensors).sum()).backward()
+        per_mode.append((scores.detach(), {n: p.grad.clone() for n, p in
+                                           model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (fast, fast_grads) = per_mode
+    torch.testing.assert_close(fast, plain)
+    assert plain_grads.keys() == fast_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, msg=name)
+    looked_up = ("item_emb", "ctx_emb", "hour_emb", "day_emb", "q_hour_emb", "q_day_emb",
+                 "gap_out_emb", "gap_bias")  # (rec/cnt tables are read whole, not looked up)
+    for name in looked_up:
+        if hasattr(model, name):
+            assert (fast_grads[f"{name}.weight"][0] == 0).all(), name
+    assert (fast_grads["item_emb.weight"] != 0).any()
