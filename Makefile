@@ -54,8 +54,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/liverank bench all --out out/bench.json
 
-# One worker at 80% of its measured maximum on the `medium` log for 10 minutes: RSS, lag,
-# p99 and the live index every 5 s (out/soak/soak.csv, soak.png, summary.json).
+# One worker at 80% of its measured maximum on the `medium` log for 10 minutes (2 partitions,
+# the log's first days looped so every user is seen in the first third): RSS, lag, p99 and
+# the live index every 5 s (out/soak/soak.csv, soak.png, summary.json); docs/reliability.md.
 soak: $(STAMP)
 	$(BIN)/liverank bench soak --scale medium --minutes 10 --rate-share 0.8 --out out/soak
 
