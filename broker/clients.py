@@ -1,8 +1,8 @@
 """The worker's librdkafka clients: the answer publisher and the stream-events feed.
 
 Both are plain confluent-kafka with a thread each (librdkafka releases the GIL while it
-waits), handing results to the asyncio loop; no faust import. The in-memory fake of
-`Publisher` is `liverank.services.testing.MemoryPublisher`, handed in by tests.
+waits), handing results to the asyncio loop; no faust import. Tests hand the worker an
+in-memory `Publisher` instead (from `liverank.services.testing`).
 """
 
 from __future__ import annotations
