@@ -371,6 +371,16 @@ def reader_fetch_wait_ms(settings: Settings) -> int:
     return tansu.READER_FETCH_WAIT_MS if is_tansu(settings) else 500
 
 
+def follow_from_start(settings: Settings, topic: str) -> Consumer:
+    """A consumer assigned every partition of ``topic`` from offset 0, no group, fetching
+    as a counting reader does (`reader_fetch_wait_ms`): how the benchmarks read answers."""
+    consumer = Consumer({**consumer_config(settings),
+                         "fetch.wait.max.ms": reader_fetch_wait_ms(settings)})
+    parts = partition_count(settings, topic)
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(parts)])
+    return consumer
+
+
 def is_tansu(settings: Settings) -> bool:
     """True when the broker is tansu: `Settings.broker_kind`, else ask it (once per address)."""
     if settings.broker_kind != "auto":

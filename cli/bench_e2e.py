@@ -149,17 +149,14 @@ class AnswerCounter:
 def read_answers(settings: Settings, counter: AnswerCounter, stop: threading.Event,
                  errors: list[str]) -> None:
     """Read ``recommendations`` from the beginning into ``counter`` until ``stop``."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import KafkaError
 
     from liverank.broker import kafka
 
     topic = settings.topic(kafka.RECOMMENDATIONS)
     decoder = msgspec.json.Decoder(_Answer)
     try:
-        consumer = Consumer({**kafka.consumer_config(settings),
-                             "fetch.wait.max.ms": kafka.reader_fetch_wait_ms(settings)})
-        parts = kafka.partition_count(settings, topic)
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(parts)])
+        consumer = kafka.follow_from_start(settings, topic)
         try:
             while not stop.is_set():
                 for msg in consumer.consume(num_messages=10_000, timeout=0.5):

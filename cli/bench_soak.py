@@ -754,17 +754,14 @@ class _Progress:
 def _read_answers(settings: Settings, progress: _Progress, stop: threading.Event) -> None:
     """Read ``recommendations`` from the beginning until ``stop``: latencies and answered
     request ids into ``progress``."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import KafkaError
 
     from liverank.broker import kafka
     from liverank.core import events as ev
 
     topic = settings.topic(kafka.RECOMMENDATIONS)
     try:
-        consumer = Consumer({**kafka.consumer_config(settings),
-                             "fetch.wait.max.ms": kafka.reader_fetch_wait_ms(settings)})
-        parts = kafka.partition_count(settings, topic)
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(parts)])
+        consumer = kafka.follow_from_start(settings, topic)
         try:
             while not stop.is_set():
                 got = []
