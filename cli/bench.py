@@ -21,6 +21,7 @@ import typer
 from liverank.cli.bench_e2e import bench_e2e_command
 from liverank.cli.bench_replay import bench_replay
 from liverank.cli.bench_scorer import bench_scorer_command
+from liverank.cli.bench_service import CONSUME_ONLY as CONSUME
 from liverank.cli.bench_service import bench_service_command
 from liverank.cli.bench_soak import bench_soak_command
 from liverank.cli.bench_variants import bench_variants_command
@@ -62,6 +63,10 @@ def _service_rows(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [("service", f"answers/s, one worker, onnxruntime model{share(main)}"
                         f"{warm}", a[main], f"{ref}{share(ref)}", value)
                        for ref, value in a.items() if ref != main]
+    cpu = r.get("cpu_ms_per_answer")
+    if cpu:  # CPU per answer: the per-worker cost, steadier than rates on a shared machine
+        rows.append(("service", "worker CPU ms per answer, onnxruntime model", cpu[main],
+                     "Faust consume-only CPU ms per two events", cpu[CONSUME]))
     lat = r["latency"]
     lat_fb = lat.get("fallback_share")
     rows.append(("service", f"produce-to-publish p50 ms at {lat['rate']:.0f} req/s "

@@ -79,6 +79,9 @@ def bench_service_command(
                                    "slice a worker reads first, without requests, to fill "
                                    "the users' windows (0: a cold slice)."),
     out: Path = typer.Option(Path("out/bench_service.json"), help="Result JSON."),
+    profile: bool = typer.Option(False, help="Record each model drain's worker with py-spy "
+                                 "(raw stacks, all threads) while it drains, next to --out: "
+                                 "where the worker's time goes."),
 ) -> None:
     """Sustained answers/s of one worker against its references, and p50/p99 latency.
 
@@ -98,7 +101,8 @@ def bench_service_command(
 
     try:
         result = run_bench(data, model, steps, latency_steps, from_step,
-                           out.parent / "bench-work", repeat, warm_steps)
+                           out.parent / "bench-work", repeat, warm_steps,
+                           profile_to=out.parent if profile else None)
     except DataError as exc:  # a malformed --data file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -118,6 +122,12 @@ def bench_table(r: dict[str, Any]) -> str:
     rows += [f"| {name} | {value:,.0f} | {_share(fb.get(name))} |"
              for name, value in r["answers_per_s"].items()]
     rows.append(f"ratio service / min(fake, onnxruntime) = {r['ratio']:.2f}")
+    if "consume_ratio" in r:
+        cpu = r["cpu_ms_per_answer"]
+        rows.append(f"ratio service / consume-only = {r['consume_ratio']:.2f} (answers/s); "
+                    f"CPU ms per answer: service {cpu[SERVICE]:.3f}, fake scorer "
+                    f"{cpu[FAKE]:.3f}, consume-only (two events) {cpu[CONSUME_ONLY]:.3f}: "
+                    f"consume-only / service = {r['consume_cpu_ratio']:.2f}")
     lat = r["latency"]
     rows.append(f"latency at {lat['rate']:,.0f} requests/s offered ({lat['answers']} answers,"
                 f" fallback share {_share(lat.get('fallback_share'))}): p50 "
@@ -140,7 +150,7 @@ CONSUME_ONLY = "(c) Faust consume-only app (events/s / 2)"
 
 def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: int,
               from_step: int | None, work: Path, repeat: int = 2,
-              warm_steps: int = WARM_STEPS) -> dict[str, Any]:
+              warm_steps: int = WARM_STEPS, profile_to: Path | None = None) -> dict[str, Any]:
     import contextlib
 
     from liverank.broker.embedded import configured_or_embedded
@@ -156,17 +166,26 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
         part = _part(ds, lo, lo + steps - 1, warm_steps, base)
         fake = _fake_like(model, work)
         drains: dict[str, list[float]] = {"onnx": [], "fake": []}
+        cpu: dict[str, list[float]] = {"onnx": [], "fake": []}
         shares: dict[str, float | None] = {}
-        for _ in range(repeat):  # alternating, so a busy spell hurts both variants alike
-            rate, shares[SERVICE] = _drain(base, part, model, work, "onnx")
+        for i in range(repeat):  # alternating, so a busy spell hurts both variants alike
+            profile = profile_to / f"profile-drain-{i + 1}.txt" if profile_to else None
+            rate, shares[SERVICE], ms = _drain(base, part, model, work, "onnx",
+                                               profile=profile)
             drains["onnx"].append(rate)
-            rate, shares[FAKE] = _drain(base, part, fake, work, "fake", fake=True)
+            cpu["onnx"].append(ms)
+            rate, shares[FAKE], ms = _drain(base, part, fake, work, "fake", fake=True)
             drains["fake"].append(rate)
+            cpu["fake"].append(ms)
         score_rate, shares[SCORE_ONLY] = _score_only(part, model, base)
+        consume_rate, consume_cpu = _consume_only(base, part.measured, work)
         rates = {SERVICE: max(drains["onnx"]), FAKE: max(drains["fake"]),
-                 SCORE_ONLY: score_rate,
-                 CONSUME_ONLY: _consume_only(base, part.measured, work) / 2}
+                 SCORE_ONLY: score_rate, CONSUME_ONLY: consume_rate / 2}
         shares[CONSUME_ONLY] = None  # no answers: the same records as the service's
+        # CPU time per answer (two input events each): what a worker costs, far less
+        # disturbed by other jobs on the machine than a rate.
+        cpu_ms = {SERVICE: min(cpu["onnx"]), FAKE: min(cpu["fake"]),
+                  CONSUME_ONLY: consume_cpu * 2}
         main = rates[SERVICE]
         lat_part = _part(ds, lo + steps, lo + steps + latency_steps - 1, warm_steps, base)
         latency = _latency(base, lat_part, model, work, rate=main / 2)
@@ -180,7 +199,9 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
             "warm_steps": warm_steps, "warm_watches": part.warm_watches,
             "requests": part.requests, "live_mean": live, "answers_per_s": rates,
             "fallback_share": shares, "ratio": ratio, "drains": drains, "latency": latency,
-            "table": table}
+            "cpu_ms_per_answer": cpu_ms, "cpu_drains": cpu,
+            "consume_ratio": main / rates[CONSUME_ONLY],
+            "consume_cpu_ratio": cpu_ms[CONSUME_ONLY] / cpu_ms[SERVICE], "table": table}
 
 
 def _bench_data() -> Path:
@@ -388,16 +409,25 @@ def _answers(settings: Settings) -> list[Any]:
 
 
 def _drain(base: Settings, part: Part, model: Path, work: Path, name: str,
-           fake: bool = False) -> tuple[float, float]:
-    """(answers/s, fallback share) of one worker draining a backlog after its warm-up: from
-    its first to its last answer."""
+           fake: bool = False, profile: Path | None = None) -> tuple[float, float, float]:
+    """(answers/s, fallback share, worker CPU ms per answer) of one worker draining a
+    backlog after its warm-up: from its first to its last answer; CPU from the slice's
+    replay to its last answer. With ``profile``, py-spy records the worker's stacks while
+    it drains (not while it warms up) into that file."""
     settings = _fresh(base, name)
     worker = _BenchWorker(settings, model, work, name, fake)
+    spy = None
     try:
         _warm_up(settings, part, worker)
+        if profile is not None:
+            spy = _py_spy(worker.proc.pid, profile)
+        cpu0 = _cpu_s(worker.proc.pid)
         _preload(settings, part.measured)  # produced far faster than read: a backlog
         worker.wait_answers(part.requests, timeout=900)
+        cpu_ms = (_cpu_s(worker.proc.pid) - cpu0) * 1000 / part.requests
     finally:
+        if spy is not None:
+            _stop_py_spy(spy, profile)
         worker.stop()
     answers = _answers(settings)
     _release(settings)
@@ -406,7 +436,41 @@ def _drain(base: Settings, part: Part, model: Path, work: Path, name: str,
     share = sum(r.fallback for r in answers) / len(answers)
     logger.info("bench run=%s answers=%d seconds=%.2f fallback_share=%.3f", name,
                 len(published), seconds, share)
-    return (len(published) - 1) / seconds, share
+    return (len(published) - 1) / seconds, share, cpu_ms
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _py_spy(pid: int, out: Path) -> Any:
+    """``py-spy record`` of ``pid`` (raw collapsed stacks, every thread, 100 Hz) until
+    `_stop_py_spy`; a missing py-spy is an error, not a silent run without a profile."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        raise RuntimeError("--profile needs py-spy (pip install py-spy; it is in the dev lock)")
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-o", str(out), "-f", "raw",
+                             "-r", "100", "--threads"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _stop_py_spy(spy: Any, out: Path | None) -> None:
+    import signal
+
+    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    _, err = spy.communicate(timeout=60)
+    if out is None or not out.exists():
+        raise RuntimeError(f"py-spy wrote no profile: {err.decode(errors='replace')[-500:]}")
+    logger.info("bench profile=%s", out)
 
 
 def _score_only(part: Part, model: Path, base: Settings) -> tuple[float, float]:
@@ -438,8 +502,9 @@ def _score_only(part: Part, model: Path, base: Settings) -> tuple[float, float]:
     return len(requests) / (time.perf_counter() - t0), fallback / max(len(requests), 1)
 
 
-def _consume_only(base: Settings, tl: Any, work: Path) -> float:
-    """Events/s of a minimal Faust app that only iterates user-events (raw values)."""
+def _consume_only(base: Settings, tl: Any, work: Path) -> tuple[float, float]:
+    """(events/s, CPU ms per event) of a minimal Faust app that only iterates user-events
+    (raw values)."""
     import json
     import os
     import subprocess
@@ -462,7 +527,8 @@ def _consume_only(base: Settings, tl: Any, work: Path) -> float:
                        env=env, capture_output=True, timeout=900, check=True)
     finally:
         _release(settings)
-    return float(json.loads(result.read_text())["events_per_s"])
+    got = json.loads(result.read_text())
+    return float(got["events_per_s"]), float(got["cpu_ms_per_event"])
 
 
 def consume_only_main(n: int, result: str) -> None:
@@ -481,17 +547,20 @@ def consume_only_main(n: int, result: str) -> None:
                     web_enabled=False, autodiscover=False)
     topic = app.topic(settings.topic(kafka.USER_EVENTS), key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")
-    seen = {"n": 0, "t0": 0.0}
+    seen = {"n": 0, "t0": 0.0, "cpu0": 0.0}
 
     @app.agent(topic)
     async def count(stream: Any) -> None:
         async for _ in stream:
             if seen["n"] == 0:
                 seen["t0"] = time.perf_counter()
+                seen["cpu0"] = time.process_time()  # every thread of the process
             seen["n"] += 1
             if seen["n"] == n:
                 rate = (n - 1) / (time.perf_counter() - seen["t0"])
-                Path(result).write_text(json.dumps({"events": n, "events_per_s": rate}))
+                cpu_ms = (time.process_time() - seen["cpu0"]) * 1000 / max(n - 1, 1)
+                Path(result).write_text(json.dumps({"events": n, "events_per_s": rate,
+                                                    "cpu_ms_per_event": cpu_ms}))
                 os._exit(0)  # the measurement is done; skip the orderly shutdown
 
     faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         "the committed floor does not let them go (unknown at start, stuck while the broker "
         "is away); past it a restart may repeat an answer that differs from the first."
     )
+    window_cache: int = Field(
+        4096, ge=0, description="Decoded user windows a worker keeps in memory, least "
+        "recently used dropped first (~6 KB each at 24 entries; 0: read every window from "
+        "the table store)."
+    )
     batch_size: int = Field(256, ge=1, description="Largest micro-batch of requests scored.")
     batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a micro-batch.")
     watermark_wait_ms: float = Field(

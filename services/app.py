@@ -9,10 +9,12 @@ Data flow of one worker (docs/service.md has the why):
   time. Every worker holds the whole index; nothing about it is partitioned or rebalanced.
 * The ``recommend`` agent reads ``user-events`` (raw bytes, keyed by user) without auto
   acks and hands the events to a `MicroBatcher`; a processing task takes micro-batches
-  (bounded size and wait): decode and check (`records`), update the ``windows`` Table once
-  per user per batch, wait until every stream-events partition has a watermark >= the
-  batch's newest request step (bounded), answer through `state.answer_batch` (scored off
-  the event loop) and publish through a librdkafka `KafkaPublisher`. `OrderedAcks` acks a
+  (bounded size and wait) in two stages. `Service.prepare`: decode and check (`records`),
+  update the ``windows`` Table once per user per batch, wait until every stream-events
+  partition has a watermark >= the batch's newest request step (bounded), read the live
+  candidates and queue the scoring (`state.answer_asked`) in the scoring thread.
+  `Service.finish`, in batch order: the scores, the answers, and publishing through a
+  librdkafka `KafkaPublisher`. Batch N+1 is prepared while batch N is scored. `OrderedAcks` acks a
   batch's events when the broker acknowledged its output, in batch order, while the next
   batches are already being processed; after a failed delivery it acks nothing more and
   the worker crashes (at-least-once: the unacked records are read again).
@@ -78,13 +80,16 @@ from liverank.services.records import (
     decode_user,
 )
 from liverank.services.state import (
+    Asked,
     BatchStats,
     Job,
     MicroBatcher,
     Ownership,
     Pushing,
     UserWindows,
+    answer_asked,
     answer_batch,
+    ask,
     plan_batch,
     wait_signal,
 )
@@ -93,6 +98,7 @@ logger = logging.getLogger(__name__)
 
 BROKER_EVERY_S = 10.0  # lag and committed floor read (and the live index pruned) this often
 IN_FLIGHT_BATCHES = 8  # batches whose output awaits the broker's acknowledgement
+PREPARED_AHEAD = 2  # batches prepared (windows written, scoring queued) ahead of finishing
 # RocksDB options of the tables' local stores (Faust's public table ``options``). Faust's
 # defaults give every partition's database a 2 GiB block cache and 3 x 64 MiB write
 # buffers; with 8 partitions and two tables that allows gigabytes, and the soak saw the
@@ -105,6 +111,20 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Prepared:
+    """A batch after its first stage (`Service.prepare`): its events (acked once its output
+    is delivered), what it publishes so far (dead letters), its window records, which event
+    owns each key, and its answers being ranked (None: no job)."""
+
+    events: list[Any]
+    out: list[Outgoing]
+    windows: list[Outgoing]
+    owner: dict[bytes, Any]
+    jobs: int
+    answering: asyncio.Task[list[ev.Recommendation]] | None
 
 
 @dataclass
@@ -268,13 +288,14 @@ class Service:
         self.app.on_partitions_assigned.connect(self._on_assigned)
         faustcompat.set_fetch_wait(consumer, settings.fetch_wait_ms)
         faustcompat.deliver_without_tasks(consumer)
+        faustcompat.deliver_directly(self.app, self.topics[kafka.USER_EVENTS], self._deliver)
         faustcompat.recovered(self.app)  # fails now, not at the first /health, if missing
         faustcompat.heal_local_state(self.app)  # a store its changelog contradicts: wiped
         self._floor_seq: dict[int, int] = {}  # user-events partition -> committed seq
         self._group_reader: GroupReader | None = None  # made in the broker timer's thread
         self._partitions = 0
         self.windows = UserWindows(self._view, self._window_len(), settings.window_slack,
-                                   floor_of=self._floor_of)
+                                   floor_of=self._floor_of, cache=settings.window_cache)
         # Pushes when a streamer a user on the page watched goes live (off by default).
         self.pushes = PushPlanner(PushRule.of(settings)) if settings.push_on_live else None
         self.agent = self.app.agent(self.user_topic, name="recommend")(self._recommend)
@@ -454,6 +475,7 @@ class Service:
         log's figures)."""
         tps = list(tps)
         self.gaps.forget(tps)
+        self.windows.forget()  # another worker may write them now, or recovery restores them
         topic = self.topics[kafka.USER_EVENTS]
         for tp in tps:
             if tp.topic == topic:
@@ -491,44 +513,75 @@ class Service:
 
     # --- user events -----------------------------------------------------------------------
     async def _recommend(self, stream: Any) -> None:
-        """The agent: hand events to the micro-batcher; `_process` does the work and acks."""
+        """The agent: starts `_process`. Records reach `_deliver` straight from the
+        consumer (`faustcompat.deliver_directly`); the agent's own stream carries only what
+        Faust's test context puts on it."""
         manual = stream.noack()  # acked once the broker has the answers (`OrderedAcks`)
-        worker = self._processing = asyncio.ensure_future(self._process(manual))
-        batcher = self._batcher
-        owned = self._owned
-        guard = self.gaps if owned is not None else None
-        loop = asyncio.get_running_loop()
+        worker = self._processing = asyncio.ensure_future(self._process())
         try:
             async for event in manual.events():
-                if owned is not None and event.message.tp not in owned:
-                    continue  # revoked while in flight: its new owner has it
-                if guard is not None and (gap := guard.check(event)) is not None:
-                    back = await loop.run_in_executor(None, guard.read_back, gap)
-                    if not back:
-                        await guard.settle_empty(gap)
-                    for old in back:
-                        batcher.put(old)
-                batcher.put(event)
-                if batcher.full:
-                    await batcher.room()
+                await self._deliver(event)
                 if worker.done():
                     worker.result()  # re-raise what stopped the processing
         finally:
             worker.cancel()
 
-    async def _process(self, stream: Any) -> None:
+    async def _deliver(self, event: Any) -> None:
+        """One user-events record: dropped if its partition was taken away, preceded by
+        the records of a gap in its partition's offsets (`GapGuard`), then queued for a
+        micro-batch; waits while the batcher is full (the consumer's fetch loop waits)."""
+        owned = self._owned
+        if owned is not None and event.message.tp not in owned:
+            return  # revoked while in flight: its new owner has it
+        batcher = self._batcher
+        if owned is not None and (gap := self.gaps.check(event)) is not None:
+            back = await asyncio.get_running_loop().run_in_executor(
+                None, self.gaps.read_back, gap)
+            if not back:
+                await self.gaps.settle_empty(gap)
+            for old in back:
+                batcher.put(old)
+        batcher.put(event)
+        if batcher.full:
+            await batcher.room()
+
+    async def _process(self) -> None:
+        """Two stages, so the scoring thread and the event loop work at the same time: this
+        loop prepares batch N+1 (decode, windows, live candidates; its scoring queued in the
+        scoring thread) while `_finish_loop` waits for batch N's scores, builds its answers
+        and hands it to `OrderedAcks`. Batches are finished and published in the order they
+        were prepared, so window changelog records and answers keep their order."""
         await self.feed_ready.wait()  # the live index has read stream-events to its end
         await self.publisher_ready.wait()
         _freeze_heap()
         self._serving = True
         logger.info("serving model_version=%s batch_size=%d batch_wait_ms=%s",
                     self.scorer.version, self.settings.batch_size, self.settings.batch_wait_ms)
+        prepared: asyncio.Queue[Prepared] = asyncio.Queue(PREPARED_AHEAD)
+        finisher = asyncio.ensure_future(self._finish_loop(prepared))
+        finisher.add_done_callback(self._finisher_done)
+        try:
+            while True:
+                events = await self._batcher.get()
+                self.health.taken()
+                await prepared.put(await self.prepare(events))
+                if finisher.done():
+                    finisher.result()  # re-raise what stopped the finishing stage
+        finally:
+            finisher.cancel()
+
+    async def _finish_loop(self, prepared: asyncio.Queue[Prepared]) -> None:
         while True:
-            events = await self._batcher.get()
-            self.health.taken()
-            batch = await self.handle(events)
+            job = await prepared.get()
+            batch = await self.finish(job)
             await self._acks.submit(functools.partial(self._publish, batch),
-                                    functools.partial(self._ack_delivered, stream, events))
+                                    functools.partial(self._ack_delivered, job.events))
+
+    def _finisher_done(self, task: asyncio.Future[None]) -> None:
+        """The finishing stage ended by itself (a scorer error, say) while the preparing
+        stage may wait for input: stop the worker loudly rather than hang."""
+        if not task.cancelled() and task.exception() is not None:
+            asyncio.ensure_future(self._stop_worker(task.exception()))  # type: ignore[arg-type]
 
     async def _publish(self, batch: Batch) -> Offsets:
         """Publish a batch's answers, dead letters and window records; after the broker
@@ -546,27 +599,32 @@ class Service:
         self.metrics.count_answers(batch.answers)
         return offsets
 
-    async def _ack_delivered(self, stream: Any, events: list[Any], _: Offsets) -> None:
-        await self._ack(stream, events)
+    async def _ack_delivered(self, events: list[Any], _: Offsets) -> None:
+        await self._ack(events)
 
-    async def _ack(self, stream: Any, events: list[Any]) -> None:
+    async def _ack(self, events: list[Any]) -> None:
         """Ack a delivered batch's events, so their offsets may be committed."""
         for event in events:
             if isinstance(event, Refetched):
                 await self.gaps.delivered(event)
             else:
-                await stream.ack(event)
+                event.ack()  # Faust's stream ack without its sensor calls
         self.health.progressed()
 
     async def handle(self, events: Sequence[Any]) -> Batch:
         """One micro-batch: decode, update the windows, answer; returns what to publish
-        (answers, dead letters and window records), in order."""
+        (answers, dead letters and window records), in order. (`prepare` then `finish`.)"""
+        return await self.finish(await self.prepare(events))
+
+    async def prepare(self, events: Sequence[Any]) -> Prepared:
+        """The first stage of a batch, on the event loop: decode, update and write the
+        windows, wait for the watermark, read every request's live candidates, and queue
+        the batch's scoring in the scoring thread (a task `finish` awaits)."""
         out: list[Outgoing] = []
-        answers: list[ev.Recommendation] = []
         self._out = out
         decoded: list[Decoded] = []
         partitions: list[int] = []
-        owner = self._view.owner = self._latest.owner = {}
+        owner = self._view.owner = {}
         progress = self._progress
         owned = self._owned
         for e in events:
@@ -591,11 +649,8 @@ class Service:
                     owner.setdefault(job.key, of_partition[job.partition])
         self._view.records = []
         written = self.windows.flush(self._view.__setitem__)
-        self._latest.records = []
-        if jobs:
-            answers = await self._answer(jobs, out)
-        out.extend(self._view.records)
-        out.extend(self._latest.records)
+        windows = self._view.records
+        answering = await self._start_answers(jobs) if jobs else None
         self._count_watches_not_live(decoded)
         m = self.metrics
         m.batch_size.observe(len(events))
@@ -604,8 +659,25 @@ class Service:
         if stats.duplicates:
             m.duplicates.inc(stats.duplicates)
         self._out = None
-        return Batch(out, answers)
+        return Prepared(list(events), out, windows, owner, len(jobs), answering)
 
+    async def finish(self, prepared: Prepared) -> Batch:
+        """The second stage: the batch's scores, its answers and latest-answer records after
+        its window records; returns what to publish, in order."""
+        out = prepared.out
+        answers: list[ev.Recommendation] = []
+        latest: list[Outgoing] = []
+        if prepared.answering is not None:
+            answers = await prepared.answering
+            if len(answers) > prepared.jobs:  # a shadow model's answers follow the live ones
+                answers, shadowed = answers[:prepared.jobs], answers[prepared.jobs:]
+                topic = self.topics[kafka.RECOMMENDATIONS_SHADOW]
+                out.extend((topic, ev.user_key(r.user), ev.encode(r), None) for r in shadowed)
+                self.metrics.shadow_answers.inc(len(shadowed))
+            latest = self._answers_out(answers, out, prepared.owner)
+        out.extend(prepared.windows)
+        out.extend(latest)
+        return Batch(out, answers)
     async def _pushing(self, decoded: list[Decoded], partitions: list[int]) -> Pushing | None:
         """The push planner's view of a batch: the starts are read once every stream-events
         partition has passed the batch's newest step (bounded by the watermark wait; starts
@@ -618,22 +690,28 @@ class Service:
         return Pushing(self.pushes, live.starts, partitions, live.watermark,
                        self.settings.epoch_ms)
 
-    async def _answer(self, jobs: list[Any], out: list[Outgoing]) -> list[ev.Recommendation]:
+    async def _start_answers(self, jobs: list[Job]) -> asyncio.Task[list[ev.Recommendation]]:
+        """Wait until the live index has passed the batch's newest step (bounded), take
+        every job's candidates now, and start ranking them (scoring thread) in a task."""
         live = self.live
         assert live is not None
         t0 = time.perf_counter()
         await self._wait_watermark(max(j.event.step for j in jobs))
-        t1 = time.perf_counter()
+        self.metrics.watermark_wait.observe(time.perf_counter() - t0)
         watermark = live.watermark
-        recs = await answer_batch(jobs, live, self.scorer, self.settings.top_k, now_ms,
-                                  late=lambda j: j.event.step > watermark, rank=self._rank,
-                                  shadow=self.shadow)
-        t2 = time.perf_counter()
-        if self.shadow is not None:  # the candidate's answers follow the live ones
-            recs, shadowed = recs[:len(jobs)], recs[len(jobs):]
-            topic = self.topics[kafka.RECOMMENDATIONS_SHADOW]
-            out.extend((topic, ev.user_key(r.user), ev.encode(r), None) for r in shadowed)
-            self.metrics.shadow_answers.inc(len(shadowed))
+        asked = ask(jobs, live, late=lambda j: j.event.step > watermark)
+        return asyncio.ensure_future(self._answer(asked))
+
+    async def _answer(self, asked: Asked) -> list[ev.Recommendation]:
+        t0 = time.perf_counter()
+        recs = await answer_asked(asked, self.scorer, self.settings.top_k, now_ms,
+                                  rank=self._rank, shadow=self.shadow)
+        self.metrics.scoring.observe(time.perf_counter() - t0)
+        return recs
+
+    def _answers_out(self, recs: list[ev.Recommendation], out: list[Outgoing],
+                     owner: dict[bytes, Any]) -> list[Outgoing]:
+        """Append the answers to ``out``; return their latest-answer table records."""
         topic = self.topics[kafka.RECOMMENDATIONS]
         encode, user_key = ev.encode, ev.user_key
         latest: dict[bytes, bytes] = {}
@@ -641,11 +719,11 @@ class Service:
             key, value = user_key(rec.user), encode(rec)
             out.append((topic, key, value, None))
             latest[key] = value  # one latest-answer write per user and batch
+        view = self._latest
+        view.owner, view.records = owner, []
         for key, value in latest.items():
-            self._latest[key] = value
-        self.metrics.watermark_wait.observe(t1 - t0)
-        self.metrics.scoring.observe(t2 - t1)
-        return recs
+            view[key] = value
+        return view.records
 
     async def _rank(self, scorer: Scorer, requests: list[RankRequest], k: int
                     ) -> list[Ranked]:

@@ -60,3 +60,49 @@ def test_every_figure_carries_its_fallback_share() -> None:
     assert all("fallback" in r[1] for r in rows)
     assert [r[3] for r in rows[:3]] == [f"{FAKE}, fallback 3.6%", f"{SCORE_ONLY}, fallback 3.6%",
                                         CONSUME_ONLY]
+
+
+def test_cpu_per_answer_is_reported_against_the_consume_only_app() -> None:
+    r = _result() | {"cpu_ms_per_answer": {SERVICE: 0.32, FAKE: 0.25, CONSUME_ONLY: 0.16},
+                     "consume_ratio": 2000.0 / 4500.0, "consume_cpu_ratio": 0.16 / 0.32}
+    table = bench_table(r)
+    assert "ratio service / consume-only = 0.44 (answers/s)" in table
+    assert "service 0.320, fake scorer 0.250, consume-only (two events) 0.160" in table
+    assert "consume-only / service = 0.50" in table
+    cpu = [row for row in _service_rows(r) if "CPU" in row[1]]
+    assert cpu == [("service", "worker CPU ms per answer, onnxruntime model", 0.32,
+                    "Faust consume-only CPU ms per two events", 0.16)]
+
+
+def test_profiling_without_py_spy_is_an_error_not_a_run_without_a_profile(
+        tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import sys
+
+    from liverank.cli import bench_service
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    with pytest.raises(RuntimeError, match="--profile needs py-spy"):
+        bench_service._py_spy(1, tmp_path / "p.txt")
+
+
+def test_a_py_spy_that_wrote_nothing_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from liverank.cli import bench_service
+
+    # A stand-in that, like a py-spy refused by the kernel, answers SIGINT with an error.
+    script = ("import signal, sys, time\n"
+              "def stop(*_):\n"
+              "    sys.stderr.write('Permission denied'); sys.exit(1)\n"
+              "signal.signal(signal.SIGINT, stop)\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(30)\n")
+    spy = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    assert spy.stdout is not None and spy.stdout.readline() == b"ready\n"
+    with pytest.raises(RuntimeError, match="py-spy wrote no profile") as err:
+        bench_service._stop_py_spy(spy, tmp_path / "none.txt")
+    assert "Permission denied" in str(err.value)  # what py-spy said comes with it

@@ -96,6 +96,54 @@ async def test_records_reach_the_streams_without_tasks_unless_the_flow_is_suspen
         "4", "True"]
 
 
+async def test_one_topic_goes_straight_to_the_service_past_faust_streams(
+        app: faust.App) -> None:
+    """`deliver_directly`: records of the topic reach the handler as raw Faust events,
+    tracked as unacked and acked through ``Event.ack``; other topics keep Faust's callback;
+    records of an earlier consumer generation are dropped; while the flow is suspended (a
+    rebalance) delivery waits."""
+    consumer = app.consumer
+    faust_path: list[Any] = []
+
+    async def original(message: Any) -> None:
+        faust_path.append(message)
+
+    consumer.callback = original
+    got: list[Any] = []
+
+    async def deliver(event: Any) -> None:
+        got.append(event)
+
+    fc.deliver_directly(app, "t.user-events", deliver)
+    app.consumer_generation_id = 3
+
+    def message(topic: str, offset: int, generation: int = 3) -> Any:
+        return faust.types.Message(topic, 0, offset, 0.0, 0, {}, b"7", b"raw", None,
+                                   generation_id=generation)
+
+    app.flow_control.resume()
+    mine, other, stale = message("t.user-events", 5), message("t.changelog", 6), message(
+        "t.user-events", 7, generation=2)
+    for m in (mine, other, stale):
+        await consumer.callback(m)
+    assert [e.message for e in got] == [mine] and faust_path == [other]
+    assert got[0].value == b"raw" and got[0].key == b"7" and mine.tracked
+    assert mine in consumer._unacked_messages and stale not in consumer._unacked_messages
+    app.flow_control.suspend()
+    waiting = asyncio.ensure_future(consumer.callback(message("t.user-events", 8)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and len(got) == 1  # held while partitions move
+    app.flow_control.resume()
+    await asyncio.wait_for(waiting, 5)
+    assert [e.message.offset for e in got] == [5, 8]
+
+
+def test_direct_delivery_refuses_a_consumer_without_the_callback(app: faust.App) -> None:
+    del app.consumer.callback  # what a Faust without ``Consumer.callback`` would give
+    with pytest.raises(fc.FaustCompatError, match="callback.*deliver_directly"):
+        fc.deliver_directly(app, "t.user-events", lambda e: asyncio.sleep(0))
+
+
 async def test_gap_acking_goes_to_the_guard_for_user_events_only(app: faust.App) -> None:
     consumer = app.consumer
     settings = Settings(kafka_bootstrap="127.0.0.1:1", broker_kind="kafka")

@@ -392,9 +392,9 @@ async def test_a_publish_failure_stops_acking_and_crashes_the_worker() -> None:
     async with svc.agent.test_context() as agent:
         real_ack = svc._ack
 
-        async def spy(stream: Any, events: list[Any]) -> None:
+        async def spy(events: list[Any]) -> None:
             acked.extend(events)
-            await real_ack(stream, events)
+            await real_ack(events)
 
         svc._ack = spy  # type: ignore[method-assign]
         await put_all(agent, users[:64])
@@ -407,6 +407,63 @@ async def test_a_publish_failure_stops_acking_and_crashes_the_worker() -> None:
     # Only delivered answers are counted.
     delivered = len(pub.sent.get(RECS, []))
     assert metric(svc, "liverank_answers_total", trigger="request") == delivered
+
+
+class FailingScorer(FakeScorer):
+    """Ranks ``good`` batches, then raises (a model gone wrong: non-finite scores)."""
+
+
+    def __init__(self, good: int):
+        super().__init__(window_len=5)
+        self.good = good
+
+    def rank(self, requests: Any, k: int) -> Any:
+        if self.good <= 0:
+            raise FloatingPointError("model fake-1 produced non-finite scores")
+        self.good -= 1
+        return super().rank(requests, k)
+
+
+@pytest.mark.parametrize("scored_batches", [0, 1])
+async def test_a_scoring_failure_in_the_finishing_stage_crashes_the_worker(
+        scored_batches: int) -> None:
+    """The finishing stage (scores -> answers) runs in its own task while the preparing
+    stage waits for input: its failure must stop the worker, not leave it hanging, whether
+    the failed batch is the first or later ones follow it."""
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    n = 8 if scored_batches == 0 else 64  # 0: one batch, nothing after the failed one
+    svc = Service(settings(batch_size=8), FailingScorer(good=scored_batches),
+                  publisher=MemoryPublisher(),
+                  live=LiveStreams(partitions=1, stopped_horizon=10_000), web=False,
+                  guard_consumer=False)
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    crashed: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    svc.app.crash = crash  # type: ignore[method-assign]
+    acked: list[Any] = []
+    async with svc.agent.test_context() as agent:
+        real_ack = svc._ack
+
+        async def spy(events: list[Any]) -> None:
+            acked.extend(events)
+            await real_ack(events)
+
+        svc._ack = spy  # type: ignore[method-assign]
+        await put_all(agent, users[:n])
+        await wait_for(lambda: bool(crashed))
+        await svc._acks.drain()
+    assert isinstance(crashed[0], FloatingPointError)
+    answered = {r.request_id for r in decoded(svc.publisher, RECS, ev.Recommendation)}  # type: ignore[arg-type]
+    acked_requests = {e.event_id for e in (ev.decode_user_event(a.message.value)
+                                           for a in acked) if isinstance(e, ev.RecRequest)}
+    asked = {e.event_id for e in users[:n] if isinstance(e, ev.RecRequest)}
+    # Every acked request was answered; the failed batch's requests were neither.
+    assert acked_requests <= answered < asked
+    assert metric(svc, "liverank_answers_total", trigger="request") == len(answered)
 
 
 async def test_events_of_revoked_partitions_are_dropped_not_answered() -> None:

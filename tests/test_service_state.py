@@ -81,6 +81,56 @@ def test_window_round_trips_through_the_store_between_batches() -> None:
         st.UserWindows(store, length=0, slack=1)
 
 
+class ReadCountingStore(CountingStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+        self.reads += 1
+        return super().get(key, default)
+
+
+def test_cached_windows_are_what_the_store_holds_without_reading_it() -> None:
+    store = ReadCountingStore()
+    w = st.UserWindows(store, length=3, slack=0, cache=2)
+    for seq in (10, 20):
+        w.add_watch(b"1", entry(seq))
+        w.flush()
+    assert store.reads == 1  # the first batch read the store; the second found the cache
+    w.add_watch(b"2", entry(30))
+    w.add_watch(b"3", entry(40))
+    w.flush()  # three users, a cache of two: user 1 (least recently used) is dropped
+    assert [e.seq for e in w.get(b"2")] == [30] and store.reads == 3
+    assert [e.seq for e in w.get(b"1")] == [10, 20] and store.reads == 4
+    for key in (b"1", b"2", b"3"):
+        assert w.peek(key) == st.decode_window(store[key])
+    w.flush()
+
+
+def test_forgotten_windows_are_read_again_from_the_store() -> None:
+    """After partitions move the store is the truth (another worker wrote, or recovery
+    restored it): without `forget` the cache would serve the old window."""
+    store = ReadCountingStore()
+    w = st.UserWindows(store, length=3, slack=0, cache=8)
+    w.add_watch(b"1", entry(10))
+    w.flush()
+    store[b"1"] = st.encode_window([entry(10), entry(20)])  # written elsewhere meanwhile
+    assert [e.seq for e in w.peek(b"1")] == [10]  # stale, until
+    w.forget()
+    assert [e.seq for e in w.get(b"1")] == [10, 20]
+
+
+def test_a_cached_empty_window_still_counts_the_user_s_first_watch() -> None:
+    w = st.UserWindows({}, length=3, slack=0, cache=8)
+    assert w.history(b"5", 100) == []  # a request first: an empty window, cached
+    w.flush()
+    w.add_watch(b"5", entry(10))
+    w.flush()
+    w.add_watch(b"5", entry(20))
+    assert w.created == 1
+
+
 # --- micro-batches -------------------------------------------------------------------------
 def user_items(t: tl.Timeline) -> list[tuple[bytes, ev.UserEvent, int | None]]:
     return [(ev.user_key(e.user), e, 1000 + e.seq) for e in t
