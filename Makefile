@@ -62,9 +62,11 @@ soak: $(STAMP)
 
 # The whole pipeline on the whole twitch100k log, a request before every watch: wall time
 # from the replay's start to the last answer, unanswered (must be 0), answers/s, RSS and lag
-# every 10 s (out/e2e-<N>w/e2e.csv, e2e.png, summary.json). WORKERS=2: two workers in one
-# consumer group. Generates out/data/twitch100k.csv when missing. Long: ~45 min on 2 cores.
-WORKERS ?= 1
+# every 10 s (out/e2e-<N>w/e2e.csv, e2e.png, summary.json). WORKERS=2 (the default, the
+# faster on 2 cores): two workers in one consumer group; WORKERS=1 for one. Generates
+# out/data/twitch100k.csv when missing. Long: ~18 min with two workers on 2 cores, ~25 with
+# one (docs/results.md).
+WORKERS ?= 2
 bench-e2e: $(STAMP)
 	$(BIN)/liverank bench e2e --scale twitch100k --workers $(WORKERS) --out out/e2e-$(WORKERS)w
 
