@@ -374,14 +374,10 @@ class FailingPublisher(MemoryPublisher):
         return fut
 
 
-async def test_a_publish_failure_stops_acking_and_crashes_the_worker() -> None:
-    stream, users = split_timeline(tl.build_timeline(tiny()))
-    pub = FailingPublisher(good=2)
-    svc = Service(settings(batch_size=8), FakeScorer(window_len=5), publisher=pub,
-                  live=LiveStreams(partitions=1, stopped_horizon=10_000), web=False,
-                  guard_consumer=False)
-    for e in stream:
-        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+async def run_until_crash(svc: Service, users: Sequence[ev.UserEvent]
+                          ) -> tuple[list[BaseException], list[Any]]:
+    """Feed ``users`` to a worker whose stream events are applied, until it crashes; returns
+    what it crashed with and every event it acked."""
     crashed: list[BaseException] = []
 
     async def crash(exc: BaseException) -> None:
@@ -397,9 +393,21 @@ async def test_a_publish_failure_stops_acking_and_crashes_the_worker() -> None:
             await real_ack(events)
 
         svc._ack = spy  # type: ignore[method-assign]
-        await put_all(agent, users[:64])
+        await put_all(agent, users)
         await wait_for(lambda: bool(crashed))
         await svc._acks.drain()
+    return crashed, acked
+
+
+async def test_a_publish_failure_stops_acking_and_crashes_the_worker() -> None:
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    pub = FailingPublisher(good=2)
+    svc = Service(settings(batch_size=8), FakeScorer(window_len=5), publisher=pub,
+                  live=LiveStreams(partitions=1, stopped_horizon=10_000), web=False,
+                  guard_consumer=False)
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    crashed, acked = await run_until_crash(svc, users[:64])
     assert isinstance(crashed[0], PublishError) and "boom" in str(crashed[0])
     assert isinstance(svc._acks.failed, PublishError)
     assert 0 < len(acked) <= 8  # the delivered first batch only; nothing after the failure
@@ -411,7 +419,6 @@ async def test_a_publish_failure_stops_acking_and_crashes_the_worker() -> None:
 
 class FailingScorer(FakeScorer):
     """Ranks ``good`` batches, then raises (a model gone wrong: non-finite scores)."""
-
 
     def __init__(self, good: int):
         super().__init__(window_len=5)
@@ -438,24 +445,7 @@ async def test_a_scoring_failure_in_the_finishing_stage_crashes_the_worker(
                   guard_consumer=False)
     for e in stream:
         svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
-    crashed: list[BaseException] = []
-
-    async def crash(exc: BaseException) -> None:
-        crashed.append(exc)
-
-    svc.app.crash = crash  # type: ignore[method-assign]
-    acked: list[Any] = []
-    async with svc.agent.test_context() as agent:
-        real_ack = svc._ack
-
-        async def spy(events: list[Any]) -> None:
-            acked.extend(events)
-            await real_ack(events)
-
-        svc._ack = spy  # type: ignore[method-assign]
-        await put_all(agent, users[:n])
-        await wait_for(lambda: bool(crashed))
-        await svc._acks.drain()
+    crashed, acked = await run_until_crash(svc, users[:n])
     assert isinstance(crashed[0], FloatingPointError)
     answered = {r.request_id for r in decoded(svc.publisher, RECS, ev.Recommendation)}  # type: ignore[arg-type]
     acked_requests = {e.event_id for e in (ev.decode_user_event(a.message.value)
