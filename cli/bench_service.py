@@ -440,12 +440,13 @@ def _drain(base: Settings, part: Part, model: Path, work: Path, name: str,
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a running process (Linux /proc)."""
-    import os
+    """User + system CPU seconds of a running worker (`bench_soak.read_cpu_s`)."""
+    from liverank.cli.bench_soak import read_cpu_s
 
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    got = read_cpu_s(pid)
+    if got is None:
+        raise RuntimeError(f"cannot read the CPU time of the bench worker (pid {pid})")
+    return got
 
 
 def _py_spy(pid: int, out: Path) -> Any:

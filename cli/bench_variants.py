@@ -51,10 +51,13 @@ def parse_variant(text: str) -> Variant:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (``/proc/<pid>/stat`` fields 14, 15)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process ``pid`` (`bench_soak.read_cpu_s`)."""
+    from liverank.cli.bench_soak import read_cpu_s
+
+    got = read_cpu_s(pid)
+    if got is None:
+        raise RuntimeError(f"cannot read the CPU time of process {pid}")
+    return got
 
 
 def _run(base: Settings, timeline: Any, requests: int, model: Path, work: Path,

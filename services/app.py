@@ -119,7 +119,7 @@ class Prepared:
     is delivered), what it publishes so far (dead letters), its window records, which event
     owns each key, and its answers being ranked (None: no job)."""
 
-    events: list[Any]
+    events: Sequence[Any]
     out: list[Outgoing]
     windows: list[Outgoing]
     owner: dict[bytes, Any]
@@ -599,10 +599,10 @@ class Service:
         self.metrics.count_answers(batch.answers)
         return offsets
 
-    async def _ack_delivered(self, events: list[Any], _: Offsets) -> None:
+    async def _ack_delivered(self, events: Sequence[Any], _: Offsets) -> None:
         await self._ack(events)
 
-    async def _ack(self, events: list[Any]) -> None:
+    async def _ack(self, events: Sequence[Any]) -> None:
         """Ack a delivered batch's events, so their offsets may be committed."""
         for event in events:
             if isinstance(event, Refetched):
@@ -659,7 +659,7 @@ class Service:
         if stats.duplicates:
             m.duplicates.inc(stats.duplicates)
         self._out = None
-        return Prepared(list(events), out, windows, owner, len(jobs), answering)
+        return Prepared(events, out, windows, owner, len(jobs), answering)
 
     async def finish(self, prepared: Prepared) -> Batch:
         """The second stage: the batch's scores, its answers and latest-answer records after
