@@ -281,7 +281,8 @@ class Service:
         self._latest = _TableView(self.latest, seal_value=None)
         consumer = self.app.consumer
         faustcompat.check_gap_guard(consumer)
-        self.gaps = GapGuard(consumer, self.topics[kafka.USER_EVENTS], settings)
+        self.gaps = GapGuard(consumer, self.topics[kafka.USER_EVENTS], settings,
+                             self.app.conf.id)
         # The partitions assigned here (None: no consumer checks, Faust's test context).
         self._owned: Ownership | None = Ownership() if guard_consumer else None
         self.app.on_partitions_revoked.connect(self._on_revoked)

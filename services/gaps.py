@@ -81,8 +81,9 @@ class GapGuard:
     partition's last 224 records were never delivered, the owner idle with lag).
     """
 
-    def __init__(self, consumer: Any, topic: str, settings: Settings):
+    def __init__(self, consumer: Any, topic: str, settings: Settings, group: str):
         self.consumer, self.topic, self.settings = consumer, topic, settings
+        self.group = group  # the worker's consumer group: its committed offsets bound a gap
         self._original = faustcompat.replace_add_gap(consumer, self._add_gap)
         self.expected: dict[TP, int] = {}  # next offset the agent should get, per partition
         self.last_seen: dict[TP, float] = {}  # when a record of the partition last came
@@ -110,7 +111,10 @@ class GapGuard:
         self.expected[tp] = offset + 1
         self.last_seen[tp] = self.last_any = time.monotonic()
         if expected is None:
-            # Faust keeps the committed offset (next to read) here; None: no commit, or 0.
+            # Faust keeps the committed offset (next to read) here; None: no commit, or 0,
+            # or a lookup that came back empty (seen after a takeover: Faust said None while
+            # its fetcher started at the group's committed 483). `read_back` starts a gap at
+            # the group's committed offset, so a wrong 0 here reads nothing twice.
             expected = faustcompat.committed_offset(self.consumer, tp) or 0
         if offset <= expected:  # in order (or a re-delivery after a seek back)
             return None
@@ -148,12 +152,26 @@ class GapGuard:
         """Blocking (run it in a thread): the records of ``gap`` from the broker (fewer when
         retention already deleted the first ones). `KafkaException` when they cannot be read
         within ``timeout_s`` (default: three broker timeouts): the worker stops rather than
-        answer later requests without them."""
+        answer later requests without them.
+
+        The gap starts no earlier than the group's committed offset, read from the broker
+        now: a record before it was answered and committed (by this worker or the one that
+        had the partition before), and answering it again after the live index moved on
+        would give an answer that differs from the first (marked stale, empty)."""
+        wait = self.settings.kafka_timeout_s * 3 if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait
+        committed = self._group_committed(gap, wait)
+        if committed > gap.first:
+            logger.info("gap starts at the group's committed offset topic=%s partition=%d "
+                        "first=%d committed=%d", gap.tp.topic, gap.tp.partition, gap.first,
+                        committed)
+            gap.first = committed
+        if gap.last is not None and gap.first > gap.last:
+            gap.left = 0  # all of it committed: nothing to read, nothing to ack
+            return []
         consumer = Consumer(kafka.consumer_config(self.settings))
         consumer.assign([KafkaPartition(gap.tp.topic, gap.tp.partition, gap.first)])
         out: list[Refetched] = []
-        wait = self.settings.kafka_timeout_s * 3 if timeout_s is None else timeout_s
-        deadline = time.monotonic() + wait
         try:
             done = False
             while not done:
@@ -181,6 +199,20 @@ class GapGuard:
             gap.last = out[-1].message.offset if out else gap.first - 1
         self.refetched += len(out)
         return out
+
+    def _group_committed(self, gap: Gap, timeout_s: float) -> int:
+        """Blocking: the group's committed offset of the gap's partition (-1: none)."""
+        conf = {**kafka.consumer_config(self.settings, self.group), "enable.auto.commit": False}
+        consumer = Consumer(conf)  # never subscribes: no group join, never commits
+        try:
+            done = consumer.committed([KafkaPartition(gap.tp.topic, gap.tp.partition)],
+                                      timeout_s)
+        except KafkaException as exc:
+            raise KafkaException(f"could not read back {gap}: the group's committed offset "
+                                 f"is unknown ({exc})") from exc
+        finally:
+            consumer.close()
+        return int(done[0].offset)
 
     async def delivered(self, event: Refetched) -> None:
         """Ack the gap once every record read back was delivered."""

@@ -155,7 +155,7 @@ async def test_gap_acking_goes_to_the_guard_for_user_events_only(app: faust.App)
         await original(tp, first, last)
 
     consumer._add_gap = spy
-    guard = GapGuard(consumer, "user-events", settings)
+    guard = GapGuard(consumer, "user-events", settings, "g")
     await consumer._add_gap(TP("user-events", 0), 3, 5)  # Faust's fetcher noticed a gap
     assert faust_gaps == []  # not acked behind the guard's back
     await consumer._add_gap(TP("windows-changelog", 0), 3, 5)
@@ -350,7 +350,7 @@ def test_the_service_heals_its_local_state() -> None:
 def test_a_partition_with_records_beyond_what_was_delivered_is_reported_stalled_when_idle(
         app: faust.App) -> None:
     guard = GapGuard(app.consumer, "user-events",
-                     Settings(kafka_bootstrap="127.0.0.1:1", broker_kind="kafka"))
+                     Settings(kafka_bootstrap="127.0.0.1:1", broker_kind="kafka"), "g")
     tp = TP("user-events", 3)
     guard.forget([tp])  # assigned at t0
     t0 = guard.since[tp]
@@ -368,7 +368,7 @@ def test_a_partition_is_not_stalled_while_records_of_other_partitions_still_arri
     """Under a backlog Faust can leave one partition undelivered for a while as it serves
     the others: reading its tail back then delivered those records twice."""
     guard = GapGuard(app.consumer, "user-events",
-                     Settings(kafka_bootstrap="127.0.0.1:1", broker_kind="kafka"))
+                     Settings(kafka_bootstrap="127.0.0.1:1", broker_kind="kafka"), "g")
     quiet, busy = TP("user-events", 3), TP("user-events", 4)
     guard.forget([quiet, busy])
     t0 = guard.since[quiet]

@@ -486,7 +486,7 @@ def test_a_gap_that_cannot_be_read_back_stops_the_worker_loudly() -> None:
 
     app = faust.App("gap-timeout", broker="kafka://127.0.0.1:1", store="memory://",
                     autodiscover=False, web_enabled=False)
-    guard = GapGuard(app.consumer, "user-events", settings(kafka_timeout_s=1.0))
+    guard = GapGuard(app.consumer, "user-events", settings(kafka_timeout_s=1.0), "g")
     start = time.monotonic()
     with pytest.raises(KafkaException, match="could not read back"):
         guard.read_back(Gap(TP("user-events", 0), 3, 5), timeout_s=1.0)

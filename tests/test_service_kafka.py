@@ -587,7 +587,7 @@ async def test_gap_guard_reads_skipped_offsets_back_and_acks_them_after_delivery
             self.acked.append((tp, first, last))
 
     consumer = FakeConsumer()
-    guard = GapGuard(consumer, topic, kafka_settings)
+    guard = GapGuard(consumer, topic, kafka_settings, f"{kafka_settings.topic_prefix}gaps")
     await consumer._add_gap(TP("other", 0), 1, 2)  # other topics: Faust's behaviour
     await consumer._add_gap(TP(topic, 3), 6, 13)  # user-events: Faust's gap is not acked
     assert consumer.acked == [(TP("other", 0), 1, 2)]
@@ -619,6 +619,61 @@ async def test_gap_guard_reads_skipped_offsets_back_and_acks_them_after_delivery
     await guard.delivered(back[-1])
     assert consumer.acked[-1] == (TP(topic, 3), 5, 12)
     assert guard.refetched == 8
+
+
+async def test_a_gap_starts_at_the_groups_committed_offset_whatever_faust_says(
+        kafka_settings: Settings) -> None:
+    """Seen in CI after a takeover: Faust's committed offset for a partition read None
+    while its fetcher started at the group's committed 483. The guard then took 0..482 for
+    a gap and answered them again after the live index had moved on (empty, stale): the
+    read-back starts at the group's committed offset, read from the broker."""
+    from confluent_kafka import Consumer, TopicPartition
+    from faust.types import TP
+
+    from liverank.services.gaps import Gap, GapGuard
+
+    kafka.ensure_topics(kafka_settings)
+    topic = kafka_settings.topic(kafka.USER_EVENTS)
+    p = Producer(kafka.producer_config(kafka_settings))
+    for i in range(20):
+        p.produce(topic, f"v{i}".encode(), b"k", 2)
+    assert p.flush(10) == 0
+    group = f"{kafka_settings.topic_prefix}gap-group"
+    committer = Consumer({**kafka.consumer_config(kafka_settings, group),
+                          "enable.auto.commit": False})
+    committer.commit(offsets=[TopicPartition(topic, 2, 10)], asynchronous=False)
+    committer.close()
+
+    class FakeConsumer:
+        def __init__(self) -> None:
+            self._committed_offset: dict[TP, int | None] = {}  # Faust knows nothing
+            self.acked: list[tuple[TP, int, int]] = []
+
+        async def _add_gap(self, tp: TP, first: int, last: int) -> None:
+            self.acked.append((tp, first, last))
+
+    consumer = FakeConsumer()
+    guard = GapGuard(consumer, topic, kafka_settings, group)
+
+    class Event:
+        def __init__(self, partition: int, offset: int) -> None:
+            self.message = type("M", (), {"tp": TP(topic, partition), "offset": offset})()
+
+    gap = guard.check(Event(2, 12))
+    assert gap is not None and (gap.first, gap.last) == (0, 11)  # what Faust's None implies
+    back = guard.read_back(gap)
+    assert [e.message.offset for e in back] == [10, 11]  # not 0..9: committed already
+    for e in back:
+        await guard.delivered(e)
+    assert consumer.acked == [(TP(topic, 2), 10, 11)]
+    # Everything before the first record delivered was committed: nothing is read back.
+    whole = Gap(TP(topic, 2), 0, 9)
+    assert guard.read_back(whole) == []
+    await guard.settle_empty(whole)
+    assert consumer.acked == [(TP(topic, 2), 10, 11)]  # and nothing acked for it
+    # A tail read back starts at the committed offset too.
+    tail = guard.read_back(Gap(TP(topic, 2), 3, None))
+    assert [e.message.offset for e in tail] == list(range(10, 20))
 
 
 def test_committed_floor_is_the_oldest_step_the_group_may_read_again(
