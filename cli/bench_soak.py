@@ -662,7 +662,7 @@ def measure_sustained(base: Settings, ds: Any, data: Path, model: Path, work: Pa
     import shutil
 
     from liverank.broker import kafka
-    from liverank.cli.bench_service import _fresh
+    from liverank.cli.bench_service import _fresh, _release
     from liverank.replay.producer import replay_to_kafka
 
     settings = _fresh(base, "soaksat")
@@ -693,6 +693,7 @@ def measure_sustained(base: Settings, ds: Any, data: Path, model: Path, work: Pa
     finally:
         worker.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+        _release(settings)  # the soak's broker starts without the calibration's records
     if len(marks) < 2:
         raise RuntimeError("the saturation run took no two readings of the worker's answers")
     (t1, a1, _), (t2, a2, sent) = marks[0], marks[-1]
@@ -719,7 +720,7 @@ def measure_max(base: Settings, ds: Any, model: Path, work: Path, min_requests: 
 
     import numpy as np
 
-    from liverank.cli.bench_service import _answers, _fresh, _preload, _slice
+    from liverank.cli.bench_service import _answers, _fresh, _preload, _release, _slice
 
     lo, hi = _slice_for_max(ds, min_requests)
     tl = _slice(ds, lo, hi, base)
@@ -735,6 +736,7 @@ def measure_max(base: Settings, ds: Any, model: Path, work: Path, min_requests: 
         worker.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     published = sorted(r.published_ms for r in _answers(settings))
+    _release(settings)  # tansu holds a finished part's records in memory until then
     seconds = max(published[-1] - published[0], 1) / 1000
     return (len(published) - 1) / seconds, n
 
