@@ -134,7 +134,7 @@ class BaseScorer:
     version: str = "base"
     window_len: int = 16
     max_batch: int = 256
-    _cache_size = 64
+    _cache_size = 256  # candidate lists (one per live step a worker's partitions are at)
 
     def __init__(self, index: ItemIndex) -> None:
         self.index = index
@@ -144,7 +144,9 @@ class BaseScorer:
     def candidates(self, names: Sequence[str]) -> CandidateSet:
         key = tuple(names)
         found = self._cands.get(key)
-        if found is None:
+        if found is not None:
+            self._cands.move_to_end(key)  # least recently used out
+        else:
             found = candidate_set(key, self.index)
             self._cands[key] = found
             if len(self._cands) > self._cache_size:

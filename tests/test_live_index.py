@@ -151,6 +151,41 @@ def test_live_index_equals_batch_availability_on_random_logs(
         assert live.candidates(step).streams == want, step
 
 
+@settings(max_examples=100, deadline=None)
+@given(_rows, hs.randoms(use_true_random=False), hs.integers(1, 4))
+def test_cached_candidates_follow_every_start_and_stop_as_they_arrive(
+        rows: list[tuple[int, int, str, int, int]], rnd: random.Random, cache: int) -> None:
+    """Questions between stream events, so that cached steps meet later starts and stops
+    (a tiny cache evicts too): every answer equals a fresh index's over the same events."""
+    frame = pd.DataFrame([(u, s, n, a, a + d) for u, s, n, a, d in rows],
+                         columns=["user", "stream", "streamer", "start", "stop"])
+    events = stream_events(tl.build_timeline(from_frame(frame), requests="none"))
+    rnd.shuffle(events)  # out of order, as partitions deliver them
+    live = LiveStreams(partitions=1, stopped_horizon=10_000, cache_steps=cache)
+    for n, event in enumerate(events, 1):
+        live.apply(event, 0)
+        for step in (rnd.randint(0, 50), rnd.randint(0, 50)):
+            fresh = LiveStreams(partitions=1, stopped_horizon=10_000)
+            for e in events[:n]:
+                fresh.apply(e, 0)
+            assert live.candidates(step) == fresh.candidates(step), (n, step)
+
+
+def test_the_candidates_cache_drops_the_least_recently_used_step() -> None:
+    live = LiveStreams(partitions=1, cache_steps=3)
+    live.start(1, "a", 0)
+    first = live.candidates(1)
+    live.candidates(2)
+    live.candidates(3)
+    assert live.candidates(1) is first  # a hit, now the most recently used
+    live.candidates(4)  # evicts step 2, not step 1
+    assert live.candidates(1) is first
+    live.start(2, "b", 10)  # beyond every cached step: nothing to drop
+    assert live.candidates(1) is first
+    live.stop(1, "a", 1)  # at step 1: drops 1 and later
+    assert live.candidates(1).streamers == []
+
+
 def test_a_start_sent_again_for_a_pruned_broadcast_does_not_bring_it_back() -> None:
     live = LiveStreams(partitions=1, stopped_horizon=10)
     live.start(1, "a", 0)

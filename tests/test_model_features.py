@@ -69,6 +69,23 @@ def test_candidate_set_orders_by_model_index_then_name_and_dedupes() -> None:
     assert cset.cols["abe"] == 2
 
 
+def test_candidate_set_matches_its_definition_on_random_names() -> None:
+    """The numpy ordering against the definition: sorted by (model id, name), deduplicated,
+    with known, unknown, repeated and empty candidate lists."""
+    rng = np.random.default_rng(11)
+    vocab = [f"s{i:03d}" for i in range(60)]
+    index = _index(vocab[:40])  # s040..s059 are unknown to the model
+    for _ in range(300):
+        names = [vocab[i] for i in rng.integers(0, 60, size=int(rng.integers(0, 50)))]
+        expected = sorted(set(names), key=lambda n: (index.id(n), n))
+        cset = candidate_set(names, index)
+        assert list(cset.names) == expected
+        assert cset.items.tolist() == [index.id(n) for n in expected]
+        assert cset.items.dtype == np.int64
+        assert cset.cols == {n: i for i, n in enumerate(expected)}
+    assert index.ids([]).shape == (0,) and index.ids(iter(["s001", "nope"])).tolist() == [2, 41]
+
+
 def test_window_arrays_keep_the_last_entries_left_padded() -> None:
     index = _index(["a", "b", "c"])
     items, steps, valid = window_arrays([[("a", 1), ("b", 2), ("c", 3)], [], [("x", 7)]], 2,

@@ -43,12 +43,14 @@ class LiveStreams:
     """Interval index of broadcasts on event time, with per-partition watermarks.
 
     Intervals live in numpy slot arrays (a free list reuses the slots of pruned ones), so
-    ``candidates(s)`` is one vectorised pass; its result is cached per step and the cache
-    entries for steps >= t are dropped when a start or stop at step t arrives.
+    ``candidates(s)`` is one vectorised pass; its result is cached per step (least recently
+    used out; a worker's partitions can be hundreds of steps apart, each visiting the same
+    steps in turn) and the cache entries for steps >= t are dropped when a start or stop at
+    step t arrives.
     """
 
     def __init__(self, partitions: int, stopped_horizon: int = STEPS_PER_DAY,
-                 cache_steps: int = 64):
+                 cache_steps: int = 256):
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         self.partitions = partitions
@@ -67,6 +69,7 @@ class LiveStreams:
         self._used = np.zeros(0, dtype=np.bool_)
         self._alloc(1024)
         self._cache: dict[int, Candidates] = {}
+        self._cache_top = -1  # no cached step is above this (skips most invalidations)
         self._pruned_below = -1  # intervals that stopped before this step may be gone
         self.anomalies = 0  # stops without a start, starts after their stop, ...
 
@@ -123,7 +126,7 @@ class LiveStreams:
         self._invalidate(step)
 
     def _invalidate(self, step: int) -> None:
-        if self._cache:
+        if self._cache and step <= self._cache_top:
             for s in [s for s in self._cache if s >= step]:
                 del self._cache[s]
 
@@ -159,8 +162,9 @@ class LiveStreams:
     # --- queries ---------------------------------------------------------------------
     def candidates(self, step: int) -> Candidates:
         """Streamers live at ``step``: start <= step < stop, one stream per streamer."""
-        hit = self._cache.get(step)
+        hit = self._cache.pop(step, None)
         if hit is not None:
+            self._cache[step] = hit  # most recently used: last out
             return hit
         live = np.flatnonzero(self._used & (self._start <= step) & (self._stop > step))
         # Sort by streamer, then latest start first, then larger stream id first: the first
@@ -171,12 +175,13 @@ class LiveStreams:
         first = np.ones(live.shape[0], dtype=bool)
         first[1:] = names_idx[1:] != names_idx[:-1]
         live, names_idx = live[first], names_idx[first]
-        names = [self._names[i] for i in names_idx.tolist()]
+        names = list(map(self._names.__getitem__, names_idx.tolist()))
         result = Candidates(step, names, dict(zip(names, self._stream[live].tolist(),
                                                   strict=True)))
         if len(self._cache) >= self._cache_steps:
             del self._cache[next(iter(self._cache))]
         self._cache[step] = result
+        self._cache_top = max(self._cache_top, step)
         return result
 
     def starts(self, after: int, upto: int) -> list[tuple[int, int, str]]:
