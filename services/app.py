@@ -178,6 +178,15 @@ class _TableView:
             self.table.data[key] = value
         self.records.append((self.topic, key, value, event.message.partition))
 
+    def put_all(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+        """``self[key] = value`` for each pair, written to the store in one go per partition
+        (`faustcompat.put_many`); the changelog records in the pairs' order."""
+        owner, topic = self.owner, self.topic
+        items = [(owner[key], key, value) for key, value in pairs]
+        faustcompat.put_many(self.table, items)
+        self.records.extend((topic, key, value, event.message.partition)
+                            for event, key, value in items)
+
     def seals(self, partitions: Iterable[int]) -> list[Outgoing]:
         """One record per partition, sent after the batch's records were acknowledged.
 
@@ -648,8 +657,10 @@ class Service:
             for job in jobs:
                 if job.partition is not None:
                     owner.setdefault(job.key, of_partition[job.partition])
+        pairs: list[tuple[bytes, bytes]] = []
+        written = self.windows.flush(lambda key, value: pairs.append((key, value)))
         self._view.records = []
-        written = self.windows.flush(self._view.__setitem__)
+        self._view.put_all(pairs)
         windows = self._view.records
         answering = await self._start_answers(jobs) if jobs else None
         self._count_watches_not_live(decoded)
@@ -722,8 +733,7 @@ class Service:
             latest[key] = value  # one latest-answer write per user and batch
         view = self._latest
         view.owner, view.records = owner, []
-        for key, value in latest.items():
-            view[key] = value
+        view.put_all(latest.items())
         return view.records
 
     async def _rank(self, scorer: Scorer, requests: list[RankRequest], k: int

@@ -81,6 +81,41 @@ def as_current(event: faust.types.EventT) -> Iterator[None]:
         _CURRENT_EVENT.reset(token)
 
 
+def put_many(table: Any, items: list[tuple[faust.types.EventT, bytes, bytes]]) -> None:
+    """Write ``(owning event, key, value)`` triples into ``table``'s local store, each key in
+    its owning event's partition, as ``table.data[key] = value`` under `as_current` does.
+    Why: a micro-batch writes a window and a latest answer per user; one RocksDB ``put``
+    per key (with the current-event switch around it) was ~9% of a worker's GIL time in a
+    twitch100k run. RocksDB: one write batch per partition, as Faust's own changelog
+    recovery writes (`Store.apply_changelog_batch`). Other stores: key by key."""
+    store = require(table, "data", "put_many")
+    if isinstance(store, rocksdb_store.Store):
+        db_for = require(store, "_db_for_partition", "put_many")
+        key_index = require(store, "_key_index", "put_many")
+        encode_key = require(store, "_encode_key", "put_many")
+        encode_value = require(store, "_encode_value", "put_many")
+        if require(store, "use_rocksdict", "put_many"):
+            batch_of: Callable[[], Any] = lambda: rocksdb_store.rocksdict.WriteBatch(  # noqa: E731
+                raw_mode=True)
+        else:  # python-rocksdb
+            batch_of = rocksdb_store.rocksdb.WriteBatch
+        batches: dict[int, Any] = {}
+        for event, key, value in items:
+            partition = event.message.partition
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = batch_of()
+            raw = encode_key(key)
+            batch.put(raw, encode_value(value))
+            key_index[raw] = partition
+        for partition, batch in batches.items():
+            db_for(partition).write(batch)
+        return
+    for event, key, value in items:
+        with as_current(event):
+            store[key] = value
+
+
 # --- the fetch wait ------------------------------------------------------------------------
 def set_fetch_wait(consumer: Any, wait_ms: float) -> None:
     """Faust 0.15 builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting

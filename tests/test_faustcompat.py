@@ -237,6 +237,31 @@ def _read(app: faust.App, table: Any, partition: int, key: bytes) -> Any:
         return table.data.get(key)
 
 
+def test_put_many_writes_each_key_in_its_owners_partition(
+        stored: tuple[faust.App, Any]) -> None:
+    """The batched write the service uses for windows and latest answers: the same result
+    as ``table.data[key] = value`` under each key's owning event, whatever the store."""
+    app, table = stored
+    owners = {b"a": _event(app, 0), b"b": _event(app, 2), b"c": _event(app, 2)}
+    fc.put_many(table, [(owners[k], k, b"x" + k) for k in (b"a", b"b", b"c")])
+    fc.put_many(table, [(owners[b"b"], b"b", b"y")])  # a later batch overwrites
+    assert _read(app, table, 0, b"a") == b"xa"
+    assert _read(app, table, 2, b"b") == b"y" and _read(app, table, 2, b"c") == b"xc"
+    if isinstance(table.data, fc.rocksdb_store.Store):  # one database per partition
+        assert _read(app, table, 1, b"a") is None and _read(app, table, 0, b"b") is None
+        assert table.data._key_index[b"b"] == 2
+    else:
+        assert table.data.data[b"b"] == b"y"
+
+
+def test_put_many_refuses_a_store_without_what_it_writes_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app, table = _stored("rocksdb://", tmp_path)
+    monkeypatch.delattr(fc.rocksdb_store.Store, "_db_for_partition")
+    with pytest.raises(fc.FaustCompatError, match="_db_for_partition.*put_many"):
+        fc.put_many(table, [(_event(app, 0), b"a", b"x")])
+
+
 def test_wiping_a_rocksdb_partition_drops_its_data_and_persisted_offset(
         tmp_path: Path) -> None:
     app, table = _stored("rocksdb://", tmp_path)
