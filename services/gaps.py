@@ -18,7 +18,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 from faust.types import TP
 
 from liverank.broker import kafka
-from liverank.broker.clients import consume_now
+from liverank.broker.clients import GroupReader, consume_now
 from liverank.core.settings import Settings
 from liverank.services import faustcompat
 
@@ -160,7 +160,7 @@ class GapGuard:
         would give an answer that differs from the first (marked stale, empty)."""
         wait = self.settings.kafka_timeout_s * 3 if timeout_s is None else timeout_s
         deadline = time.monotonic() + wait
-        committed = self._group_committed(gap, wait)
+        committed = self._group_committed(gap)
         if committed > gap.first:
             logger.info("gap starts at the group's committed offset topic=%s partition=%d "
                         "first=%d committed=%d", gap.tp.topic, gap.tp.partition, gap.first,
@@ -200,19 +200,16 @@ class GapGuard:
         self.refetched += len(out)
         return out
 
-    def _group_committed(self, gap: Gap, timeout_s: float) -> int:
+    def _group_committed(self, gap: Gap) -> int:
         """Blocking: the group's committed offset of the gap's partition (-1: none)."""
-        conf = {**kafka.consumer_config(self.settings, self.group), "enable.auto.commit": False}
-        consumer = Consumer(conf)  # never subscribes: no group join, never commits
+        reader = GroupReader(self.settings, self.group)
         try:
-            done = consumer.committed([KafkaPartition(gap.tp.topic, gap.tp.partition)],
-                                      timeout_s)
-        except KafkaException as exc:
+            return reader.committed(gap.tp.topic, [gap.tp.partition])[gap.tp.partition]
+        except (KafkaException, TimeoutError) as exc:
             raise KafkaException(f"could not read back {gap}: the group's committed offset "
                                  f"is unknown ({exc})") from exc
         finally:
-            consumer.close()
-        return int(done[0].offset)
+            reader.close()
 
     async def delivered(self, event: Refetched) -> None:
         """Ack the gap once every record read back was delivered."""
