@@ -29,7 +29,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -123,6 +123,48 @@ def rank_scored(scored: Sequence[Scored], k: int) -> list[Ranked]:
     return out  # type: ignore[return-value]
 
 
+_NOT_RUN = object()
+
+
+class Scoring:
+    """One `Scorer.rank` call in three steps, for a caller that runs the model on a thread of
+    its own: the scorer builds the inputs when it makes this object (Python and small numpy
+    work, which holds the GIL), `forward` runs the model (onnxruntime releases the GIL), and
+    `scored` / `ranked` check the scores and take each request's top k (the GIL again).
+
+    Why: a worker ran all of `rank` in its scoring thread while its event loop prepared the
+    next batch. Every time onnxruntime handed the GIL back, the thread waited for the busy
+    loop's switch interval (5 ms) before its next line of Python: measured, a thread ranking
+    128 requests a call managed 4.7 calls/s next to a busy Python thread against 98 alone,
+    while the model's run alone, in the same thread, kept 85 of its 162 (docs/service.md,
+    "Scoring off the GIL"). So the worker builds and ranks on its loop and runs only
+    `forward` in the thread. ``scorer.rank(r, k)`` is the same three steps in a row: the
+    offline evaluation and the service rank with the same code."""
+
+    def __init__(self, forward: Callable[[], Any], finish: Callable[[Any], list[Scored]],
+                 k: int) -> None:
+        self._forward, self._finish, self.k = forward, finish, k
+        self._raw: Any = _NOT_RUN
+
+    def forward(self) -> None:
+        self._raw = self._forward()
+
+    def scored(self) -> list[Scored]:
+        if self._raw is _NOT_RUN:
+            raise RuntimeError("Scoring.scored() before Scoring.forward()")
+        return self._finish(self._raw)
+
+    def ranked(self) -> list[Ranked]:
+        return rank_scored(self.scored(), self.k)
+
+
+def _fill(out: list[Scored | None], chunk: Sequence[int], sets: Sequence[CandidateSet],
+          scores: np.ndarray) -> None:
+    for row, i in enumerate(chunk):
+        names = sets[i].names
+        out[i] = Scored(names, scores[row, : len(names)], False)
+
+
 class ModelDirError(ValueError):
     """An exported model directory that cannot be served: names the file and the problem."""
 
@@ -156,7 +198,23 @@ class BaseScorer:
     def rank(self, requests: Sequence[RankRequest], k: int) -> list[Ranked]:
         return rank_scored(self.score_all(requests), k)
 
+    def scoring(self, requests: Sequence[RankRequest], k: int) -> Scoring:
+        """`rank` in steps a caller may run on different threads (`Scoring`). Here all the
+        work happens in `Scoring.forward`; `ModelScorer` keeps only the model there."""
+        return Scoring(lambda: self.score_all(requests), lambda scored: scored, k)
+
     def score_all(self, requests: Sequence[RankRequest]) -> list[Scored]:
+        out, sets, todo = self._plan(requests)
+        for lo in range(0, len(todo), self.max_batch):
+            chunk = todo[lo : lo + self.max_batch]
+            scores = self._score_batch([requests[i] for i in chunk], [sets[i] for i in chunk])
+            _fill(out, chunk, sets, scores)
+        return out  # type: ignore[return-value]
+
+    def _plan(self, requests: Sequence[RankRequest]
+              ) -> tuple[list[Scored | None], list[CandidateSet], list[int]]:
+        """Every request's candidate set; the fallback and empty answers filled in; the
+        indices of the requests the model scores."""
         # Requests of one step usually share one candidate object: look it up once per call.
         by_object: dict[int, CandidateSet] = {}
         sets = []
@@ -174,13 +232,7 @@ class BaseScorer:
                 out[i] = Scored((), np.zeros(0, dtype=np.float32), False)
             else:
                 todo.append(i)
-        for lo in range(0, len(todo), self.max_batch):
-            chunk = todo[lo : lo + self.max_batch]
-            scores = self._score_batch([requests[i] for i in chunk], [sets[i] for i in chunk])
-            for row, i in enumerate(chunk):
-                n = len(sets[i].names)
-                out[i] = Scored(sets[i].names, scores[row, :n], False)
-        return out  # type: ignore[return-value]
+        return out, sets, todo
 
     def _score_batch(self, requests: Sequence[RankRequest],
                      sets: Sequence[CandidateSet]) -> np.ndarray:
@@ -213,14 +265,39 @@ class ModelScorer(BaseScorer):
         return {"items": items, "watch_time": watch_time, "query_time": query_time,
                 "gaps": gaps, "cand_items": cand_items, "cand_repeat": cand_repeat}
 
-    def _score_batch(self, requests: Sequence[RankRequest],
-                     sets: Sequence[CandidateSet]) -> np.ndarray:
-        inputs = self.inputs(requests, sets)
-        scores = self._forward(inputs)
+    def scoring(self, requests: Sequence[RankRequest], k: int) -> Scoring:
+        """The inputs of every chunk of ``max_batch`` requests now; the model's runs in
+        `Scoring.forward`; the checks, the equalised unknown names and the top k after."""
+        out, sets, todo = self._plan(requests)
+        chunks: list[tuple[list[int], dict[str, np.ndarray], list[CandidateSet]]] = []
+        for lo in range(0, len(todo), self.max_batch):
+            chunk = todo[lo : lo + self.max_batch]
+            chunk_sets = [sets[i] for i in chunk]
+            chunks.append((chunk, self.inputs([requests[i] for i in chunk], chunk_sets),
+                           chunk_sets))
+        forward = self._forward
+
+        def run() -> list[np.ndarray]:
+            return [forward(inputs) for _, inputs, _ in chunks]
+
+        def finish(raw: list[np.ndarray]) -> list[Scored]:
+            for (chunk, inputs, chunk_sets), scores in zip(chunks, raw, strict=True):
+                self._check(scores, inputs, chunk_sets)
+                _fill(out, chunk, sets, scores)
+            return out  # type: ignore[return-value]
+
+        return Scoring(run, finish, k)
+
+    def score_all(self, requests: Sequence[RankRequest]) -> list[Scored]:
+        job = self.scoring(requests, 0)
+        job.forward()
+        return job.scored()
+
+    def _check(self, scores: np.ndarray, inputs: dict[str, np.ndarray],
+               sets: Sequence[CandidateSet]) -> None:
         if not np.isfinite(scores).all():
             raise FloatingPointError(f"model {self.version} produced non-finite scores")
         self._equalise_oov(scores, inputs["cand_repeat"], sets)
-        return scores
 
     def _equalise_oov(self, scores: np.ndarray, repeat: np.ndarray,
                       sets: Sequence[CandidateSet]) -> None:

@@ -64,7 +64,14 @@ from liverank.core.settings import Settings
 from liverank.core.timebase import event_time_ms
 from liverank.model.data.live import Candidates, LiveStreams
 from liverank.model.pushes import PushPlanner, PushRule
-from liverank.model.scorer import Ranked, RankRequest, Scorer, load_scorer, model_stamp
+from liverank.model.scorer import (
+    BaseScorer,
+    Ranked,
+    RankRequest,
+    Scorer,
+    load_scorer,
+    model_stamp,
+)
 from liverank.services import faustcompat
 from liverank.services.acks import OrderedAcks
 from liverank.services.faustcompat import LeanPrometheusMonitor
@@ -738,9 +745,16 @@ class Service:
 
     async def _rank(self, scorer: Scorer, requests: list[RankRequest], k: int
                     ) -> list[Ranked]:
-        """Scoring off the event loop, in the worker's one scoring thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, scorer.rank,
-                                                                requests, k)
+        """The model's run in the worker's one scoring thread, the Python around it (inputs,
+        checks, top k) on the event loop: in the thread it waited for the GIL behind the
+        loop each time onnxruntime gave it back, and scoring ran serially with the loop
+        (`liverank.model.scorer.Scoring`). A scorer without steps ranks in the thread."""
+        loop = asyncio.get_running_loop()
+        if not isinstance(scorer, BaseScorer):
+            return await loop.run_in_executor(self._pool, scorer.rank, requests, k)
+        job = scorer.scoring(requests, k)
+        await loop.run_in_executor(self._pool, job.forward)
+        return job.ranked()
 
     async def _check_broker(self) -> None:
         """Timer: read the group's lag and committed floor (one broker round, off the loop),

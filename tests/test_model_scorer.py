@@ -160,3 +160,26 @@ def test_answers_do_not_depend_on_batch_composition_and_oov_ties_go_by_name(
     unknown = [f"zz-new-{i}" for i in range(6)]
     out = scorer.rank([RankRequest(requests[0].window, requests[0].step, unknown[::-1])], 6)[0]
     assert out.streamers == unknown and len(set(out.scores)) == 1
+
+
+def test_scoring_in_steps_is_rank_with_only_the_model_run_in_forward(
+        tiny: object, exported: tuple[Path, Path]) -> None:
+    """The service builds inputs and ranks on its event loop and runs only `forward` in its
+    scoring thread: the steps must give `rank`'s lists, and `forward` must hold the model
+    runs (one per chunk of ``max_batch``) and nothing before it."""
+    scorer = OnnxScorer(exported[1])
+    split = time_split(tiny, **OFFSETS)
+    requests = [r for _, r, _ in iter_requests(tiny, split.pivot_2, split.max_step, 40)][:200]
+    want = scorer.rank(requests, 10)
+    runs: list[int] = []
+    model_run = scorer._forward
+    scorer._forward = lambda inputs: runs.append(len(inputs["items"])) or model_run(inputs)  # type: ignore[method-assign]
+    scorer.max_batch = 64
+    job = scorer.scoring(requests, 10)
+    assert runs == []  # inputs built, the model not run yet
+    with pytest.raises(RuntimeError, match="before Scoring.forward"):
+        job.ranked()
+    job.forward()
+    modelled = sum(1 for r in requests if r.window and r.candidates)
+    assert sum(runs) == modelled > 64 and max(runs) <= 64  # every model request, in chunks
+    assert job.ranked() == want

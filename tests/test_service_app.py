@@ -9,12 +9,14 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
+import numpy as np
 import pytest
 from faust.types import TP
 from prometheus_client import generate_latest
@@ -26,6 +28,8 @@ from liverank.model.data import timeline as tl
 from liverank.model.data.live import LiveStreams
 from liverank.model.data.synth import generate
 from liverank.model.data.twitch import Interactions
+from liverank.model.features import ItemIndex, TimeEncoding
+from liverank.model.scorer import ModelScorer
 from liverank.services.app import SEAL_KEY, Service
 from liverank.services.state import UserWindows, answer_batch, plan_batch
 from liverank.services.testing import FakeScorer, MemoryPublisher, load_fake_model, write_fake_model
@@ -417,6 +421,53 @@ async def test_a_publish_failure_stops_acking_and_crashes_the_worker() -> None:
     assert metric(svc, "liverank_answers_total", trigger="request") == delivered
 
 
+class ThreadNotingScorer(ModelScorer):
+    """A model scorer whose "model" scores a candidate by its item id, noting the thread
+    each step of `Scoring` runs on."""
+
+    def __init__(self, names: Sequence[str]):
+        index = ItemIndex(tuple(sorted(set(names))), np.ones(len(set(names)), dtype=np.int64))
+        super().__init__(index, 5, TimeEncoding(), "noting-1")
+        self.threads: dict[str, set[str]] = {"inputs": set(), "forward": set()}
+
+    def inputs(self, requests: Any, sets: Any) -> dict[str, np.ndarray]:
+        self.threads["inputs"].add(threading.current_thread().name)
+        return super().inputs(requests, sets)
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        self.threads["forward"].add(threading.current_thread().name)
+        return inputs["cand_items"].astype(np.float32)
+
+
+async def test_only_the_models_run_leaves_the_event_loop_and_answers_stay_the_offline_ones(
+        ) -> None:
+    """A model's inputs are built and its scores ranked on the event loop; only the run goes
+    to the scoring thread (in the thread, the Python steps waited for the GIL behind the
+    loop: `Scoring`). The answers are still those of `scorer.rank` offline."""
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    names = [e.streamer for e in stream if isinstance(e, ev.StreamStart)]
+    scorer = ThreadNotingScorer(names)
+    svc, pub = service(scorer)
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    async with svc.agent.test_context() as agent:
+        await put_all(agent, users)
+        n_req = sum(isinstance(e, ev.RecRequest) for e in users)
+        await wait_for(lambda: len(pub.sent.get(RECS, [])) >= n_req)
+    assert scorer.threads["inputs"] == {threading.current_thread().name}
+    assert len(scorer.threads["forward"]) == 1
+    assert scorer.threads["forward"].pop().startswith("liverank-scorer")
+    ref_live = LiveStreams(partitions=1, stopped_horizon=10_000)
+    for e in stream:
+        ref_live.apply(e, 0)  # type: ignore[arg-type]
+    jobs = plan_batch([(ev.user_key(e.user), e, 1000 + e.seq) for e in users],
+                      UserWindows({}, length=5, slack=8))
+    ref = await answer_batch(jobs, ref_live, ThreadNotingScorer(names), k=10, now_ms=lambda: 0)
+    want = {r.request_id: (r.items, r.fallback) for r in ref}
+    got = {r.request_id: (r.items, r.fallback) for r in decoded(pub, RECS, ev.Recommendation)}
+    assert got == want and sum(not fb for _, fb in got.values()) > n_req // 2
+
+
 class FailingScorer(FakeScorer):
     """Ranks ``good`` batches, then raises (a model gone wrong: non-finite scores)."""
 
@@ -424,11 +475,11 @@ class FailingScorer(FakeScorer):
         super().__init__(window_len=5)
         self.good = good
 
-    def rank(self, requests: Any, k: int) -> Any:
+    def score_all(self, requests: Any) -> Any:  # one call per batch, in the scoring thread
         if self.good <= 0:
             raise FloatingPointError("model fake-1 produced non-finite scores")
         self.good -= 1
-        return super().rank(requests, k)
+        return super().score_all(requests)
 
 
 @pytest.mark.parametrize("scored_batches", [0, 1])
