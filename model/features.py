@@ -163,18 +163,24 @@ def candidate_set(names: Sequence[str], index: ItemIndex) -> CandidateSet:
 
 def window_arrays(windows: Sequence[Sequence[tuple[str, int]]], window_len: int,
                   index: ItemIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Left-padded (B, L) item ids, steps and a real-entry mask from the last L entries."""
+    """Left-padded (B, L) item ids, steps and a real-entry mask from the last L entries.
+
+    One id lookup and one scatter for the whole batch: per window, the lookup and two
+    slice assignments cost a serving worker's event loop ~1 ms per batch of 256."""
     b = len(windows)
     items = np.zeros((b, window_len), dtype=np.int64)
     steps = np.zeros((b, window_len), dtype=np.int64)
-    for r, window in enumerate(windows):
-        tail = list(window[-window_len:]) if window_len else []
-        if not tail:
-            continue
-        n = len(tail)
-        names, at = zip(*tail, strict=True)  # the two columns, without a frame per entry
-        items[r, window_len - n :] = index.ids(names)
-        steps[r, window_len - n :] = at
+    if not window_len or not b:
+        return items, steps, items != PAD
+    tails = [w[-window_len:] for w in windows]
+    flat = [entry for tail in tails for entry in tail]
+    if flat:
+        names, at = zip(*flat, strict=True)  # the two columns, without a frame per entry
+        lengths = np.fromiter(map(len, tails), dtype=np.int64, count=b)
+        # Row-major order of the filled (right-aligned) cells is the entries' order.
+        filled = np.arange(window_len) >= (window_len - lengths)[:, None]
+        items[filled] = index.ids(names)
+        steps[filled] = np.fromiter(at, dtype=np.int64, count=len(at))
     return items, steps, items != PAD
 
 

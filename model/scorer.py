@@ -142,8 +142,9 @@ class Scoring:
     offline evaluation and the service rank with the same code."""
 
     def __init__(self, forward: Callable[[], Any], finish: Callable[[Any], list[Scored]],
-                 k: int) -> None:
+                 k: int, rank: Callable[[Any], list[Ranked]] | None = None) -> None:
         self._forward, self._finish, self.k = forward, finish, k
+        self._rank = rank  # the top k straight from what forward gave; default: of `scored`
         self._raw: Any = _NOT_RUN
 
     def forward(self) -> None:
@@ -155,7 +156,11 @@ class Scoring:
         return self._finish(self._raw)
 
     def ranked(self) -> list[Ranked]:
-        return rank_scored(self.scored(), self.k)
+        if self._rank is None:
+            return rank_scored(self.scored(), self.k)
+        if self._raw is _NOT_RUN:
+            raise RuntimeError("Scoring.ranked() before Scoring.forward()")
+        return self._rank(self._raw)
 
 
 def _fill(out: list[Scored | None], chunk: Sequence[int], sets: Sequence[CandidateSet],
@@ -163,6 +168,14 @@ def _fill(out: list[Scored | None], chunk: Sequence[int], sets: Sequence[Candida
     for row, i in enumerate(chunk):
         names = sets[i].names
         out[i] = Scored(names, scores[row, : len(names)], False)
+
+
+def _rows_by_set(sets: Sequence[CandidateSet]) -> dict[int, list[int]]:
+    """Row numbers by candidate set (requests of one step share theirs), in first-seen order."""
+    rows: dict[int, list[int]] = {}
+    for row, cset in enumerate(sets):
+        rows.setdefault(id(cset), []).append(row)
+    return rows
 
 
 class ModelDirError(ValueError):
@@ -258,8 +271,9 @@ class ModelScorer(BaseScorer):
         watch_time, query_time, gaps = time_features(steps, valid, query, self.time)
         width = max(len(s.names) for s in sets)
         cand_items = np.zeros((len(requests), width), dtype=np.int64)
-        for row, cset in enumerate(sets):
-            cand_items[row, : len(cset.names)] = cset.items
+        for rows in _rows_by_set(sets).values():  # one assignment per distinct set
+            cset = sets[rows[0]]
+            cand_items[rows, : len(cset.names)] = cset.items
         cand_repeat = repeat_features_last(windows, self.window_len, request_steps, sets, width,
                                            self.time)
         return {"items": items, "watch_time": watch_time, "query_time": query_time,
@@ -286,7 +300,33 @@ class ModelScorer(BaseScorer):
                 _fill(out, chunk, sets, scores)
             return out  # type: ignore[return-value]
 
-        return Scoring(run, finish, k)
+        def rank(raw: list[np.ndarray]) -> list[Ranked]:
+            """`rank_scored` of what `finish` gives, from each chunk's score matrix: the
+            rows of one candidate set ranked together, no per-request `Scored`."""
+            ranked: list[Ranked | None] = [None] * len(requests)
+            for (chunk, inputs, chunk_sets), scores in zip(chunks, raw, strict=True):
+                self._check(scores, inputs, chunk_sets)
+                for rows in _rows_by_set(chunk_sets).values():
+                    names = chunk_sets[rows[0]].names
+                    matrix = scores[rows, : len(names)]
+                    cols = top_k_rows(matrix, k)
+                    values = np.take_along_axis(matrix, cols, axis=1).tolist()
+                    for row, row_cols, row_values in zip(rows, cols.tolist(), values,
+                                                         strict=True):
+                        ranked[chunk[row]] = Ranked([names[c] for c in row_cols], row_values,
+                                                    False)
+            rest = [i for i, r in enumerate(ranked) if r is None]  # fallback, no candidates
+            for i, r in zip(rest, rank_scored([out[i] for i in rest], k),  # type: ignore[misc]
+                            strict=True):
+                ranked[i] = r
+            return ranked  # type: ignore[return-value]
+
+        return Scoring(run, finish, k, rank)
+
+    def rank(self, requests: Sequence[RankRequest], k: int) -> list[Ranked]:
+        job = self.scoring(requests, k)
+        job.forward()
+        return job.ranked()
 
     def score_all(self, requests: Sequence[RankRequest]) -> list[Scored]:
         job = self.scoring(requests, 0)
@@ -307,14 +347,15 @@ class ModelScorer(BaseScorer):
         position in the batch; equal scores let the documented tie-break (name) decide.
         """
         oov = self.index.oov
-        for row, cset in enumerate(sets):
-            cols = np.flatnonzero(cset.items == oov)
+        for rows in _rows_by_set(sets).values():  # a batch holds few distinct sets
+            cols = np.flatnonzero(sets[rows[0]].items == oov)
             if cols.shape[0] < 2:
                 continue
-            rep = repeat[row, cols]
-            _, first, inverse = np.unique(rep[:, 0] * 1024 + rep[:, 1], return_index=True,
-                                          return_inverse=True)
-            scores[row, cols] = scores[row, cols[first]][inverse]
+            for row in rows:
+                rep = repeat[row, cols]
+                _, first, inverse = np.unique(rep[:, 0] * 1024 + rep[:, 1],
+                                              return_index=True, return_inverse=True)
+                scores[row, cols] = scores[row, cols[first]][inverse]
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError

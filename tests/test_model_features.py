@@ -95,6 +95,24 @@ def test_window_arrays_keep_the_last_entries_left_padded() -> None:
     assert valid.tolist() == [[True, True], [False, False], [False, True]]
 
 
+@pytest.mark.parametrize("window_len", [0, 1, 4, 16])
+def test_window_arrays_of_a_batch_equal_each_window_on_its_own(window_len: int) -> None:
+    """The batch is filled with one lookup and one scatter: every row must still hold its
+    own window's last entries, right-aligned, whatever the other rows' lengths."""
+    rng = np.random.default_rng(window_len)
+    index = _index([f"s{i}" for i in range(30)])
+    windows = [[(f"s{rng.integers(40)}", int(rng.integers(1000))) for _ in range(n)]
+               for n in rng.integers(0, 25, size=60).tolist()] + [[]]
+    items, steps, valid = window_arrays(windows, window_len, index)
+    assert items.shape == steps.shape == valid.shape == (len(windows), window_len)
+    for row, window in enumerate(windows):
+        tail = window[-window_len:] if window_len else []
+        pad = window_len - len(tail)
+        assert items[row].tolist() == [0] * pad + index.ids([n for n, _ in tail]).tolist()
+        assert steps[row].tolist() == [0] * pad + [at for _, at in tail]
+        assert valid[row].tolist() == [False] * pad + [True] * len(tail)
+
+
 def test_time_features_mask_padding_and_the_future() -> None:
     steps = np.array([[0, 0, 150, 300]], dtype=np.int64)
     valid = np.array([[False, False, True, True]])

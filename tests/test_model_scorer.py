@@ -18,7 +18,7 @@ from liverank.model.data.synth import generate
 from liverank.model.evaluate import iter_requests
 from liverank.model.export import export, random_inputs
 from liverank.model.features import INPUT_NAMES, TimeEncoding
-from liverank.model.scorer import ModelDirError, OnnxScorer, RankRequest
+from liverank.model.scorer import ModelDirError, OnnxScorer, RankRequest, rank_scored
 from liverank.model.train import configs, train
 from liverank.services.testing import FakeScorer
 
@@ -183,3 +183,12 @@ def test_scoring_in_steps_is_rank_with_only_the_model_run_in_forward(
     modelled = sum(1 for r in requests if r.window and r.candidates)
     assert sum(runs) == modelled > 64 and max(runs) <= 64  # every model request, in chunks
     assert job.ranked() == want
+    # `ranked` takes the top k from the score matrices; it must be the top k of `scored`,
+    # fallback answers and unknown names (equal scores, tie by name) included.
+    assert any(not r.window for r in requests) and any(r.window for r in requests)
+    unknown = [f"zz-new-{i}" for i in range(5)]
+    mixed = requests + [RankRequest(r.window, r.step, list(r.candidates) + unknown)
+                        for r in requests[:40]]
+    job = scorer.scoring(mixed, 10)
+    job.forward()
+    assert job.ranked() == rank_scored(job.scored(), 10)
