@@ -72,6 +72,11 @@ def _service_rows(r: dict[str, Any]) -> list[Row]:
     rows.append(("service", f"produce-to-publish p50 ms at {lat['rate']:.0f} req/s "
                  f"(half capacity{'' if lat_fb is None else f', fallback {lat_fb:.1%}'})",
                  lat["p50_ms"], "p99 ms", lat["p99_ms"]))
+    floor = lat.get("broker_floor")
+    if floor:  # what the broker alone takes at the same message rate: no worker goes below it
+        rows.append(("service", "broker floor p99 ms (bare librdkafka produce -> consume, "
+                     f"{floor['messages_per_s']:,.0f} messages/s)", floor["p99_ms"],
+                     "service p99 ms", lat["p99_ms"]))
     if lat.get("lookups"):
         rows.append(("service", "lookup GET /users/{user}/recommendations p50 ms",
                      lat["lookup_p50_ms"], "p99 ms", lat["lookup_p99_ms"]))

@@ -32,6 +32,7 @@ from liverank.core.settings import Settings
 logger = logging.getLogger(__name__)
 
 BENCH_DATA = ("out/data/twitch100k.csv", "out/data/twitch100k.csv.gz")
+FLOOR_S = 10.0  # the broker floor's length (`_broker_floor`)
 WARM_STEPS = 1_008  # 7 days: the slice's fallback share near a whole run's (3.6% vs 3.3%)
 WARM_TIMEOUT_S = 900.0
 
@@ -132,6 +133,13 @@ def bench_table(r: dict[str, Any]) -> str:
     rows.append(f"latency at {lat['rate']:,.0f} requests/s offered ({lat['answers']} answers,"
                 f" fallback share {_share(lat.get('fallback_share'))}): p50 "
                 f"{lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
+    if "broker_floor" in lat:
+        fl = lat["broker_floor"]
+        rows.append(f"broker floor (librdkafka produce -> consume, same broker, "
+                    f"{fl['messages_per_s']:,.0f} messages/s): p50 {fl['p50_ms']:.1f} ms, "
+                    f"p99 {fl['p99_ms']:.1f} ms; the worker adds p50 "
+                    f"{lat['p50_ms'] - fl['p50_ms']:.1f} ms, p99 "
+                    f"{lat['p99_ms'] - fl['p99_ms']:.1f} ms")
     if lat.get("lookups"):
         rows.append(f"lookup GET /users/{{user}}/recommendations ({lat['lookups']} users, "
                     f"{lat['lookup_missed']} missed): p50 {lat['lookup_p50_ms']:.1f} ms, "
@@ -189,6 +197,7 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
         main = rates[SERVICE]
         lat_part = _part(ds, lo + steps, lo + steps + latency_steps - 1, warm_steps, base)
         latency = _latency(base, lat_part, model, work, rate=main / 2)
+        latency["broker_floor"] = _broker_floor(base, latency["messages_per_s"])
     ratio = main / min(rates[FAKE], rates[SCORE_ONLY])
     live = _live_mean(ds, lo, lo + steps)
     table = [[name, value, SERVICE, main] for name, value in rates.items()
@@ -624,6 +633,79 @@ def _latency(base: Settings, part: Part, model: Path, work: Path, rate: float
                               float(np.percentile(lat[half:], 50))],
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             **lookups}
+
+
+def _broker_floor(base: Settings, per_s: float, seconds: float = FLOOR_S,
+                  wait_s: float = 30.0) -> dict[str, Any]:
+    """p50/p99 of a bare librdkafka produce -> consume through the same broker at the latency
+    run's message rate, paced the same way (ticks on tansu), the consumer polling one record
+    at a time with the worker's fetch wait: the part of produce-to-publish no worker can
+    remove. The first second is not counted (connections, first fetches)."""
+    import struct
+    import threading
+    import time
+
+    import numpy as np
+    from confluent_kafka import Consumer, KafkaError, Producer
+    from confluent_kafka import TopicPartition as KafkaPartition
+
+    from liverank.broker import kafka
+
+    settings = _fresh(base, "floor")
+    counts = kafka.ensure_topics(settings)
+    topic = settings.topic(kafka.USER_EVENTS)
+    parts = counts[topic]
+    consumer = Consumer(kafka.consumer_config(settings)
+                        | {"fetch.wait.max.ms": int(settings.fetch_wait_ms)})
+    consumer.assign([KafkaPartition(topic, p, 0) for p in range(parts)])
+    lat: list[float] = []
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def consume() -> None:
+        while not stop.is_set():
+            m = consumer.poll(0.1)
+            if m is None:
+                continue
+            if m.error() is not None:
+                if m.error().code() != KafkaError._PARTITION_EOF:  # EOF: caught up
+                    errors.append(str(m.error()))
+                continue
+            sent = struct.unpack("d", (m.value() or b"")[:8])[0]
+            lat.append((time.time() - sent) * 1000)
+
+    reader = threading.Thread(target=consume, name="floor-reader", daemon=True)
+    reader.start()
+    producer = Producer(kafka.producer_config(settings))
+    producer.list_topics(timeout=30)
+    tick = kafka.paced_tick_s(settings) or 0.001
+    n = int(per_s * seconds)
+    pad = b"x" * 150  # about a user event's size
+    try:
+        t0 = time.perf_counter()
+        sent = 0
+        while sent < n:  # every tick, what is due by now: the paced replay's grouping
+            due = min(n, int((time.perf_counter() - t0) * per_s) + 1)
+            for i in range(sent, due):
+                producer.produce(topic, key=str(i % 997).encode(), partition=i % parts,
+                                 value=struct.pack("d", time.time()) + pad)
+            sent = due
+            producer.poll(0)
+            time.sleep(tick)
+        producer.flush(30)
+        deadline = time.monotonic() + wait_s
+        while len(lat) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        reader.join(5)
+        consumer.close()
+        _release(settings)
+    if len(lat) < n or errors:
+        raise RuntimeError(f"broker floor: read {len(lat)} of {n} records; errors {errors[:3]}")
+    steady = np.array(lat[int(per_s):], dtype=float)  # after the first second
+    return {"messages_per_s": per_s, "records": n, "p50_ms": float(np.percentile(steady, 50)),
+            "p99_ms": float(np.percentile(steady, 99))}
 
 
 def _request_users(tl: Any) -> list[int]:

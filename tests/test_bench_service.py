@@ -3,11 +3,21 @@ with the fallback share next to every figure; no broker."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from liverank.cli.bench import _service_rows
-from liverank.cli.bench_service import CONSUME_ONLY, FAKE, SCORE_ONLY, SERVICE, _part, bench_table
+from liverank.cli.bench_service import (
+    CONSUME_ONLY,
+    FAKE,
+    SCORE_ONLY,
+    SERVICE,
+    _broker_floor,
+    _part,
+    bench_table,
+)
 from liverank.core.settings import Settings
 from liverank.model.data.synth import generate
 from liverank.model.data.timeline import REQUEST, START, WATCH, build_timeline
@@ -74,6 +84,19 @@ def test_cpu_per_answer_is_reported_against_the_consume_only_app() -> None:
                     "Faust consume-only CPU ms per two events", 0.16)]
 
 
+def test_the_latency_row_stands_next_to_the_broker_floor() -> None:
+    r = _result()
+    r["latency"] |= {"messages_per_s": 2100.0,
+                     "broker_floor": {"messages_per_s": 2100.0, "records": 21000,
+                                      "p50_ms": 10.0, "p99_ms": 24.5}}
+    table = bench_table(r)
+    assert ("broker floor (librdkafka produce -> consume, same broker, 2,100 messages/s): "
+            "p50 10.0 ms, p99 24.5 ms; the worker adds p50 20.0 ms, p99 65.5 ms") in table
+    floor = [row for row in _service_rows(r) if "broker floor" in row[1]]
+    assert floor == [("service", "broker floor p99 ms (bare librdkafka produce -> consume, "
+                      "2,100 messages/s)", 24.5, "service p99 ms", 90.0)]
+
+
 def test_profiling_without_py_spy_is_an_error_not_a_run_without_a_profile(
         tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import shutil
@@ -106,3 +129,30 @@ def test_a_py_spy_that_wrote_nothing_is_reported(tmp_path) -> None:  # type: ign
     with pytest.raises(RuntimeError, match="py-spy wrote no profile") as err:
         bench_service._stop_py_spy(spy, tmp_path / "none.txt")
     assert "Permission denied" in str(err.value)  # what py-spy said comes with it
+
+
+def test_the_broker_floor_reads_every_record_it_paced(kafka_bootstrap: str,
+                                                     kafka_broker_kind: str) -> None:
+    """The latency row's in-run reference: a bare produce -> consume at a given rate."""
+    base = Settings(kafka_bootstrap=kafka_bootstrap, broker_kind=kafka_broker_kind)
+    floor = _broker_floor(base, per_s=400, seconds=2.5)
+    assert floor["records"] == 1000 and floor["messages_per_s"] == 400
+    assert 0 < floor["p50_ms"] <= floor["p99_ms"] < 5000
+
+
+def test_a_broker_floor_that_reads_too_little_is_an_error(
+        kafka_bootstrap: str, kafka_broker_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records produced and never read make no floor figure (a p99 of what arrived)."""
+    import confluent_kafka
+
+    class Deaf:  # a consumer that reads nothing
+        def __init__(self, conf: dict) -> None: ...
+        def assign(self, partitions: list) -> None: ...
+        def poll(self, timeout: float) -> None:
+            time.sleep(timeout)
+        def close(self) -> None: ...
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", Deaf)
+    base = Settings(kafka_bootstrap=kafka_bootstrap, broker_kind=kafka_broker_kind)
+    with pytest.raises(RuntimeError, match="broker floor: read 0 of 200 records"):
+        _broker_floor(base, per_s=200, seconds=1.0, wait_s=0.5)
