@@ -405,7 +405,8 @@ async def wait_signal(signal: asyncio.Event, timeout_s: float) -> bool:
 class MicroBatcher(Generic[T]):
     """Collects items (Faust events) for micro-batches: `get` returns up to ``max_size``
     items, waiting at most ``max_wait_s`` after the oldest one arrived (or, for items left
-    over from a full batch, after that batch was cut); `put` never blocks, and `room` lets
+    over from a full batch, after that batch was cut); right after a full batch (a backlog)
+    also up to ``max_wait_s`` after `get` was called. `put` never blocks, and `room` lets
     the producer side wait while ``max_pending`` items are queued."""
 
     def __init__(self, max_size: int, max_wait_s: float, max_pending: int | None = None):
@@ -416,6 +417,7 @@ class MicroBatcher(Generic[T]):
         self.max_pending = max_pending if max_pending is not None else 4 * max_size
         self._items: list[T] = []
         self._first_at = 0.0
+        self._backlog = False  # the last batch was full
         self._added = asyncio.Event()
         self._taken = asyncio.Event()
 
@@ -441,14 +443,18 @@ class MicroBatcher(Generic[T]):
         while not self._items:
             self._added.clear()
             await self._added.wait()
+        # After a full batch (a backlog) the wait also counts from now: records come in
+        # fetch-sized bursts, and a batch cut at the burst's tail is a small one.
+        since = max(self._first_at, time.monotonic()) if self._backlog else self._first_at
         while len(self._items) < self.max_size:
-            left = self._first_at + self.max_wait_s - time.monotonic()
+            left = since + self.max_wait_s - time.monotonic()
             if left <= 0:
                 break
             if not await wait_signal(self._added, left):
                 break
         batch = self._items[: self.max_size]
         del self._items[: self.max_size]
+        self._backlog = len(batch) == self.max_size
         if self._items:
             self._first_at = time.monotonic()  # bound the wait of what is left, too
         self._taken.set()

@@ -297,6 +297,42 @@ async def test_micro_batcher_bounds_size_and_wait() -> None:
         st.MicroBatcher(0, 0.1)
 
 
+async def test_after_a_full_batch_the_wait_counts_from_the_take_not_from_the_oldest_item(
+        ) -> None:
+    """In a backlog records come in fetch-sized bursts, and items that already waited out
+    ``max_wait_s`` while the worker was busy made a small batch of a burst's tail (smaller
+    batches, more broker batches: docs/service.md). After a full batch the next one may wait
+    ``max_wait_s`` from the take for more; otherwise the oldest item's wait bounds it."""
+    import asyncio
+    import time
+
+    b: st.MicroBatcher[int] = st.MicroBatcher(max_size=4, max_wait_s=0.1)
+    b.put(1)
+    await asyncio.sleep(0.15)
+    t0 = time.monotonic()
+    assert await b.get() == [1]  # no backlog: it waited long enough, out at once
+    assert time.monotonic() - t0 < 0.05
+    for i in range(6):
+        b.put(i)
+    assert await b.get() == [0, 1, 2, 3]  # full: a backlog
+    await asyncio.sleep(0.15)  # the two left over are older than max_wait_s now
+    getter = asyncio.ensure_future(b.get())
+    await asyncio.sleep(0.03)
+    assert not getter.done()  # waiting for more from the take
+    b.put(6)
+    b.put(7)
+    assert await asyncio.wait_for(getter, 1) == [4, 5, 6, 7]
+    b.put(8)
+    t0 = time.monotonic()
+    assert await b.get() == [8]  # still bounded: max_wait_s after the take
+    assert 0.07 < time.monotonic() - t0 < 0.5
+    b.put(9)
+    await asyncio.sleep(0.15)
+    t0 = time.monotonic()
+    assert await b.get() == [9]  # a partial batch ended the backlog
+    assert time.monotonic() - t0 < 0.05
+
+
 def test_an_answer_behind_the_pruned_horizon_is_marked_stale_not_passed_as_live() -> None:
     live = LiveStreams(partitions=1, stopped_horizon=10)
     live.start(1, "a", 0)
