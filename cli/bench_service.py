@@ -667,9 +667,10 @@ def _broker_floor(base: Settings, per_s: float, seconds: float = FLOOR_S,
             m = consumer.poll(0.1)
             if m is None:
                 continue
-            if m.error() is not None:
-                if m.error().code() != KafkaError._PARTITION_EOF:  # EOF: caught up
-                    errors.append(str(m.error()))
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:  # EOF: caught up
+                    errors.append(str(err))
                 continue
             sent = struct.unpack("d", (m.value() or b"")[:8])[0]
             lat.append((time.time() - sent) * 1000)
