@@ -91,24 +91,36 @@ def metric(svc: Service, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-async def test_every_request_gets_the_offline_answer_once() -> None:
+async def serve_tiny(scorer: Any = None) -> tuple[Service, MemoryPublisher, list[ev.Event],
+                                                list[ev.UserEvent], int]:
+    """The tiny timeline through a service in Faust's test context, until every request is
+    answered: (service, publisher, stream events, user events, requests)."""
     stream, users = split_timeline(tl.build_timeline(tiny()))
-    svc, pub = service()
+    svc, pub = service(scorer)
     for e in stream:
         svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
     async with svc.agent.test_context() as agent:
         await put_all(agent, users)
         n_req = sum(isinstance(e, ev.RecRequest) for e in users)
         await wait_for(lambda: len(pub.sent.get(RECS, [])) >= n_req)
-    recs = decoded(pub, RECS, ev.Recommendation)
-    # The reference: the state classes straight over the timeline, one batch.
+    return svc, pub, stream, users, n_req
+
+
+async def offline_answers(stream: Sequence[ev.Event], users: Sequence[ev.UserEvent],
+                          scorer: Any) -> list[ev.Recommendation]:
+    """The reference: the state classes straight over the timeline, one batch."""
     ref_live = LiveStreams(partitions=1, stopped_horizon=10_000)
     for e in stream:
         ref_live.apply(e, 0)  # type: ignore[arg-type]
     jobs = plan_batch([(ev.user_key(e.user), e, 1000 + e.seq) for e in users],
                       UserWindows({}, length=5, slack=8))
-    ref = await answer_batch(jobs, ref_live, FakeScorer(window_len=5), k=10,
-                             now_ms=lambda: 0)
+    return await answer_batch(jobs, ref_live, scorer, k=10, now_ms=lambda: 0)
+
+
+async def test_every_request_gets_the_offline_answer_once() -> None:
+    svc, pub, stream, users, n_req = await serve_tiny()
+    recs = decoded(pub, RECS, ev.Recommendation)
+    ref = await offline_answers(stream, users, FakeScorer(window_len=5))
     want = {r.request_id: r for r in ref}
     assert len(recs) == n_req == len(want)
     assert {r.request_id for r in recs} == set(want)
@@ -444,25 +456,14 @@ async def test_only_the_models_run_leaves_the_event_loop_and_answers_stay_the_of
     """A model's inputs are built and its scores ranked on the event loop; only the run goes
     to the scoring thread (in the thread, the Python steps waited for the GIL behind the
     loop: `Scoring`). The answers are still those of `scorer.rank` offline."""
-    stream, users = split_timeline(tl.build_timeline(tiny()))
+    stream, _ = split_timeline(tl.build_timeline(tiny()))
     names = [e.streamer for e in stream if isinstance(e, ev.StreamStart)]
     scorer = ThreadNotingScorer(names)
-    svc, pub = service(scorer)
-    for e in stream:
-        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
-    async with svc.agent.test_context() as agent:
-        await put_all(agent, users)
-        n_req = sum(isinstance(e, ev.RecRequest) for e in users)
-        await wait_for(lambda: len(pub.sent.get(RECS, [])) >= n_req)
+    svc, pub, stream, users, n_req = await serve_tiny(scorer)
     assert scorer.threads["inputs"] == {threading.current_thread().name}
     assert len(scorer.threads["forward"]) == 1
     assert scorer.threads["forward"].pop().startswith("liverank-scorer")
-    ref_live = LiveStreams(partitions=1, stopped_horizon=10_000)
-    for e in stream:
-        ref_live.apply(e, 0)  # type: ignore[arg-type]
-    jobs = plan_batch([(ev.user_key(e.user), e, 1000 + e.seq) for e in users],
-                      UserWindows({}, length=5, slack=8))
-    ref = await answer_batch(jobs, ref_live, ThreadNotingScorer(names), k=10, now_ms=lambda: 0)
+    ref = await offline_answers(stream, users, ThreadNotingScorer(names))
     want = {r.request_id: (r.items, r.fallback) for r in ref}
     got = {r.request_id: (r.items, r.fallback) for r in decoded(pub, RECS, ev.Recommendation)}
     assert got == want and sum(not fb for _, fb in got.values()) > n_req // 2
