@@ -135,8 +135,8 @@ class Scoring:
     Why: a worker ran all of `rank` in its scoring thread while its event loop prepared the
     next batch. Every time onnxruntime handed the GIL back, the thread waited for the busy
     loop's switch interval (5 ms) before its next line of Python: measured, a thread ranking
-    128 requests a call managed 4.7 calls/s next to a busy Python thread against 98 alone,
-    while the model's run alone, in the same thread, kept 85 of its 162 (docs/service.md,
+    128 requests a call managed 4.7 calls/s next to a busy Python thread against 87 alone,
+    while the model's run alone, in the same thread, kept 80 of its 144 (docs/service.md,
     "Scoring off the GIL"). So the worker builds and ranks on its loop and runs only
     `forward` in the thread. ``scorer.rank(r, k)`` is the same three steps in a row: the
     offline evaluation and the service rank with the same code."""
