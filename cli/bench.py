@@ -72,6 +72,11 @@ def _service_rows(r: dict[str, Any]) -> list[Row]:
     rows.append(("service", f"produce-to-publish p50 ms at {lat['rate']:.0f} req/s "
                  f"(half capacity{'' if lat_fb is None else f', fallback {lat_fb:.1%}'})",
                  lat["p50_ms"], "p99 ms", lat["p99_ms"]))
+    windows = lat.get("p99_ms_windows")
+    if windows:  # a steady tail or one stall: the spread of p99 over the run's windows
+        rows.append(("service", f"p99 ms, best {lat['window_s']:.0f}-s window of "
+                     f"{len(windows)} ({lat['steady_s']:.0f} s steady)", min(windows),
+                     "worst window", max(windows)))
     floor = lat.get("broker_floor")
     if floor:  # what the broker alone takes at the same message rate: no worker goes below it
         rows.append(("service", "broker floor p99 ms (bare librdkafka produce -> consume, "

@@ -17,6 +17,7 @@ from liverank.cli.bench_service import (
     _broker_floor,
     _part,
     bench_table,
+    latency_figures,
 )
 from liverank.core.settings import Settings
 from liverank.model.data.synth import generate
@@ -95,6 +96,41 @@ def test_the_latency_row_stands_next_to_the_broker_floor() -> None:
     floor = [row for row in _service_rows(r) if "broker floor" in row[1]]
     assert floor == [("service", "broker floor p99 ms (bare librdkafka produce -> consume, "
                       "2,100 messages/s)", 24.5, "service p99 ms", 90.0)]
+
+
+def test_latency_leaves_out_the_warm_up_and_shows_a_stall_in_its_window() -> None:
+    rng = np.random.default_rng(0)
+    produced = np.sort(rng.integers(0, 22_000, 20_000))  # 22 s of requests
+    lat = rng.integers(20, 40, len(produced))
+    lat[produced < 2_000] = 900  # the first 2 s: connections, first calls
+    stall = (produced >= 14_000) & (produced < 14_300)
+    lat[stall] = 400  # one 0.3-s stall
+    got = latency_figures(produced, produced + lat)
+    assert got["steady_answers"] == int(np.count_nonzero(produced >= 2_000))
+    assert 19.5 < got["steady_s"] <= 20.0
+    assert got["p50_ms"] < 40 and got["p99_ms"] == 400.0  # 1.5% of the steady answers
+    w = got["p99_ms_windows"]
+    assert len(w) == 3 and w[2] == 400.0 and max(w[:2]) < 40  # 12-17 s holds it; 17-20 s
+    # is a partial window, left out
+
+
+def test_latency_refuses_a_run_without_produced_stamps() -> None:
+    with pytest.raises(ValueError, match="produced_ms"):
+        latency_figures(np.array([], dtype=np.int64), np.array([], dtype=np.int64))
+
+
+def test_the_latency_row_says_what_half_capacity_it_was_paced_at() -> None:
+    r = _result()
+    r["latency"] |= {"capacity": 2000.0, "steady_s": 20.4, "p99_ms_windows": [40.0, 90.0,
+                                                                           45.0, 50.0],
+                     "window_s": 5.0}
+    table = bench_table(r)
+    assert ("latency at 1,000 requests/s offered, half of 2,000 answers/s drained on the "
+            "same steps (900 answers, 20 s steady, fallback share 4.0%)") in table
+    assert "p99 per 5-s window (4 windows): 40.0-90.0 ms, median 50.0 ms" in table
+    windows = [row for row in _service_rows(r) if "window" in row[1]]
+    assert windows == [("service", "p99 ms, best 5-s window of 4 (20 s steady)", 40.0,
+                        "worst window", 90.0)]
 
 
 def test_profiling_without_py_spy_is_an_error_not_a_run_without_a_profile(
