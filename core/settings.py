@@ -89,7 +89,14 @@ class Settings(BaseSettings):
         "the table store)."
     )
     batch_size: int = Field(256, ge=1, description="Largest micro-batch of requests scored.")
-    batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a micro-batch.")
+    batch_wait_ms: float = Field(
+        1.0, ge=0, description="Longest wait to fill a micro-batch after its first record "
+        "arrived (records come a fetch response at a time: a longer wait mostly delays answers)."
+    )
+    backlog_wait_ms: float = Field(
+        5.0, ge=0, description="Right after a full micro-batch (a backlog), longest wait for "
+        "the next one to fill, counted from when it is asked for."
+    )
     watermark_wait_ms: float = Field(
         2000.0, ge=0, description="Longest wait for stream watermarks before answering late."
     )

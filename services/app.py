@@ -266,7 +266,8 @@ class Service:
         self._answered = 0  # delivered
         self._out: list[Outgoing] | None = None  # what the batch being handled publishes
         self._batcher: MicroBatcher[Any] = MicroBatcher(
-            settings.batch_size, settings.batch_wait_ms / 1000, 4 * settings.batch_size)
+            settings.batch_size, settings.batch_wait_ms / 1000, 4 * settings.batch_size,
+            backlog_wait_s=settings.backlog_wait_ms / 1000)
 
         self.app = faust.App(f"{settings.topic_prefix}{settings.worker_id}",
                              **faustcompat.faust_app_options(settings), web_enabled=web,

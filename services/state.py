@@ -406,14 +406,23 @@ class MicroBatcher(Generic[T]):
     """Collects items (Faust events) for micro-batches: `get` returns up to ``max_size``
     items, waiting at most ``max_wait_s`` after the oldest one arrived (or, for items left
     over from a full batch, after that batch was cut); right after a full batch (a backlog)
-    also up to ``max_wait_s`` after `get` was called. `put` never blocks, and `room` lets
-    the producer side wait while ``max_pending`` items are queued."""
+    up to ``backlog_wait_s`` (default ``max_wait_s``) after `get` was called instead. `put`
+    never blocks, and `room` lets the producer side wait while ``max_pending`` items are
+    queued.
 
-    def __init__(self, max_size: int, max_wait_s: float, max_pending: int | None = None):
+    Two waits because they serve two loads: records reach the batcher a fetch response at
+    a time, so at a steady load the wait after the first record mostly delays the answers
+    (nothing more comes until the next fetch), while in a backlog the wait after a full
+    batch lets the next fetch's records make a full batch rather than a burst's tail a
+    small one (docs/service.md, Micro-batching)."""
+
+    def __init__(self, max_size: int, max_wait_s: float, max_pending: int | None = None,
+                 backlog_wait_s: float | None = None):
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
         self.max_size = max_size
         self.max_wait_s = max_wait_s
+        self.backlog_wait_s = max_wait_s if backlog_wait_s is None else backlog_wait_s
         self.max_pending = max_pending if max_pending is not None else 4 * max_size
         self._items: list[T] = []
         self._first_at = 0.0
@@ -445,9 +454,12 @@ class MicroBatcher(Generic[T]):
             await self._added.wait()
         # After a full batch (a backlog) the wait also counts from now: records come in
         # fetch-sized bursts, and a batch cut at the burst's tail is a small one.
-        since = max(self._first_at, time.monotonic()) if self._backlog else self._first_at
+        if self._backlog:
+            since, wait = max(self._first_at, time.monotonic()), self.backlog_wait_s
+        else:
+            since, wait = self._first_at, self.max_wait_s
         while len(self._items) < self.max_size:
-            left = since + self.max_wait_s - time.monotonic()
+            left = since + wait - time.monotonic()
             if left <= 0:
                 break
             if not await wait_signal(self._added, left):

@@ -333,6 +333,30 @@ async def test_after_a_full_batch_the_wait_counts_from_the_take_not_from_the_old
     assert time.monotonic() - t0 < 0.05
 
 
+async def test_the_wait_after_a_full_batch_is_its_own() -> None:
+    """A short wait for a batch that starts from nothing, a longer one after a full batch:
+    each bounds its own case."""
+    import asyncio
+    import time
+
+    b: st.MicroBatcher[int] = st.MicroBatcher(max_size=4, max_wait_s=0.01,
+                                              backlog_wait_s=0.3)
+    b.put(1)
+    t0 = time.monotonic()
+    assert await b.get() == [1]  # from nothing: out after max_wait_s
+    assert time.monotonic() - t0 < 0.2
+    for i in range(5):
+        b.put(i)
+    assert await b.get() == [0, 1, 2, 3]  # full: a backlog
+    asked = time.monotonic()
+    getter = asyncio.ensure_future(b.get())
+    await asyncio.sleep(0.1)
+    assert not getter.done()  # the backlog wait, not max_wait_s
+    assert await asyncio.wait_for(getter, 1) == [4]
+    assert 0.25 < time.monotonic() - asked < 0.8
+    assert st.MicroBatcher(4, 0.02).backlog_wait_s == 0.02  # one wait unless given two
+
+
 def test_an_answer_behind_the_pruned_horizon_is_marked_stale_not_passed_as_live() -> None:
     live = LiveStreams(partitions=1, stopped_horizon=10)
     live.start(1, "a", 0)
