@@ -73,8 +73,8 @@ def bench_service_command(
                                       "(same shape and cost as a trained one)."),
     steps: int = typer.Option(40, help="Steps replayed for the throughput runs."),
     latency_steps: int = typer.Option(60, help="Steps replayed for the latency run (after "
-                                      "the throughput slice; drained once for its own "
-                                      "capacity, then paced at half of it)."),
+                                      "the throughput slice; drained --repeat times for "
+                                      "its own capacity, then paced at half the best)."),
     from_step: int | None = typer.Option(None, help="First step (default: the middle)."),
     repeat: int = typer.Option(2, min=1, help="Drains per service variant, alternating; "
                                "the best is reported (the least disturbed by other jobs)."),
@@ -91,10 +91,11 @@ def bench_service_command(
     Each worker first reads --warm-steps steps without requests (the windows of a whole
     run), then drains a slice of steps as a backlog: with the model; with the fake scorer
     (a); onnxruntime alone on the same requests (b); a Faust app that only consumes (c).
-    Then the next --latency-steps: drained once for their own capacity, then paced at half
-    of it: produce-to-publish p50/p99 from the produced_ms header, over the whole steady
-    run and per 5-s window. The share of answers from the popularity fallback is given with
-    every figure. Uses LIVERANK_KAFKA_BOOTSTRAP if set, else starts an embedded tansu.
+    Then the next --latency-steps: drained --repeat times for their own capacity, then
+    paced at half the best: produce-to-publish p50/p99 from the produced_ms header, over
+    the whole steady run and per 5-s window. The share of answers from the popularity
+    fallback is given with every figure. Uses LIVERANK_KAFKA_BOOTSTRAP if set, else starts
+    an embedded tansu.
     """
     import json
 
@@ -206,8 +207,9 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
                   CONSUME_ONLY: consume_cpu * 2}
         main = rates[SERVICE]
         # Half of the capacity on the steps it is paced on: a slice's cost per request
-        # follows the daily cycle of live candidates (1.4-2x between the throughput slice
-        # and the next 60 steps), so half of another slice's figure is another load.
+        # follows the daily cycle of live candidates (session 9: the next 60 steps drained
+        # at 5.9-6.5k answers/s where the 40 before drained 7.0-7.6k), so half of another
+        # slice's figure is another load.
         lat_part = _part(ds, lo + steps, lo + steps + latency_steps - 1, warm_steps, base)
         capacity = max(_drain(base, lat_part, model, work, "onnx-latency-slice")[0]
                        for _ in range(repeat))  # the best, as for the throughput slice
@@ -650,7 +652,7 @@ def latency_figures(produced_ms: Any, published_ms: Any, warm_ms: int = LATENCY_
                     window_s: float = LATENCY_WINDOW_S) -> dict[str, Any]:
     """p50/p99 produce-to-publish of the answers produced after the first ``warm_ms``, and
     p99 per ``window_s`` window of produce time: one figure over a whole run hides whether
-    a tail is steady or one stall (a 1.6-s steady window gave p99 59-166 ms for the same
+    a tail is steady or one stall (a 1.6-s steady window gave p99 59-722 ms for the same
     code, docs/results.md)."""
     import numpy as np
 
