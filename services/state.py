@@ -455,7 +455,7 @@ class MicroBatcher(Generic[T]):
         # After a full batch (a backlog) the wait also counts from now: records come in
         # fetch-sized bursts, and a batch cut at the burst's tail is a small one.
         if self._backlog:
-            since, wait = max(self._first_at, time.monotonic()), self.backlog_wait_s
+            since, wait = time.monotonic(), self.backlog_wait_s  # never before _first_at
         else:
             since, wait = self._first_at, self.max_wait_s
         while len(self._items) < self.max_size:
