@@ -265,6 +265,23 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+# A backlog's producer waits this long for a batch to fill (librdkafka's default is 5 ms).
+BACKLOG_LINGER_MS = 200
+
+
+def backlog_producer_config(settings: Settings) -> dict[str, Any]:
+    """`producer_config` for a producer that sends a backlog as fast as it can (a replay at
+    ``--speed max``), where no message waits for its own delivery: a long linger, so each
+    partition's batch fills. With 5 ms a replay producing ~24k messages/s over 8
+    partitions sent batches of ~15 messages, thousands per partition; on tansu every fetch
+    lists all of a partition's batches (`liverank.broker.tansu`), so a worker's fetches
+    kept paying for them long after the replay ended (docs/results.md, session 10: the
+    broker's CPU while a worker reads a 540k-watch preload 64-84% -> 23-43%). On Kafka:
+    fewer, larger produce requests, the usual throughput setting."""
+    return {**producer_config(settings), "linger.ms": BACKLOG_LINGER_MS,
+            "batch.num.messages": 100_000}
+
+
 def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
     """A consumer; without ``group_id`` it is meant for ``assign()`` (no group join, no commits).
 

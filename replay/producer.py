@@ -721,7 +721,10 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
                             block_size=kwargs.pop("block_size", BLOCK_EVENTS))
     try:
         kf.ensure_topics(settings)
-        producer = Producer(kf.producer_config(settings))
+        # At max speed (no pace, no rate) the whole timeline is a backlog: full batches.
+        backlog = speed is None and per_s is None
+        producer = Producer(kf.backlog_producer_config(settings) if backlog
+                            else kf.producer_config(settings))
         # Connected (and holding its idempotent producer id) before the first record is
         # stamped with produced_ms: otherwise ~0.5 s of connecting counts as service
         # latency.

@@ -52,6 +52,9 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.scoring = Histogram("liverank_scoring_seconds", "Scorer time per micro-batch.",
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.model_runs = Counter("liverank_model_runs", "Model runs (one per scored batch) "
+                                  "by where they ran: the event loop when no input was "
+                                  "waiting, else the scoring thread.", ["on"], registry=r)
         self.watermark_wait = Histogram("liverank_watermark_wait_seconds", "Time a batch "
                                         "waited for stream watermarks.",
                                         buckets=LATENCY_BUCKETS, registry=r)

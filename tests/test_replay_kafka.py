@@ -127,3 +127,30 @@ def test_bench_replay_runs_and_reports(tiny, tmp_path: Path,  # type: ignore[no-
     assert figures["events"] == len(tl)
     assert figures["messages"] == len(tl) + tl.counts()["watermark"] * 2 + 3  # 3 partitions
     assert figures["ratio"] > 0 and "ratio replay/raw" in result.output
+
+
+def test_a_max_speed_replay_fills_its_batches_and_a_paced_one_does_not_linger(
+        kafka_settings: Settings, tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """At max speed the whole timeline is a backlog: the producer waits for full batches
+    (`kf.backlog_producer_config`); a replay at an even rate keeps the short linger, since
+    each of its messages is stamped with produced_ms when handed over."""
+    import confluent_kafka
+
+    real = confluent_kafka.Producer
+    configs: list[dict] = []  # type: ignore[type-arg]
+
+    def recording(conf: dict) -> confluent_kafka.Producer:  # type: ignore[type-arg]
+        configs.append(conf)
+        return real(conf)
+
+    monkeypatch.setattr(confluent_kafka, "Producer", recording)
+    tl = build_timeline(tiny, to_step=40)
+    assert replay_to_kafka(tl, kafka_settings).ok
+    assert configs[-1]["linger.ms"] == kf.BACKLOG_LINGER_MS > kf.producer_config(
+        kafka_settings)["linger.ms"]
+    assert configs[-1]["batch.num.messages"] >= 100_000
+    paced = kafka_settings.model_copy(update={"topic_prefix": kafka_settings.topic_prefix
+                                              + "paced."})
+    assert replay_to_kafka(tl, paced, rate=50_000.0).ok
+    assert configs[-1]["linger.ms"] == kf.producer_config(paced)["linger.ms"]
+    assert "batch.num.messages" not in configs[-1]

@@ -29,7 +29,7 @@ from liverank.model.data.live import LiveStreams
 from liverank.model.data.synth import generate
 from liverank.model.data.twitch import Interactions
 from liverank.model.features import ItemIndex, TimeEncoding
-from liverank.model.scorer import ModelScorer
+from liverank.model.scorer import ModelScorer, RankRequest
 from liverank.services.app import SEAL_KEY, Service
 from liverank.services.state import UserWindows, answer_batch, plan_batch
 from liverank.services.testing import FakeScorer, MemoryPublisher, load_fake_model, write_fake_model
@@ -453,20 +453,46 @@ class ThreadNotingScorer(ModelScorer):
 
 async def test_only_the_models_run_leaves_the_event_loop_and_answers_stay_the_offline_ones(
         ) -> None:
-    """A model's inputs are built and its scores ranked on the event loop; only the run goes
-    to the scoring thread (in the thread, the Python steps waited for the GIL behind the
+    """A model's inputs are built and its scores ranked on the event loop; only the run may
+    go to the scoring thread (in the thread, the Python steps waited for the GIL behind the
     loop: `Scoring`). The answers are still those of `scorer.rank` offline."""
     stream, _ = split_timeline(tl.build_timeline(tiny()))
     names = [e.streamer for e in stream if isinstance(e, ev.StreamStart)]
     scorer = ThreadNotingScorer(names)
     svc, pub, stream, users, n_req = await serve_tiny(scorer)
-    assert scorer.threads["inputs"] == {threading.current_thread().name}
-    assert len(scorer.threads["forward"]) == 1
-    assert scorer.threads["forward"].pop().startswith("liverank-scorer")
+    loop_thread = threading.current_thread().name
+    assert scorer.threads["inputs"] == {loop_thread}
+    assert scorer.threads["forward"] and all(
+        t == loop_thread or t.startswith("liverank-scorer") for t in scorer.threads["forward"])
     ref = await offline_answers(stream, users, ThreadNotingScorer(names))
     want = {r.request_id: (r.items, r.fallback) for r in ref}
     got = {r.request_id: (r.items, r.fallback) for r in decoded(pub, RECS, ev.Recommendation)}
     assert got == want and sum(not fb for _, fb in got.values()) > n_req // 2
+
+
+async def test_the_model_runs_in_the_thread_only_while_input_is_waiting() -> None:
+    """With records waiting in the batcher the run goes to the scoring thread (the loop
+    prepares them meanwhile); with none it runs on the loop, sparing the thread's GIL
+    hand-overs. Both give the offline ranking, and the metric says where each ran."""
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    names = sorted({e.streamer for e in stream if isinstance(e, ev.StreamStart)})
+    window = [(names[0], 1), (names[1], 2)]
+    requests = [RankRequest(window, 3, names), RankRequest(window[:1], 4, names[:5])]
+    want = ThreadNotingScorer(names).rank(requests, 3)
+    scorer = ThreadNotingScorer(names)
+    svc, _ = service(scorer)
+    loop_thread = threading.current_thread().name
+
+    assert await svc._rank(scorer, requests, 3) == want
+    assert scorer.threads["forward"] == {loop_thread}
+    assert metric(svc, "liverank_model_runs_total", on="loop") == 1
+
+    scorer.threads["forward"].clear()
+    svc._batcher.put(users[0])  # input waiting for the next batch
+    assert await svc._rank(scorer, requests, 3) == want
+    (thread,) = scorer.threads["forward"]
+    assert thread != loop_thread and thread.startswith("liverank-scorer")
+    assert metric(svc, "liverank_model_runs_total", on="thread") == 1
 
 
 class FailingScorer(FakeScorer):
