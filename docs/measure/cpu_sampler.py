@@ -5,7 +5,7 @@
 
 Every second, one JSON line: the time, and for each thread that used CPU since the last
 line, ``kind|pid|thread-name:tid`` -> percent of one core. Kinds: ``tansu``, ``worker``
-(a ``serve`` process), ``driver`` (``liverank bench`` or a script named in DRIVERS).
+(a ``serve`` process), ``driver`` (``liverank bench`` or a script under docs/measure).
 A worker's main thread (the event loop) is the one whose tid is its pid.
 """
 
@@ -14,8 +14,10 @@ import os
 import sys
 import time
 
+from liverank.cli.bench_soak import parse_cpu_ticks
+
 HZ = os.sysconf("SC_CLK_TCK")
-DRIVERS = ("liverank bench", "latdump", "drainab")
+DRIVERS = ("liverank bench", "docs/measure/")
 
 
 def kinds() -> dict[str, str]:
@@ -41,9 +43,9 @@ def thread_ticks(pid: str) -> dict[str, int]:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 stat = f.read()
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2 :].split()
-            out[f"{name}:{tid}"] = int(fields[11]) + int(fields[12])  # utime + stime
+            ticks = parse_cpu_ticks(stat)  # a thread's stat reads like a process's
+            if ticks is not None:
+                out[f"{stat[stat.index('(') + 1 : stat.rindex(')')]}:{tid}"] = ticks
     except OSError:
         pass  # the process ended
     return out
