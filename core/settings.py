@@ -84,9 +84,9 @@ class Settings(BaseSettings):
         "is away); past it a restart may repeat an answer that differs from the first."
     )
     window_cache: int = Field(
-        4096, ge=0, description="Decoded user windows a worker keeps in memory, least "
-        "recently used dropped first (~6 KB each at 24 entries; 0: read every window from "
-        "the table store)."
+        16384, ge=0, description="Decoded user windows a worker keeps in memory, least "
+        "recently used dropped first (~6 KB each at 24 entries, ~100 MB at the default; 0: "
+        "read every window from the table store)."
     )
     batch_size: int = Field(256, ge=1, description="Largest micro-batch of requests scored.")
     batch_wait_ms: float = Field(

@@ -145,6 +145,7 @@ class TorchScorer(ModelScorer):
         super().__init__(index, model.cfg.window_len, enc, version)
         self.model = model
         self.threads = threads
+        self.probe_shared_candidates()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, threads: int | None = None) -> TorchScorer:

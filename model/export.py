@@ -48,8 +48,8 @@ PARITY_TOLERANCE = 1e-4
 INPUT_SHAPES = {
     "items": ["batch", "window_len"], "watch_time": ["batch", "window_len", 2],
     "query_time": ["batch", "window_len", 2], "gaps": ["batch", "window_len", "window_len"],
-    "cand_items": ["batch", "candidates"], "cand_repeat": ["batch", "candidates", 2],
-}
+    "cand_items": ["cand_rows", "candidates"], "cand_repeat": ["batch", "candidates", 2],
+}  # cand_rows: the batch, or 1 when every request has the same candidates (broadcast)
 
 
 class ExportError(ValueError):
@@ -92,7 +92,7 @@ def write_onnx(model: SeqRec, path: Path) -> None:
     example = random_inputs(model, TimeEncoding(), batch=3, candidates=5,
                             rng=np.random.default_rng(0))
     axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in INPUT_NAMES}
-    axes["cand_items"] = {0: "batch", 1: "candidates"}
+    axes["cand_items"] = {0: "cand_rows", 1: "candidates"}  # or one row for all: broadcast
     axes["cand_repeat"] = {0: "batch", 1: "candidates"}
     axes[OUTPUT_NAME] = {0: "batch", 1: "candidates"}
     with warnings.catch_warnings():
@@ -115,11 +115,20 @@ def parity(model: SeqRec, path: Path, rounds: int = 4, seed: int = 1) -> float:
         inputs = random_inputs(model, TimeEncoding(), batch=[1, 7, 32, 64][r % 4],
                                candidates=[3, 50, 300, 1000][r % 4], rng=rng,
                                empty_rows=1)
-        want = _torch_scores(model, inputs)
-        (got,) = session.run([OUTPUT_NAME], {n: inputs[n] for n in names})
-        if not np.isfinite(got).all():
-            raise FloatingPointError(f"{path}: onnxruntime produced non-finite scores")
-        worst = max(worst, float(np.abs(got - want).max()))
+        # Each batch twice: a candidate row per request, and the first row given once for
+        # all (the serving form when requests share their live streams: `shared_candidates`).
+        shared = {**inputs, "cand_items": inputs["cand_items"][:1]}
+        repeated = {**inputs, "cand_items": np.repeat(shared["cand_items"], len(inputs[
+            "items"]), axis=0)}
+        for feed in (inputs, shared):
+            want = _torch_scores(model, inputs if feed is inputs else repeated)
+            (got,) = session.run([OUTPUT_NAME], {n: feed[n] for n in names})
+            if not np.isfinite(got).all():
+                raise FloatingPointError(f"{path}: onnxruntime produced non-finite scores")
+            if got.shape != want.shape:
+                raise ExportError(f"{path}: onnxruntime gave scores of shape {got.shape}, "
+                                  f"torch {want.shape}")
+            worst = max(worst, float(np.abs(got - want).max()))
     return worst
 
 

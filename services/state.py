@@ -159,7 +159,9 @@ class UserWindows:
     def history(self, key: bytes, before_seq: int) -> list[tuple[str, int]]:
         """The last ``length`` watches with seq below ``before_seq``, oldest first."""
         window = self.get(key)
-        end = bisect.bisect_left(window, before_seq, key=lambda e: e.seq)
+        end = len(window)
+        if end and window[-1].seq >= before_seq:  # not after all of them: search
+            end = bisect.bisect_left(window, before_seq, key=lambda e: e.seq)
         return [(e.streamer, e.step) for e in window[max(0, end - self.length):end]]
 
     def flush(self, write: Callable[[bytes, bytes], None] | None = None) -> int:

@@ -17,8 +17,14 @@ from liverank.model.data.split import time_split
 from liverank.model.data.synth import generate
 from liverank.model.evaluate import iter_requests
 from liverank.model.export import export, random_inputs
-from liverank.model.features import INPUT_NAMES, TimeEncoding
-from liverank.model.scorer import ModelDirError, OnnxScorer, RankRequest, rank_scored
+from liverank.model.features import INPUT_NAMES, ItemIndex, TimeEncoding
+from liverank.model.scorer import (
+    ModelDirError,
+    ModelScorer,
+    OnnxScorer,
+    RankRequest,
+    rank_scored,
+)
 from liverank.model.train import configs, train
 from liverank.services.testing import FakeScorer
 
@@ -192,3 +198,85 @@ def test_scoring_in_steps_is_rank_with_only_the_model_run_in_forward(
     job = scorer.scoring(mixed, 10)
     job.forward()
     assert job.ranked() == rank_scored(job.scored(), 10)
+
+
+def test_requests_sharing_live_streams_give_the_model_one_candidate_row(
+        tiny: object, exported: tuple[Path, Path]) -> None:
+    """An exported model broadcasts one candidate row over its batch: the scorer finds that
+    out at load, then runs a chunk per candidate set with ``cand_items`` of shape (1, C),
+    and ranks exactly as with a row per request (the form every model takes)."""
+    split = time_split(tiny, **OFFSETS)
+    requests = [r for _, r, _ in iter_requests(tiny, split.pivot_2, split.max_step, 40)][:300]
+    shared, rowwise = OnnxScorer(exported[1]), OnnxScorer(exported[1])
+    assert shared.shared_candidates and rowwise.shared_candidates
+    rowwise.shared_candidates = False
+    shapes: list[tuple[int, int, int]] = []
+    model_run = shared._forward
+
+    def noting(x: dict[str, np.ndarray]) -> np.ndarray:
+        shapes.append((len(x["items"]), *x["cand_items"].shape))
+        return model_run(x)
+
+    shared._forward = noting  # type: ignore[method-assign]
+    shared.max_batch = 16
+    assert shared.rank(requests, 10) == rowwise.rank(requests, 10)
+    sets = {tuple(r.candidates) for r in requests if r.window and r.candidates}
+    assert len(sets) > 1 and len(shapes) >= len(sets)  # a run per candidate set at least
+    assert all(rows == 1 and b <= 16 for b, rows, _ in shapes)
+    assert sum(b for b, _, _ in shapes) == sum(1 for r in requests if r.window and r.candidates)
+    for a, b in zip(shared.score_all(requests), rowwise.score_all(requests), strict=True):
+        assert a.streamers == b.streamers and np.array_equal(a.scores, b.scores)
+    torch_scorer = TorchScorer.from_checkpoint(exported[0])
+    assert torch_scorer.shared_candidates
+    assert [r.streamers for r in torch_scorer.rank(requests, 10)] == [
+        r.streamers for r in rowwise.rank(requests, 10)]
+
+
+class _RowPerRequestModel(ModelScorer):
+    """A model that scores a candidate by its id and its request's last window item, the
+    way a graph without broadcasting would: ``refuse`` raises on one candidate row,
+    otherwise it gives (1, C) scores for it."""
+
+    def __init__(self, names: list[str], refuse: bool) -> None:
+        super().__init__(ItemIndex(tuple(names), np.ones(len(names), dtype=np.int64)), 4,
+                         TimeEncoding(), "rows-1")
+        self.refuse = refuse
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        cands = inputs["cand_items"]
+        if self.refuse and len(cands) != len(inputs["items"]):
+            raise RuntimeError("Got invalid dimensions for input: cand_items")
+        return (cands * 0.5 + inputs["items"][: len(cands), -1:] * 0.01).astype(np.float32)
+
+
+@pytest.mark.parametrize("refuse", [True, False])
+def test_a_model_that_does_not_broadcast_candidates_keeps_a_row_per_request(
+        refuse: bool, caplog: pytest.LogCaptureFixture) -> None:
+    names = [f"s{i}" for i in range(8)]
+    scorer = _RowPerRequestModel(names, refuse)
+    with caplog.at_level("WARNING", logger="liverank.model.scorer"):
+        assert scorer.probe_shared_candidates() is False
+    assert not scorer.shared_candidates
+    assert "a row per request" in caplog.text and "rows-1" in caplog.text
+    requests = [RankRequest([(names[i], 5)], 9, names[:6]) for i in range(4)]
+    out = scorer.rank(requests, 3)
+    assert [r.streamers for r in out] == [["s5", "s4", "s3"]] * 4
+    # Forced on anyway, the model's refusal or scores of the wrong shape stop the batch
+    # (the shapes named), never a wrong list.
+    scorer.shared_candidates = True
+    with pytest.raises(RuntimeError if refuse else ValueError,
+                       match="invalid dimensions" if refuse
+                       else r"shape \(1, 6\) for 4 requests of 6 candidates"):
+        scorer.rank(requests, 3)
+
+
+def test_export_parity_covers_the_one_candidate_row_form(exported: tuple[Path, Path]
+                                                         ) -> None:
+    import onnx
+
+    graph = onnx.load(str(exported[1] / "model.onnx")).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in graph.input}
+    assert dims["cand_items"][0] == "cand_rows" and dims["items"][0] == "batch"
+    meta = json.loads((exported[1] / "model.json").read_text())
+    assert meta["inputs"]["cand_items"] == ["cand_rows", "candidates"]

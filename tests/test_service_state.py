@@ -63,6 +63,8 @@ def test_window_is_idempotent_ordered_and_bounded() -> None:
     assert not w.add_watch(b"7", entry(40))
     assert w.history(b"7", 55) == [("s30", 3), ("s40", 4), ("s50", 5)]  # last 3 below 55
     assert w.history(b"7", 20) == []
+    assert w.history(b"7", 60) == [("s30", 3), ("s40", 4), ("s50", 5)]  # not 60 itself
+    assert w.history(b"7", 61) == [("s40", 4), ("s50", 5), ("s60", 6)]  # after them all
     assert w.flush() == 1 and store.writes == 1  # seven changes, one write
     assert st.decode_window(store[b"7"]) == w.get(b"7")
     assert w.flush() == 0
