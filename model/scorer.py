@@ -272,7 +272,8 @@ class ModelScorer(BaseScorer):
     def probe_shared_candidates(self) -> bool:
         """Run the model on three requests twice, the candidate row repeated and given once;
         `shared_candidates` holds when both give the same scores (exported graphs broadcast
-        the candidates' batch axis; a graph that does not keeps a row per request)."""
+        the candidates' batch axis; a graph that does not keeps a row per request). A model
+        that cannot score the repeated rows either raises: it cannot serve at all."""
         names = self.index.names[:6]
         window = [(n, 10 * i) for i, n in enumerate(names)]
         cands = [*names[::2], "\x00probe-unknown"]
@@ -281,8 +282,8 @@ class ModelScorer(BaseScorer):
         sets = [self.candidates(cands)] * len(requests)
         tiled = self.inputs(requests, sets, share=False)
         self.shared_candidates = False
+        want = self._forward(tiled)
         try:
-            want = self._forward(tiled)
             got = self._forward({**tiled, "cand_items": tiled["cand_items"][:1]})
             same = got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-5,
                                                                 atol=1e-6))
@@ -505,7 +506,11 @@ class OnnxScorer(ModelScorer):
             raise ModelDirError(f"{self.model_dir}/model.onnx: unexpected inputs "
                                 f"{sorted(unknown)}")
         self._input_names = names  # the exporter drops inputs a model ignores
-        self.probe_shared_candidates()
+        try:
+            self.probe_shared_candidates()
+        except Exception as exc:  # loaded, but cannot score: refuse it like a broken file
+            raise ModelDirError(f"{self.model_dir}/model.onnx: onnxruntime cannot score "
+                                f"three probe requests: {exc}") from exc
         logger.info("loaded model dir=%s version=%s items=%d window_len=%d threads=%d "
                     "shared_candidates=%s", self.model_dir, self.version, index.n_items,
                     self.window_len, threads, self.shared_candidates)

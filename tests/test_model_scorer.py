@@ -237,12 +237,14 @@ class _RowPerRequestModel(ModelScorer):
     way a graph without broadcasting would: ``refuse`` raises on one candidate row,
     otherwise it gives (1, C) scores for it."""
 
-    def __init__(self, names: list[str], refuse: bool) -> None:
+    def __init__(self, names: list[str], refuse: bool, broken: bool = False) -> None:
         super().__init__(ItemIndex(tuple(names), np.ones(len(names), dtype=np.int64)), 4,
                          TimeEncoding(), "rows-1")
-        self.refuse = refuse
+        self.refuse, self.broken = refuse, broken
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.broken:
+            raise RuntimeError("Non-zero status code returned while running Gather node")
         cands = inputs["cand_items"]
         if self.refuse and len(cands) != len(inputs["items"]):
             raise RuntimeError("Got invalid dimensions for input: cand_items")
@@ -280,3 +282,22 @@ def test_export_parity_covers_the_one_candidate_row_form(exported: tuple[Path, P
     assert dims["cand_items"][0] == "cand_rows" and dims["items"][0] == "batch"
     meta = json.loads((exported[1] / "model.json").read_text())
     assert meta["inputs"]["cand_items"] == ["cand_rows", "candidates"]
+
+
+def test_a_model_that_cannot_score_at_all_is_not_taken_for_one_without_broadcast() -> None:
+    """The probe's first run (a row per request) is not guarded: a model that fails it
+    fails its load, loudly, rather than loading with a warning about broadcasting."""
+    scorer = _RowPerRequestModel([f"s{i}" for i in range(8)], refuse=False, broken=True)
+    with pytest.raises(RuntimeError, match="Gather node"):
+        scorer.probe_shared_candidates()
+    assert not scorer.shared_candidates
+
+
+def test_an_onnx_model_that_loads_but_cannot_score_is_refused_at_load(
+        exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails(self: OnnxScorer, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raise RuntimeError("Non-zero status code returned while running Gather node")
+
+    monkeypatch.setattr(OnnxScorer, "_forward", fails)
+    with pytest.raises(ModelDirError, match="cannot score three probe requests.*Gather"):
+        OnnxScorer(exported[1])
