@@ -219,6 +219,7 @@ def test_requests_sharing_live_streams_give_the_model_one_candidate_row(
 
     shared._forward = noting  # type: ignore[method-assign]
     shared.max_batch = 16
+    shared.share_min_cells = 0  # tiny's sets are small: give every one its own row here
     assert shared.rank(requests, 10) == rowwise.rank(requests, 10)
     sets = {tuple(r.candidates) for r in requests if r.window and r.candidates}
     assert len(sets) > 1 and len(shapes) >= len(sets)  # a run per candidate set at least
@@ -301,3 +302,37 @@ def test_an_onnx_model_that_loads_but_cannot_score_is_refused_at_load(
     monkeypatch.setattr(OnnxScorer, "_forward", fails)
     with pytest.raises(ModelDirError, match="cannot score three probe requests.*Gather"):
         OnnxScorer(exported[1])
+
+
+class _BroadcastingModel(ModelScorer):
+    """Scores a candidate by its id and its request's last window item, broadcasting one
+    candidate row like an exported graph; notes each run's shapes."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(ItemIndex(tuple(names), np.ones(len(names), dtype=np.int64)), 4,
+                         TimeEncoding(), "broadcast-1")
+        self.runs: list[tuple[int, ...]] = []
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        self.runs.append((len(inputs["items"]), *inputs["cand_items"].shape))
+        return (inputs["cand_items"] * 0.5 + inputs["items"][:, -1:] * 0.01).astype(
+            np.float32)
+
+
+def test_only_sets_large_enough_get_a_run_of_their_own() -> None:
+    """Sharing a row saves (requests - 1) x candidates gathered vectors; a set below
+    `share_min_cells` rides with the other small ones, a row per request (a chunk of its
+    own cost more than it saved on the demo's small log)."""
+    names = [f"s{i:03d}" for i in range(300)]
+    scorer = _BroadcastingModel(names)
+    assert scorer.probe_shared_candidates() and scorer.share_min_cells == 8192
+    big, small_a, small_b = names[:200], names[:10], names[5:30]
+    requests = ([RankRequest([(names[i], 5)], 9, big) for i in range(50)]  # 49 x 200 = 9,800
+                + [RankRequest([(names[i], 5)], 8, small_a) for i in range(3)]
+                + [RankRequest([(names[i], 5)], 7, small_b) for i in range(2)])
+    requests = requests[::2] + requests[1::2]  # the sets interleaved in the batch
+    scorer.runs.clear()
+    got = scorer.rank(requests, 5)
+    assert sorted(scorer.runs) == [(5, 5, 25), (50, 1, 200)]
+    scorer.shared_candidates = False
+    assert got == scorer.rank(requests, 5)  # the same lists a row per request gives
