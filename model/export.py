@@ -117,9 +117,9 @@ def parity(model: SeqRec, path: Path, rounds: int = 4, seed: int = 1) -> float:
                                empty_rows=1)
         # Each batch twice: a candidate row per request, and the first row given once for
         # all (the serving form when requests share their live streams: `shared_candidates`).
-        shared = {**inputs, "cand_items": inputs["cand_items"][:1]}
-        repeated = {**inputs, "cand_items": np.repeat(shared["cand_items"], len(inputs[
-            "items"]), axis=0)}
+        first = inputs["cand_items"][:1]
+        shared = {**inputs, "cand_items": first}
+        repeated = {**inputs, "cand_items": np.repeat(first, len(inputs["items"]), axis=0)}
         for feed in (inputs, shared):
             want = _torch_scores(model, inputs if feed is inputs else repeated)
             (got,) = session.run([OUTPUT_NAME], {n: feed[n] for n in names})

@@ -338,9 +338,10 @@ class ModelScorer(BaseScorer):
             groups, rest = [], []
             for rows in _rows_by_set([sets[i] for i in todo]).values():
                 members = [todo[j] for j in rows]
-                cells = (len(members) - 1) * len(sets[members[0]].names)
-                (groups.append(members) if cells >= self.share_min_cells
-                 else rest.extend(members))
+                if (len(members) - 1) * len(sets[members[0]].names) >= self.share_min_cells:
+                    groups.append(members)
+                else:
+                    rest.extend(members)
             if rest:
                 groups.append(sorted(rest))
         for chunk in (g[lo : lo + self.max_batch] for g in groups
