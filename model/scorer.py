@@ -259,13 +259,15 @@ class ModelScorer(BaseScorer):
     # broadcast over the batch) and scores it as it scores that row repeated: then a chunk
     # holds the requests of one candidate set and the model gathers C item vectors instead
     # of B x C (the largest cost of a run with a thousand live streams: a batch of 42
-    # requests 1.8 against 3.0 ms). Set by `probe_shared_candidates`, never assumed.
+    # requests x 1,310 streams 2.23 against 4.85 ms, docs/service.md). Set by
+    # `probe_shared_candidates`, never assumed.
     shared_candidates = False
     # A candidate set gets a chunk (and a model run) of its own only when sharing its row
     # saves at least this many gathered item vectors, (requests - 1) x candidates: a chunk
     # costs ~0.3 ms of inputs and a run's fixed cost, a gathered vector ~0.05 us. Sets below
     # it go together, a row per request, as before (the demo's `small` log, ~9 requests a
-    # step and 39 live streams: a chunk per set ranked 12.3k requests/s, together 13.9k).
+    # step and 39 live streams: a chunk per set ranked 10.8-11.5k requests/s, a row per
+    # request 12.5-13.7k; docs/service.md).
     share_min_cells = 8192
 
     def __init__(self, index: ItemIndex, window_len: int, time: TimeEncoding,
