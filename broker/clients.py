@@ -1,4 +1,5 @@
-"""The worker's librdkafka clients: the answer publisher and the stream-events feed.
+"""The worker's librdkafka clients: the answer publisher, the stream-events feed and the
+user-events reader.
 
 Both are plain confluent-kafka with a thread each (librdkafka releases the GIL while it
 waits), handing results to the asyncio loop; no faust import. Tests hand the worker an
@@ -10,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import (
@@ -251,6 +253,215 @@ class StreamFeed:
             self._on_failure(exc)
         finally:
             self._slots.release()
+
+
+# --- the input partitions a worker owns -----------------------------------------------------------
+# (partition, offset, key, value, headers, timestamp ms) of one record read
+Read = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]], int | None]
+
+
+class PartitionReader:
+    """Reads the partitions of ``topic`` it is told to, with librdkafka in a thread, from the
+    consumer group's committed offsets, and hands them to the event loop in batches, at most
+    a few queued (backpressure: ``deliver`` may wait). It never joins the group (the Faust
+    worker's consumer owns membership, assignment and commits) and never commits.
+
+    Why not Faust's fetcher: records crossed aiokafka's thread in Python, and the worker's
+    per-answer cost and latency tail were mostly that path (docs/service.md, "Reading
+    user-events"). librdkafka fetches and parses in C without the GIL.
+
+    `assign` and `revoke` are called on the loop and carried out in the reader's thread
+    between two fetches (all librdkafka calls stay in one thread). Each call gives the
+    partitions a new epoch; a record is delivered only if its partition's epoch is still
+    the one it was read under, so nothing read before a revocation (or before a partition
+    was taken away and given back) reaches ``deliver`` afterwards: the next owner, or this
+    worker again, reads it from the committed offset. ``started(partition, offset)`` is
+    called on the loop with the offset a partition's reading starts at (-1: the group had
+    committed nothing, it starts at the partition's beginning)."""
+
+    def __init__(self, settings: Settings, topic: str, group: str,
+                 deliver: Callable[[list[Read]], Awaitable[None]],
+                 started: Callable[[int, int], None],
+                 on_failure: Callable[[BaseException], None], batch: int = 1000):
+        self.topic, self.group = topic, group
+        # assign() only, never subscribe(): the group id is for reading its committed offsets.
+        self._config = {**kafka.consumer_config(settings, group), "enable.auto.commit": False,
+                        "enable.partition.eof": False,
+                        "fetch.wait.max.ms": int(settings.fetch_wait_ms)}
+        self._timeout_s = settings.kafka_timeout_s
+        self._deliver, self._started = deliver, started
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_failure, self._batch = on_failure, batch
+        self._epochs: dict[int, int] = {}  # the loop's: partition -> epoch of its last call
+        self._reading: dict[int, int] = {}  # the thread's: partition -> epoch it reads under
+        self._commands: queue.SimpleQueue[tuple[str, dict[int, int]]] = queue.SimpleQueue()
+        self._slots = threading.Semaphore(4)
+        self._handed: asyncio.Queue[tuple[list[Read], list[int]] | None] = asyncio.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liverank-user-reader",
+                                        daemon=True)
+        self._pump: asyncio.Future[None] | None = None
+
+    # --- on the event loop ---
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pump = asyncio.ensure_future(self._hand_on(), loop=loop)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self._pump is not None:
+            self._pump.cancel()
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Read ``partitions`` from the group's committed offsets (again, if read already)."""
+        self._command("assign", partitions)
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Stop reading ``partitions``; nothing read of them so far is delivered."""
+        self._command("revoke", partitions)
+
+    @property
+    def partitions(self) -> set[int]:
+        """The partitions being read (or about to be), as the loop last said."""
+        return {p for p, e in self._epochs.items() if e > 0}
+
+    def _command(self, what: str, partitions: Iterable[int]) -> None:
+        epochs = {}
+        for p in partitions:
+            epoch = abs(self._epochs.get(p, 0)) + 1
+            self._epochs[p] = epoch if what == "assign" else -epoch  # < 0: not read
+            epochs[p] = epoch
+        if epochs:
+            self._commands.put((what, epochs))
+
+    async def _hand_on(self) -> None:
+        try:
+            while True:
+                got = await self._handed.get()
+                if got is None:
+                    return
+                records, epochs = got
+                try:
+                    current = self._epochs
+                    fresh = [r for r, e in zip(records, epochs, strict=True)
+                             if current.get(r[0]) == e]
+                    if fresh:
+                        await self._deliver(fresh)
+                finally:
+                    self._slots.release()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # records not delivered: the worker cannot go on
+            logger.error("user reader could not deliver records topic=%s error=%s",
+                         self.topic, exc)
+            self._stop.set()
+            self._on_failure(exc)
+
+    def _hand_over(self, records: list[Read], epochs: list[int]) -> None:
+        self._handed.put_nowait((records, epochs))
+
+    def _started_at(self, partition: int, epoch: int, offset: int) -> None:
+        if self._epochs.get(partition) == epoch:  # not revoked again meanwhile
+            self._started(partition, offset)
+
+    # --- in the reader's thread ---
+    def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            self._read(loop)
+        except Exception as exc:  # a reader that stopped must not look like an idle one
+            logger.error("user reader stopped topic=%s error=%r", self.topic, exc)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._on_failure, exc)
+
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        errors = RateLimitedLog(logger, 10.0)
+        consumer = Consumer(self._config)
+        logger.info("user reader started topic=%s group=%s", self.topic, self.group)
+        pending: list[tuple[str, dict[int, int]]] = []
+        try:
+            while not self._stop.is_set():
+                while True:
+                    try:
+                        pending.append(self._commands.get_nowait())
+                    except queue.Empty:
+                        break
+                try:
+                    while pending:
+                        self._carry_out(consumer, *pending[0])
+                        pending.pop(0)
+                except (KafkaException, TimeoutError) as exc:  # the broker is away: retry
+                    errors.warning("user reader cannot (re)assign topic=%s error=%s",
+                                   self.topic, exc)
+                    self._stop.wait(0.5)
+                    continue
+                if not self._reading:
+                    self._stop.wait(0.02)
+                    continue
+                try:
+                    msgs = consume_now(consumer, self._batch, 0.1)
+                except KafkaException as exc:
+                    errors.warning("user reader error topic=%s error=%s", self.topic, exc)
+                    self._stop.wait(1.0)
+                    continue
+                records: list[Read] = []
+                epochs: list[int] = []
+                reading = self._reading
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:  # librdkafka retries by itself; say so once in a while
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            errors.warning("user reader error topic=%s error=%s",
+                                           self.topic, err)
+                        continue
+                    p = int(m.partition() or 0)
+                    epoch = reading.get(p)
+                    if epoch is None:
+                        continue  # revoked since it was fetched
+                    kind, ts = m.timestamp()
+                    records.append((p, int(m.offset() or 0), m.key(), m.value(),
+                                    list(m.headers() or []),  # type: ignore[arg-type]
+                                    ts if kind else None))
+                    epochs.append(epoch)
+                if records:
+                    while not self._slots.acquire(timeout=0.5):
+                        if self._stop.is_set():
+                            return
+                    loop.call_soon_threadsafe(self._hand_over, records, epochs)
+        finally:
+            consumer.close()
+
+    def _carry_out(self, consumer: Consumer, what: str, epochs: dict[int, int]) -> None:
+        if what == "revoke":
+            gone = [p for p in epochs if p in self._reading]
+            if gone:
+                consumer.incremental_unassign([KafkaPartition(self.topic, p) for p in gone])
+            for p in gone:
+                del self._reading[p]
+            return
+        # Given back or assigned again: start over from the committed offset.
+        again = [p for p in epochs if p in self._reading]
+        if again:
+            consumer.incremental_unassign([KafkaPartition(self.topic, p) for p in again])
+            for p in again:
+                del self._reading[p]
+        done = consumer.committed([KafkaPartition(self.topic, p) for p in epochs],
+                                  self._timeout_s)
+        starts = {tp.partition: tp.offset for tp in done}
+        for tp in done:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        consumer.incremental_assign([
+            KafkaPartition(self.topic, p, o if o >= 0 else OFFSET_BEGINNING)
+            for p, o in starts.items()])
+        loop = self._loop
+        assert loop is not None
+        for p, epoch in epochs.items():
+            self._reading[p] = epoch
+            loop.call_soon_threadsafe(self._started_at, p, epoch, max(starts[p], -1))
 
 
 # --- how far the consumer group may still read back -----------------------------------------------

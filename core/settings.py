@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         20.0, ge=0, description="Longest a consumer fetch waits at the broker for new data "
         "(tansu answers a fetch only when it expires; Faust's own default is 1500 ms)."
     )
+    user_reader: Literal["librdkafka", "faust"] = Field(
+        "librdkafka", description="What reads user-events in a worker: its own librdkafka "
+        "reader (partitions as Faust assigns them, from the group's committed offsets), or "
+        "Faust's aiokafka fetcher (slower: docs/service.md, Reading user-events)."
+    )
     progress_timeout_s: float = Field(
         60.0, gt=0, description="A worker with lag that finishes no batch for this long is "
         "not ready; one whose queued events wait this long with nothing in flight is not live."

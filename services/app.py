@@ -54,7 +54,9 @@ from liverank.broker.clients import (
     KafkaPublisher,
     Offsets,
     Outgoing,
+    PartitionReader,
     Publisher,
+    Read,
     StreamFeed,
     lag_of,
 )
@@ -306,7 +308,22 @@ class Service:
         self.app.on_partitions_assigned.connect(self._on_assigned)
         faustcompat.set_fetch_wait(consumer, settings.fetch_wait_ms)
         faustcompat.deliver_without_tasks(consumer)
-        faustcompat.deliver_directly(self.app, self.topics[kafka.USER_EVENTS], self._deliver)
+        user_events = self.topics[kafka.USER_EVENTS]
+        # user-events read by the worker's own librdkafka reader (docs/service.md, Reading
+        # user-events), or by Faust's fetcher (``user_reader="faust"``; Faust's test
+        # context, where no consumer runs, always).
+        self.reader: PartitionReader | None = None
+        if guard_consumer and settings.user_reader == "librdkafka":
+            faustcompat.fetch_elsewhere(consumer, user_events)
+            faustcompat.follow_pauses(consumer, user_events, self._pause_reading,
+                                      self._resume_reading)
+            self.reader = PartitionReader(settings, user_events, self.app.conf.id,
+                                          self._deliver_read, self._reading_from,
+                                          self._feed_failed)
+            self._make_event = faustcompat.event_maker(self.app)
+            self._user_tps = {p: TP(user_events, p) for p in range(settings.partitions)}
+        faustcompat.deliver_directly(self.app, user_events,
+                                     None if self.reader is not None else self._deliver)
         faustcompat.recovered(self.app)  # fails now, not at the first /health, if missing
         faustcompat.heal_local_state(self.app)  # a store its changelog contradicts: wiped
         self._floor_seq: dict[int, int] = {}  # user-events partition -> committed seq
@@ -344,6 +361,8 @@ class Service:
         shutdown."""
         loop = asyncio.get_running_loop()
         settings = self.settings
+        if self.reader is not None:
+            self.reader.start(loop)
         if not self.publisher_ready.is_set():
             # Connected (idempotent producer id included) before the first answer: measured
             # on tansu, the first answers otherwise waited ~0.5-1 s in librdkafka while the
@@ -364,6 +383,8 @@ class Service:
         try:
             await asyncio.Event().wait()  # until the app stops and cancels this task
         finally:
+            if self.reader is not None:
+                self.reader.stop()
             if self.feed is not None:
                 self.feed.stop()
             if self._group_reader is not None:
@@ -480,6 +501,9 @@ class Service:
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
         if self._owned is not None:
             self._owned.revoked(args[0])
+        if self.reader is not None:  # Faust pauses them too (`_pause_reading`): either stops
+            topic = self.topics[kafka.USER_EVENTS]
+            self.reader.revoke(tp.partition for tp in args[0] if tp.topic == topic)
         self._restart_partitions(args[0])
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
@@ -500,6 +524,34 @@ class Service:
                 self._progress.pop(tp.partition, None)
         if self.pushes is not None:
             self.pushes.forget(tp.partition for tp in tps if tp.topic == topic)
+
+    # --- the worker's own reader of user-events ----------------------------------------------
+    def _pause_reading(self, partitions: set[int]) -> None:
+        """Faust paused input partitions (a rebalance begins): nothing more of them."""
+        assert self.reader is not None
+        self.reader.revoke(partitions)
+
+    def _resume_reading(self, partitions: set[int]) -> None:
+        """Faust resumed input partitions: they are assigned and their tables recovered
+        (Faust resumes them only then), so read them from the group's committed offsets.
+        Owned from now on: the assignment signal (`_on_assigned`) comes earlier, this makes
+        sure no record read is taken for one of a partition taken away."""
+        assert self.reader is not None
+        if self._owned is not None:
+            self._owned.assigned(self._user_tps[p] for p in partitions)
+        self.reader.assign(partitions)
+
+    def _reading_from(self, partition: int, offset: int) -> None:
+        """The reader starts ``partition`` at ``offset`` (-1: nothing committed, from the
+        partition's start): the first record the guard expects."""
+        self.gaps.starts_at(self._user_tps[partition], offset if offset >= 0 else None)
+
+    async def _deliver_read(self, records: list[Read]) -> None:
+        """Records of the reader: as Faust events, each to `_enqueue` (in offset order per
+        partition, as Faust's fetcher delivered them)."""
+        make, tps, enqueue = self._make_event, self._user_tps, self._enqueue
+        for partition, offset, key, value, headers, timestamp_ms in records:
+            await enqueue(make(tps[partition], offset, key, value, headers, timestamp_ms))
 
     # --- stream events ---------------------------------------------------------------------
     def on_stream_records(self, records: Iterable[tuple[int, int, bytes]]) -> None:
@@ -531,9 +583,10 @@ class Service:
 
     # --- user events -----------------------------------------------------------------------
     async def _recommend(self, stream: Any) -> None:
-        """The agent: starts `_process`. Records reach `_deliver` straight from the
-        consumer (`faustcompat.deliver_directly`); the agent's own stream carries only what
-        Faust's test context puts on it."""
+        """The agent: starts `_process`. Records reach `_enqueue` from the worker's own
+        reader (`_deliver_read`), or with ``user_reader="faust"`` `_deliver` straight from
+        Faust's consumer (`faustcompat.deliver_directly`); the agent's own stream carries
+        only what Faust's test context puts on it."""
         manual = stream.noack()  # acked once the broker has the answers (`OrderedAcks`)
         worker = self._processing = asyncio.ensure_future(self._process())
         try:
@@ -551,8 +604,11 @@ class Service:
         owned = self._owned
         if owned is not None and event.message.tp not in owned:
             return  # revoked while in flight: its new owner has it
+        await self._enqueue(event)
+
+    async def _enqueue(self, event: Any) -> None:
         batcher = self._batcher
-        if owned is not None and (gap := self.gaps.check(event)) is not None:
+        if self._owned is not None and (gap := self.gaps.check(event)) is not None:
             back = await asyncio.get_running_loop().run_in_executor(
                 None, self.gaps.read_back, gap)
             if not back:

@@ -19,7 +19,7 @@ import logging
 import shutil
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from typing import Any
@@ -162,7 +162,7 @@ def deliver_without_tasks(consumer: Any) -> None:
 
 # --- one topic's records straight to the service, past Faust's channels and streams ---------
 def deliver_directly(app: faust.App, topic: str,
-                     deliver: Callable[[faust.types.EventT], Awaitable[None]]) -> None:
+                     deliver: Callable[[faust.types.EventT], Awaitable[None]] | None) -> None:
     """Hand every record of ``topic`` to ``deliver`` as a raw Faust ``Event``, from the
     consumer's fetch loop, instead of Faust's conductor -> channel queue -> stream -> agent
     path. Why: the service does its own micro-batching and acking; that path cost ~18% of
@@ -172,7 +172,11 @@ def deliver_directly(app: faust.App, topic: str,
     record is kept: wait while the flow is suspended (a rebalance), drop records fetched in
     an earlier consumer generation, track the record as unacked (so Faust's rebalance waits
     for it), and the event acks through ``Event.ack`` as before. Other topics (changelogs)
-    keep Faust's path."""
+    keep Faust's path.
+
+    ``deliver`` None: the topic is read elsewhere (`fetch_elsewhere`), and a record of it
+    that Faust's fetcher hands over all the same is dropped untracked, so it never enters
+    Faust's offset bookkeeping (the service's reader delivers it)."""
     consumer = app.consumer
     original = require(consumer, "callback", "deliver_directly")
     unacked = require(consumer, "_unacked_messages", "deliver_directly")
@@ -184,6 +188,11 @@ def deliver_directly(app: faust.App, topic: str,
     async def on_message(message: Any) -> Any:  # the name deliver_without_tasks expects
         if message.topic != topic:
             return await original(message)
+        if deliver is None:
+            logger.warning("fetched by Faust though read elsewhere, dropped topic=%s "
+                           "partition=%d offset=%d", message.topic, message.partition,
+                           message.offset)
+            return None
         await acquire()  # suspended while partitions move
         if message.generation_id != app.consumer_generation_id:
             return None  # fetched before a rebalance: Faust's streams skip these too
@@ -193,6 +202,98 @@ def deliver_directly(app: faust.App, topic: str,
         return None
 
     consumer.callback = on_message  # type: ignore[attr-defined]
+
+
+# --- one topic read by the service's own librdkafka reader, not by Faust's fetcher -----------
+def fetch_elsewhere(consumer: Any, topic: str) -> None:
+    """Keep ``topic`` in the group's subscription (its partitions are assigned with the
+    tables' changelog partitions, co-partitioned) but never fetch it with aiokafka: the
+    service reads it itself (`liverank.broker.clients.PartitionReader`). Why: records
+    crossed aiokafka's thread in Python, ~30% of a worker's GIL-held time draining a
+    twitch100k slice (docs/service.md, "Reading user-events").
+
+    aiokafka's subscription pauses the topic's partitions in the same call that assigns
+    them (``SubscriptionState.assign_from_subscribed``, in the consumer's thread), before
+    its fetcher can see them; Faust only pauses and resumes partitions in its own active
+    set, never in aiokafka. Faust's check that every assigned partition is being fetched
+    (``verify_event_path``) is skipped for the topic: the service's own progress checks
+    cover it."""
+    thread = require(consumer, "_thread", "fetch_elsewhere")
+    create = require(thread, "_create_worker_consumer", "fetch_elsewhere")
+    verify = require(consumer, "verify_event_path", "fetch_elsewhere")
+
+    def create_pausing(transport: Any) -> Any:
+        client = create(transport)
+        subscription = require(client, "_subscription", "fetch_elsewhere")
+        assign = require(subscription, "assign_from_subscribed", "fetch_elsewhere")
+        require(subscription, "pause", "fetch_elsewhere")
+
+        def assign_paused(assignment: Any) -> None:
+            assign(assignment)
+            for tp in assignment:
+                if tp.topic == topic:
+                    subscription.pause(tp)
+
+        subscription.assign_from_subscribed = assign_paused
+        return client
+
+    def verify_other_topics(now: float, tp: TP) -> None:
+        if tp.topic != topic:
+            verify(now, tp)
+
+    thread._create_worker_consumer = create_pausing
+    consumer.verify_event_path = verify_other_topics
+
+
+def follow_pauses(consumer: Any, topic: str, paused: Callable[[set[int]], None],
+                  resumed: Callable[[set[int]], None]) -> None:
+    """Call ``paused`` / ``resumed`` with the partitions of ``topic`` whenever Faust pauses
+    or resumes them (``Consumer.pause_partitions`` / ``resume_partitions``): Faust pauses
+    every assigned partition when a rebalance starts and resumes the input partitions once
+    table recovery is complete, which is when a reader of the topic may deliver them."""
+    pause = require(consumer, "pause_partitions", "follow_pauses")
+    resume = require(consumer, "resume_partitions", "follow_pauses")
+
+    def of_topic(tps: Iterable[TP]) -> tuple[list[TP], set[int]]:
+        tps = list(tps)
+        return tps, {tp.partition for tp in tps if tp.topic == topic}
+
+    def pause_partitions(tps: Iterable[TP]) -> None:
+        tps, mine = of_topic(tps)
+        pause(tps)
+        if mine:
+            paused(mine)
+
+    def resume_partitions(tps: Iterable[TP]) -> None:
+        tps, mine = of_topic(tps)
+        resume(tps)
+        if mine:
+            resumed(mine)
+
+    consumer.pause_partitions = pause_partitions
+    consumer.resume_partitions = resume_partitions
+
+
+def event_maker(app: faust.App) -> Callable[..., faust.types.EventT]:
+    """``make(tp, offset, key, value, headers, timestamp_ms)``: a record read outside Faust
+    as the ``Event`` Faust's fetcher would have made of it, of the current consumer
+    generation: tracked as unacked (a rebalance waits for it) and acked through
+    ``Event.ack`` into Faust's offset bookkeeping, which commits it."""
+    unacked = require(app.consumer, "_unacked_messages", "event_maker")
+    require(app, "consumer_generation_id", "event_maker")
+    message_of, event_of = faust.types.ConsumerMessage, faust.Event
+
+    def make(tp: TP, offset: int, key: bytes | None, value: bytes | None,
+             headers: list[tuple[str, bytes]], timestamp_ms: int | None) -> Any:
+        message = message_of(
+            tp.topic, tp.partition, offset,
+            timestamp_ms / 1000 if timestamp_ms is not None else None,  # type: ignore[arg-type]
+            0, headers, key, value, None, tp=tp, generation_id=app.consumer_generation_id)
+        message.tracked = True
+        unacked.add(message)
+        return event_of(app, key, value, headers, message)
+
+    return make
 
 
 # --- offsets Faust skips or acks by itself ---------------------------------------------------

@@ -103,6 +103,15 @@ class GapGuard:
             self.last_seen.pop(tp, None)
             self.since[tp] = now
 
+    def starts_at(self, tp: TP, offset: int | None) -> None:
+        """The next record of ``tp`` comes from ``offset`` (the worker's own reader starts
+        there; None: the start of the partition, or Faust's committed offset)."""
+        if offset is None:
+            self.expected.pop(tp, None)
+        else:
+            self.expected[tp] = offset
+        self.since[tp] = time.monotonic()
+
     def check(self, event: Any) -> Gap | None:
         """The records missing before ``event`` (to read back and process first), if any."""
         msg = event.message

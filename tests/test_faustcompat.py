@@ -402,3 +402,117 @@ def test_a_partition_is_not_stalled_while_records_of_other_partitions_still_arri
     assert guard.stalled(quiet, committed=725, high=1174, idle_s=10, now=t0 + 59) is None
     gap = guard.stalled(quiet, committed=725, high=1174, idle_s=10, now=t0 + 61)  # all quiet
     assert gap is not None and (gap.first, gap.last) == (725, None)
+
+
+# --- user-events read by the service's own reader ------------------------------------------------
+async def test_a_topic_read_elsewhere_is_paused_in_aiokafka_in_the_call_that_assigns_it(
+        app: faust.App) -> None:
+    """`fetch_elsewhere`: the aiokafka consumer Faust creates pauses the topic's partitions
+    as they are assigned (its fetcher never asks for them); other topics are fetched; Faust's
+    check that assigned partitions are fetched skips the topic."""
+    from aiokafka.structs import TopicPartition as AioTP
+
+    consumer = app.consumer
+    checked: list[TP] = []
+    consumer.verify_event_path = lambda now, tp: checked.append(tp)
+    fc.fetch_elsewhere(consumer, "t.user-events")
+    client = consumer._thread._create_worker_consumer(app.transport)
+    try:
+        subscription = client._subscription
+        subscription.subscribe(topics={"t.user-events", "t.windows-changelog"})
+        mine = {AioTP("t.user-events", 0), AioTP("t.user-events", 1)}
+        other = AioTP("t.windows-changelog", 0)
+        subscription.assign_from_subscribed(mine | {other})
+        assert subscription.paused_partitions() == mine
+        assert subscription.assigned_partitions() == mine | {other}
+        subscription.assign_from_subscribed({AioTP("t.user-events", 2), other})  # rebalance
+        assert subscription.paused_partitions() == {AioTP("t.user-events", 2)}
+    finally:
+        await client.stop()
+    consumer.verify_event_path(0.0, TP("t.user-events", 0))
+    consumer.verify_event_path(0.0, TP("t.windows-changelog", 0))
+    assert checked == [TP("t.windows-changelog", 0)]
+
+
+def test_reading_elsewhere_refuses_a_consumer_it_cannot_keep_from_fetching() -> None:
+    class Thread:  # a Faust whose consumer thread no longer creates aiokafka this way
+        pass
+
+    class Consumer:
+        _thread = Thread()
+
+        def verify_event_path(self, now: float, tp: TP) -> None: ...
+
+    with pytest.raises(fc.FaustCompatError, match="_create_worker_consumer.*fetch_elsewhere"):
+        fc.fetch_elsewhere(Consumer(), "t.user-events")
+
+
+def test_pauses_and_resumes_of_the_topic_are_followed_and_faust_still_keeps_its_own(
+        app: faust.App) -> None:
+    consumer = app.consumer
+    consumer._active_partitions = set()  # as after an assignment
+    paused: list[set[int]] = []
+    resumed: list[set[int]] = []
+    fc.follow_pauses(consumer, "t.user-events", paused.append, resumed.append)
+    u0, u1, c0 = TP("t.user-events", 0), TP("t.user-events", 1), TP("t.changelog", 0)
+    consumer.pause_partitions([u0, u1, c0])  # a rebalance begins
+    assert paused == [{0, 1}] and consumer._paused_partitions == {u0, u1, c0}
+    consumer.resume_partitions([c0])  # recovery reads the changelog
+    assert resumed == []
+    consumer.resume_partitions({u1})  # recovery done: the input partitions resume
+    assert resumed == [{1}] and consumer._paused_partitions == {u0}
+    assert u1 in consumer._active_partitions
+
+
+def test_following_pauses_refuses_a_consumer_without_them() -> None:
+    class Consumer:  # pauses, but resumes under another name
+        def pause_partitions(self, tps: Any) -> None: ...
+
+    with pytest.raises(fc.FaustCompatError, match="resume_partitions.*follow_pauses"):
+        fc.follow_pauses(Consumer(), "t.user-events", print, print)
+
+
+def test_a_record_read_elsewhere_is_a_tracked_event_acked_into_faust_s_offsets(
+        app: faust.App) -> None:
+    consumer = app.consumer
+    app.topics._acking_topics.add("t.user-events")  # as for a topic an agent reads
+    app.consumer_generation_id = 4
+    make = fc.event_maker(app)
+    tp = TP("t.user-events", 2)
+    event = make(tp, 17, b"k", b"v", [("produced_ms", b"1")], 1_700_000_000_000)
+    m = event.message
+    assert (m.topic, m.partition, m.offset, m.tp, m.generation_id) == (
+        "t.user-events", 2, 17, tp, 4)
+    assert (event.key, event.value, m.headers) == (b"k", b"v", [("produced_ms", b"1")])
+    assert m.timestamp == 1_700_000_000.0 and m.tracked and m in consumer._unacked_messages
+    assert make(tp, 18, None, None, [], None).message.timestamp is None
+    event.ack()
+    assert m not in consumer._unacked_messages and list(consumer._acked[tp]) == [17]
+    assert consumer._new_offset(tp) == 18  # what Faust's next commit writes
+
+
+def test_event_maker_refuses_a_consumer_without_its_unacked_set(app: faust.App) -> None:
+    del app.consumer._unacked_messages
+    with pytest.raises(fc.FaustCompatError, match="_unacked_messages.*event_maker"):
+        fc.event_maker(app)
+
+
+async def test_a_record_of_a_topic_read_elsewhere_is_dropped_untracked_if_faust_fetched_it(
+        app: faust.App, caplog: pytest.LogCaptureFixture) -> None:
+    consumer = app.consumer
+    faust_path: list[Any] = []
+
+    async def original(message: Any) -> None:
+        faust_path.append(message)
+
+    consumer.callback = original
+    fc.deliver_directly(app, "t.user-events", None)
+    app.flow_control.resume()
+    mine = faust.types.ConsumerMessage("t.user-events", 0, 5, 0.0, 0, {}, b"7", b"raw", None)
+    other = faust.types.ConsumerMessage("t.changelog", 0, 6, 0.0, 0, {}, b"7", b"raw", None)
+    with caplog.at_level(logging.WARNING):
+        await consumer.callback(mine)
+        await consumer.callback(other)
+    assert faust_path == [other] and not mine.tracked
+    assert mine not in consumer._unacked_messages
+    assert "fetched by Faust though read elsewhere" in caplog.text

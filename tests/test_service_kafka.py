@@ -253,11 +253,15 @@ def request_ids(models: Models) -> set[str]:
     return {f"req:{r}" for r in range(len(models.data))}
 
 
+@pytest.mark.parametrize("reader", ["librdkafka", "faust"])
 def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
         models: Models, kafka_settings: Settings, kafka_broker_kind: str, tmp_path: Path,
-        workers: list[Worker]) -> None:
+        workers: list[Worker], reader: str) -> None:
+    """With the worker's own reader of user-events (the default) and with Faust's fetcher
+    (``user_reader="faust"``, the fallback)."""
     kafka.ensure_topics(kafka_settings)
-    worker = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path).start()
+    worker = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
+                    user_reader=reader).start()
     workers.append(worker)
     worker.wait_ready()
     ready, live = worker.health("/readyz"), worker.health("/livez")
@@ -301,6 +305,9 @@ def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
     assert 'liverank_dead_letters_total{reason="undecodable"' in text
     assert "liverank_late_requests_total 0.0" in text
     assert "faust_" in text  # Faust's own sensors in the same registry
+    log = worker.tail() + worker.log.read_text(errors="replace")
+    assert ("user reader started" in log) == (reader == "librdkafka"), log[-2000:]
+    assert "fetched by Faust though read elsewhere" not in log
 
 
 def test_pushes_on_live_change_equal_the_offline_computation(
