@@ -9,6 +9,7 @@ in-memory `Publisher` instead (from `liverank.services.testing`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import queue
@@ -315,8 +316,9 @@ class PartitionReader:
             self._pump.cancel()
 
     def assign(self, partitions: Iterable[int]) -> None:
-        """Read ``partitions`` from the group's committed offsets (again, if read already)."""
-        self._command("assign", partitions)
+        """Read ``partitions`` from the group's committed offsets; one read already and not
+        revoked since goes on where it is (nothing moved it)."""
+        self._command("assign", [p for p in partitions if self._epochs.get(p, 0) <= 0])
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Stop reading ``partitions``; nothing read of them so far is delivered."""
@@ -351,8 +353,6 @@ class PartitionReader:
                         await self._deliver(fresh)
                 finally:
                     self._slots.release()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # records not delivered: the worker cannot go on
             logger.error("user reader could not deliver records topic=%s error=%s",
                          self.topic, exc)
@@ -374,7 +374,7 @@ class PartitionReader:
             self._read(loop)
         except Exception as exc:  # a reader that stopped must not look like an idle one
             logger.error("user reader stopped topic=%s error=%r", self.topic, exc)
-            if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # a closed loop: the worker is gone
                 loop.call_soon_threadsafe(self._on_failure, exc)
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:

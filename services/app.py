@@ -321,7 +321,7 @@ class Service:
                                           self._deliver_read, self._reading_from,
                                           self._feed_failed)
             self._make_event = faustcompat.event_maker(self.app)
-            self._user_tps = {p: TP(user_events, p) for p in range(settings.partitions)}
+            self._user_tps = _Partitions(user_events)
         faustcompat.deliver_directly(self.app, user_events,
                                      None if self.reader is not None else self._deliver)
         faustcompat.recovered(self.app)  # fails now, not at the first /health, if missing
@@ -1037,6 +1037,19 @@ class Service:
         self.windows.length = self._window_len()
         self.windows.capacity = max(self.windows.capacity,
                                     self.windows.length + self.settings.window_slack)
+
+
+class _Partitions(dict[int, TP]):
+    """partition -> the topic's `TP`, made once (a topic may have more partitions than
+    `Settings.partitions` says: it is only what topics are created with)."""
+
+    def __init__(self, topic: str):
+        super().__init__()
+        self.topic = topic
+
+    def __missing__(self, partition: int) -> TP:
+        tp = self[partition] = TP(self.topic, partition)
+        return tp
 
 
 def _freeze_heap() -> None:

@@ -107,3 +107,22 @@ async def test_at_most_limit_batches_are_in_flight() -> None:
     assert b.acked == [0, 1, 2]
     with pytest.raises(ValueError, match="limit"):
         OrderedAcks(0, b.failed)
+
+
+async def test_delivered_batches_are_acked_at_once_not_one_per_loop_turn() -> None:
+    """200 batches delivered while the first was still out: once it arrives, all 200 are
+    acked within a couple of loop turns (a chain of tasks, each awaiting the one before,
+    needed a turn per batch, and a worker whose loop turns seldom piled them up)."""
+    b = Batches()
+    acks: OrderedAcks[int] = OrderedAcks(1000, b.failed)
+    for n in range(200):
+        await acks.submit(lambda n=n: b.deliver(n), b.ack)
+    await settle()
+    for n in range(1, 200):
+        b.gates[n].set_result(n)
+    await settle()
+    assert b.acked == [] and acks.unacked == 200
+    b.gates[0].set_result(0)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert b.acked == list(range(200)) and acks.unacked == 0 and acks.in_flight == 0

@@ -92,6 +92,9 @@ async def test_assigned_partitions_are_read_in_order_from_the_groups_committed_o
         _produce(kafka_settings, topic, {1: 2})  # records after the start keep coming
         await h.until(lambda: len(h.offsets(1)) == 7)
         assert h.offsets(1) == list(range(7))
+        h.reader.assign({0})  # resumed again without a pause: nothing moved, nothing re-read
+        await asyncio.sleep(0.5)
+        assert h.offsets(0) == list(range(7, 12)) and len(h.starts) == 2
     finally:
         h.reader.stop()
     assert not h.failures
