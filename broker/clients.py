@@ -297,7 +297,7 @@ class PartitionReader:
         self._reading: dict[int, int] = {}  # the thread's: partition -> epoch it reads under
         self._commands: queue.SimpleQueue[tuple[str, dict[int, int]]] = queue.SimpleQueue()
         self._slots = threading.Semaphore(4)
-        self._handed: asyncio.Queue[tuple[list[Read], list[int]] | None] = asyncio.Queue()
+        self._handed: asyncio.Queue[tuple[list[Read], list[int]]] = asyncio.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liverank-user-reader",
                                         daemon=True)
@@ -341,10 +341,7 @@ class PartitionReader:
     async def _hand_on(self) -> None:
         try:
             while True:
-                got = await self._handed.get()
-                if got is None:
-                    return
-                records, epochs = got
+                records, epochs = await self._handed.get()
                 try:
                     current = self._epochs
                     fresh = [r for r, e in zip(records, epochs, strict=True)
@@ -442,7 +439,8 @@ class PartitionReader:
             for p in gone:
                 del self._reading[p]
             return
-        # Given back or assigned again: start over from the committed offset.
+        # Assigned again without a revoke in between (`assign` skips partitions being read,
+        # so only if commands were lost): librdkafka refuses to assign a partition twice.
         again = [p for p in epochs if p in self._reading]
         if again:
             consumer.incremental_unassign([KafkaPartition(self.topic, p) for p in again])

@@ -309,9 +309,9 @@ class Service:
         faustcompat.set_fetch_wait(consumer, settings.fetch_wait_ms)
         faustcompat.deliver_without_tasks(consumer)
         user_events = self.topics[kafka.USER_EVENTS]
-        # user-events read by the worker's own librdkafka reader (docs/service.md, Reading
-        # user-events), or by Faust's fetcher (``user_reader="faust"``; Faust's test
-        # context, where no consumer runs, always).
+        # user-events read by Faust's fetcher (the default; always in Faust's test context,
+        # where no consumer runs), or by the worker's own librdkafka reader
+        # (``user_reader="librdkafka"``, docs/service.md, Reading user-events).
         self.reader: PartitionReader | None = None
         if guard_consumer and settings.user_reader == "librdkafka":
             faustcompat.fetch_elsewhere(consumer, user_events)
@@ -583,10 +583,10 @@ class Service:
 
     # --- user events -----------------------------------------------------------------------
     async def _recommend(self, stream: Any) -> None:
-        """The agent: starts `_process`. Records reach `_enqueue` from the worker's own
-        reader (`_deliver_read`), or with ``user_reader="faust"`` `_deliver` straight from
-        Faust's consumer (`faustcompat.deliver_directly`); the agent's own stream carries
-        only what Faust's test context puts on it."""
+        """The agent: starts `_process`. Records reach `_deliver` straight from Faust's
+        consumer (`faustcompat.deliver_directly`), or with ``user_reader="librdkafka"``
+        `_enqueue` from the worker's own reader (`_deliver_read`); the agent's own stream
+        carries only what Faust's test context puts on it."""
         manual = stream.noack()  # acked once the broker has the answers (`OrderedAcks`)
         worker = self._processing = asyncio.ensure_future(self._process())
         try:

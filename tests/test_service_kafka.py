@@ -257,8 +257,8 @@ def request_ids(models: Models) -> set[str]:
 def test_every_request_answered_once_with_live_streams_sorted_and_as_offline(
         models: Models, kafka_settings: Settings, kafka_broker_kind: str, tmp_path: Path,
         workers: list[Worker], reader: str) -> None:
-    """With the worker's own reader of user-events (the default) and with Faust's fetcher
-    (``user_reader="faust"``, the fallback)."""
+    """With Faust's fetcher of user-events (the default) and with the worker's own reader
+    (``user_reader="librdkafka"``, opt-in)."""
     kafka.ensure_topics(kafka_settings)
     worker = Worker(kafka_settings, kafka_broker_kind, models.v1, tmp_path,
                     user_reader=reader).start()
