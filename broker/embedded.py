@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -210,6 +211,7 @@ class EmbeddedBroker:
     tls_front: TlsFront | None = field(default=None, repr=False)
     tansu_port: int | None = None  # tansu's own port when it is not ``port`` (TLS)
     authentication: bool = False
+    log_path: Path | None = None  # every line tansu writes, when given (`start`)
 
     @property
     def bootstrap(self) -> str:
@@ -228,8 +230,12 @@ class EmbeddedBroker:
               tls_cert: str | os.PathLike[str] | None = None,
               tls_key: str | os.PathLike[str] | None = None,
               authentication: bool = False,
-              users: Mapping[str, str] | None = None) -> EmbeddedBroker:
+              users: Mapping[str, str] | None = None,
+              log_path: str | os.PathLike[str] | None = None) -> EmbeddedBroker:
         """Start tansu on ``listen`` (port 0: a free port) and wait until it accepts clients.
+
+        ``log_path``: a file that gets every line tansu writes (a panic included); without
+        it only the last lines are kept, for errors, and the rest goes to DEBUG logging.
 
         ``tls_cert``/``tls_key`` (PEM files, both or neither): clients connect with TLS.
         ``authentication``: clients must log in with SASL SCRAM. ``users`` ({name: password})
@@ -273,7 +279,8 @@ class EmbeddedBroker:
                 front.stop()
             raise
         broker = cls(host, port, proc, tls_front=front, tansu_port=tansu_port,
-                     authentication=authentication)
+                     authentication=authentication,
+                     log_path=None if log_path is None else Path(log_path))
         threading.Thread(target=broker._drain, daemon=True, name="tansu-log").start()
         try:
             broker.wait_ready(timeout)
@@ -285,11 +292,17 @@ class EmbeddedBroker:
     def _drain(self) -> None:
         """Keep the pipe empty (a full pipe would block tansu) and the last lines for errors."""
         assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            self._log_tail.append(line)
-            del self._log_tail[:-20]
-            logger.debug("tansu: %s", line)
+        with contextlib.ExitStack() as stack:
+            # Line-buffered: what tansu wrote before it died is on disk when it is gone.
+            log = (None if self.log_path is None else
+                   stack.enter_context(open(self.log_path, "w", buffering=1)))
+            for raw in self.process.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                self._log_tail.append(line)
+                del self._log_tail[:-20]
+                logger.debug("tansu: %s", line)
+                if log is not None:
+                    log.write(line + "\n")
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -355,15 +368,16 @@ def embedded_broker(listen: str = "127.0.0.1:0", *,
         broker.stop()
 
 
-def configured_or_embedded(stack: contextlib.ExitStack) -> tuple[Settings, EmbeddedBroker | None]:
+def configured_or_embedded(stack: contextlib.ExitStack, log_path: str | os.PathLike[str] | None = None
+                           ) -> tuple[Settings, EmbeddedBroker | None]:
     """The settings of the configured broker (``LIVERANK_KAFKA_BOOTSTRAP``), or of an
     embedded tansu started on a free port and stopped with ``stack`` (returned too, so a
-    benchmark can watch its process)."""
+    benchmark can watch its process; ``log_path`` keeps its output)."""
     from liverank.core.settings import Settings, bootstrap_configured
 
     if bootstrap_configured():
         return Settings(), None
-    broker = stack.enter_context(EmbeddedBroker.start("127.0.0.1:0"))
+    broker = stack.enter_context(EmbeddedBroker.start("127.0.0.1:0", log_path=log_path))
     return Settings(kafka_bootstrap=broker.bootstrap, broker_kind="tansu"), broker
 
 

@@ -19,7 +19,8 @@
 5. Done when every request has an answer, or when none came for ``--stall-s``. Wall time =
    replay start to the last answer's publish time. ``summary.json`` and ``e2e.png``; then
    the workers stop and, on tansu (every record in memory), the run's topics are deleted:
-   the broker's RSS before and after is in the summary.
+   the broker's RSS before and after is in the summary. The embedded broker's output is
+   kept in ``OUT/tansu.log``; if it exits during the run, the run stops and says so.
 
 Uses LIVERANK_KAFKA_BOOTSTRAP if set (then no broker RSS), else an embedded tansu. Exits 1
 when a request was left unanswered.
@@ -275,7 +276,7 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
     model = opts.model or _model(SoakOptions(scale=opts.scale, out=out), ds)
     Worker = _worker_class(opts.store)  # noqa: N806 - a class
     with contextlib.ExitStack() as stack:
-        base, broker = configured_or_embedded(stack)
+        base, broker = configured_or_embedded(stack, log_path=out / "tansu.log")
         broker_pid = broker.process.pid if broker is not None else None
         settings = _fresh(base, "e2e")
         to_step = None if opts.steps is None else opts.steps - 1
@@ -311,6 +312,8 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
                 if w.proc.poll() is not None:
                     raise RuntimeError(f"a worker exited with {w.proc.returncode}; see "
                                        f"{w.log}")
+            if broker is not None and not broker.alive():
+                raise RuntimeError(_broker_gone(broker))
 
         report = replay_to_kafka(tl, settings, on_block=on_block)
         if not report.ok:
@@ -318,7 +321,7 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
         replay_s = time.monotonic() - t0
         sampler.requests_sent, sampler.phase = n_requests, "drain"
         typer.echo(f"replay: {report.messages:,} messages in {replay_s:.1f} s; draining")
-        stalled = _drain(counter, n_requests, workers, opts.stall_s, errors)
+        stalled = _drain(counter, n_requests, workers, opts.stall_s, errors, broker)
         time.sleep(1.0)  # the reader's last fetch
         sampler.stop()
         end = sampler.samples[-1]
@@ -328,7 +331,9 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
         by_worker = [w.metrics().get("answers") for w in workers]
         for w in workers:
             w.stop()
-        released, broker_after, by_topic = _release(opts, settings, broker_pid)
+        broker_exit = None if broker is None else broker.process.poll()
+        released, broker_after, by_topic = (
+            _release(opts, settings, broker_pid) if broker_exit is None else ([], None, {}))
     for i in range(opts.workers):  # the stores are a cache of changelogs that went too
         shutil.rmtree(out / f"w{i}" / "data", ignore_errors=True)
     summary = summarize(
@@ -336,7 +341,8 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
         rows=len(ds), steps=tl.last_step + 1, workers=opts.workers, store=opts.store,
         partitions=settings.partitions, model=str(model), replay_s=round(replay_s, 1),
         replay_messages=report.messages, stalled=stalled, reader_errors=errors,
-        worker_exit=[w.proc.returncode for w in workers], answers_by_worker=by_worker,
+        worker_exit=[w.proc.returncode for w in workers], broker_exit=broker_exit,
+        answers_by_worker=by_worker,
         topic_prefix=settings.topic_prefix,
         end_workers_rss_mb=_round(end.workers_rss_mb),
         end_broker_rss_mb=_round(end.broker_rss_mb), end_lag=lag_end,
@@ -426,14 +432,24 @@ def _settled_lag(workers: Sequence[Any], wait_s: float = 30.0) -> tuple[float | 
         time.sleep(1.0)
 
 
+def _broker_gone(broker: Any) -> str:
+    log = f"; its output: {broker.log_path}" if broker.log_path is not None else ""
+    return (f"the embedded broker exited with code {broker.process.returncode}: "
+            f"{broker.log_tail() or '(no output)'}{log}")
+
+
 def _drain(counter: AnswerCounter, n: int, workers: Sequence[Any], stall_s: float,
-           errors: list[str]) -> bool:
+           errors: list[str], broker: Any = None) -> bool:
     """Wait until ``n`` requests are answered; True when it stopped early (no new answer for
-    ``stall_s``, a worker or the reader died, or Ctrl-C)."""
+    ``stall_s``, a worker, the reader or the embedded ``broker`` died, or Ctrl-C)."""
     last, since = -1, time.monotonic()
     try:
         while counter.answered < n:
             if errors or any(w.proc.poll() is not None for w in workers):
+                return True
+            if broker is not None and not broker.alive():
+                logger.error("%s; %d of %d answered", _broker_gone(broker),
+                             counter.answered, n)
                 return True
             if counter.answered != last:
                 last, since = counter.answered, time.monotonic()
@@ -535,6 +551,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{s['peak_workers_rss_mb']}), broker RSS {s['end_broker_rss_mb']} MB (peak "
         f"{s['peak_broker_rss_mb']}), consumer lag {s['end_lag']} (after "
         f"{s['lag_settle_s']} s; {s['lag_at_last_answer']} at the last answer)",
+        *([f"the embedded broker exited with code {s['broker_exit']} before the end"]
+          if s.get("broker_exit") is not None else []),
         f"topics deleted {s['topics_released']}: broker RSS after "
         f"{s['broker_rss_mb_after_release']} MB; MB freed by topic "
         f"{s['broker_mb_freed_by_topic'] or '-'}",

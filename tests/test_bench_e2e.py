@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from liverank.cli.bench_e2e import CSV_FIELDS, AnswerCounter, E2EOptions, _Answer, run_e2e
+from liverank.cli.bench_e2e import (
+    CSV_FIELDS,
+    AnswerCounter,
+    E2EOptions,
+    _Answer,
+    _drain,
+    format_summary,
+    run_e2e,
+)
 from liverank.model.data.synth import generate
 from liverank.model.data.twitch import write_twitch
 
@@ -35,6 +43,43 @@ def test_answer_counter_counts_each_expected_request_once() -> None:
     assert counter.unexpected == 3  # req:2 was not sent, req:9 is out of range, junk
     assert list(counter.latency_ms) == [500.0, 500.0]
     assert counter.last_published_ms == 2_000
+
+
+def test_the_drain_stops_loudly_when_the_embedded_broker_exits(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A broker gone mid-run stops the wait at once (it used to sample 0 answers/s until the
+    stall timeout), naming its exit code and the file with its whole output."""
+    import time
+
+    from liverank.broker.embedded import EmbeddedBroker
+
+    log = tmp_path / "tansu.log"
+    broker = EmbeddedBroker.start("127.0.0.1:0", log_path=log)
+    try:
+        counter = AnswerCounter(np.ones(3, dtype=bool))
+        broker.process.kill()
+        t0 = time.monotonic()
+        with caplog.at_level("ERROR"):
+            stalled = _drain(counter, 3, [], stall_s=60.0, errors=[], broker=broker)
+        assert stalled and time.monotonic() - t0 < 5
+        assert f"exited with code {broker.process.returncode}" in caplog.text
+        assert str(log) in caplog.text and "0 of 3 answered" in caplog.text
+        assert "tansu broker" in log.read_text()  # what it wrote is on disk
+    finally:
+        broker.stop()
+
+
+def test_the_summary_says_when_the_broker_exited() -> None:
+    s = {"scale": "tiny", "data": "d", "requests": 3, "workers": 1, "store": "m",
+         "partitions": 8, "wall_s": 1.0, "answers_per_s": 1.0, "replay_messages": 9,
+         "replay_s": 0.1, "answered": 1, "unanswered": 2, "duplicates": 0,
+         "fallback_share": 0.0, "p50_ms": 1, "p99_ms": 2, "end_workers_rss_mb": 1,
+         "peak_workers_rss_mb": 1, "end_broker_rss_mb": 1, "peak_broker_rss_mb": 1,
+         "end_lag": None, "lag_settle_s": None, "lag_at_last_answer": None,
+         "topics_released": 0, "broker_rss_mb_after_release": None,
+         "broker_mb_freed_by_topic": {}}
+    assert "broker exited" not in format_summary({**s, "broker_exit": None})
+    assert "broker exited with code -9" in format_summary({**s, "broker_exit": -9})
 
 
 @pytest.fixture
@@ -63,6 +108,7 @@ def test_e2e_answers_every_request(on_session_broker: str, kafka_broker_kind: st
     assert summary["answered"] == rows and summary["unanswered"] == 0
     assert summary["duplicates"] == 0 and summary["unexpected_answers"] == 0
     assert summary["wall_s"] > 0 and not summary["stalled"]
+    assert summary["broker_exit"] is None
     assert 0 < summary["fallback_share"] < 1  # a user's first watch has no window yet
     # each worker of the group answered its share
     assert len(summary["answers_by_worker"]) == workers
