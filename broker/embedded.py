@@ -368,8 +368,9 @@ def embedded_broker(listen: str = "127.0.0.1:0", *,
         broker.stop()
 
 
-def configured_or_embedded(stack: contextlib.ExitStack, log_path: str | os.PathLike[str] | None = None
-                           ) -> tuple[Settings, EmbeddedBroker | None]:
+def configured_or_embedded(
+        stack: contextlib.ExitStack, log_path: str | os.PathLike[str] | None = None,
+) -> tuple[Settings, EmbeddedBroker | None]:
     """The settings of the configured broker (``LIVERANK_KAFKA_BOOTSTRAP``), or of an
     embedded tansu started on a free port and stopped with ``stack`` (returned too, so a
     benchmark can watch its process; ``log_path`` keeps its output)."""
