@@ -412,8 +412,13 @@ class EvenRateSink(ForwardingSink):
     ``tick_s`` > 0 hands messages over in ticks: the messages due within a tick go together
     at its end (each still stamped when handed over), so the producer sends a batch per
     partition and tick rather than one per message. On tansu a fetch costs in proportion
-    to the batches a partition holds (`liverank.broker.tansu.PACED_TICK_S`).
+    to the batches a partition holds (`liverank.broker.tansu.PACED_TICK_S`). While it waits
+    for the next tick it flushes the tick it handed over: librdkafka then sends the tick
+    at once rather than each partition's share when its ``linger.ms`` runs out, a few ms
+    apart, so a consumer's fetch does not cut a tick in two (docs/results.md, session 13).
     """
+
+    flush_ticks = True  # class attribute: the A/B of docs/results.md turns it off
 
     def __init__(self, producer: Any, per_s: float,
                  clock: Callable[[], float] = time.monotonic,
@@ -427,6 +432,7 @@ class EvenRateSink(ForwardingSink):
         self.wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self._t0: float | None = None
         self._sent = 0
+        self._unflushed = 0  # handed over since the last flush (tick mode)
 
     def produce(self, topic: str, value: Any = None, key: Any = None, partition: int = -1,
                 **kwargs: Any) -> None:
@@ -439,11 +445,16 @@ class EvenRateSink(ForwardingSink):
             due = now
         if self.tick_s:  # the end of the tick the message is due in
             due = self._t0 + math.ceil((due - self._t0) / self.tick_s - 1e-9) * self.tick_s
+        if self.tick_s and self._unflushed and self.flush_ticks and due > self.clock():
+            # The tick before is all handed over: send it now (delivery callbacks served).
+            self._unflushed = 0
+            self.producer.flush(max(0.0, due - self.clock()))
         while (wait := due - self.clock()) > 0:
             self.producer.poll(min(wait, 0.05))  # serves delivery callbacks while waiting
         kwargs["headers"] = [(PRODUCED_MS_HEADER, b"%d" % self.wall_ms())]
         self.producer.produce(topic, value, key, partition, **kwargs)
         self._sent += 1  # only once handed over: a refused message is retried at its slot
+        self._unflushed += 1
 
 
 def message_rate(tl: Timeline, partitions: int, requests_per_s: float) -> float:

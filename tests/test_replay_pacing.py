@@ -105,6 +105,49 @@ def test_even_rate_sink_in_ticks_hands_each_tick_over_together() -> None:
         assert msg.headers == [(PRODUCED_MS_HEADER, b"%d" % int(t * 1000))]
 
 
+class _FlushSink(_TimedSink):
+    """Records each flush: (time, messages handed over before it)."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__(clock)
+        self.flushes: list[tuple[float, int]] = []
+
+    def flush(self, timeout: float = 0) -> int:
+        self.flushes.append((self.clock.now, len(self.sent)))
+        return super().flush(timeout)
+
+
+@pytest.mark.parametrize("tick", [0.05, 0.0])
+def test_even_rate_sink_flushes_each_tick_before_waiting_for_the_next(tick: float) -> None:
+    """A whole tick goes to the broker at once (librdkafka would send each partition's share
+    when its linger ran out, a few ms apart, and a fetch could cut the tick in two); without
+    ticks nothing is flushed (the producer's linger batches a steady stream)."""
+    clock = _Clock()
+    inner = _FlushSink(clock)
+    sink = EvenRateSink(inner, per_s=1000.0, clock=clock, wall_ms=clock.wall_ms, tick_s=tick)
+    for i in range(300):
+        sink.produce("t", b"v%d" % i)
+    if not tick:
+        assert inner.flushes == []
+        return
+    at = np.array(inner.at)
+    ends = np.unique(at)  # the ticks' hand-over times
+    # one flush per tick after the first, right after that tick's last message was handed
+    # over and before the next tick's first
+    assert [n for _, n in inner.flushes] == [int(np.count_nonzero(at <= e)) for e in ends[:-1]]
+    assert [t for t, _ in inner.flushes] == pytest.approx(list(ends[:-1]))
+
+
+def test_even_rate_sink_can_leave_ticks_to_the_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(EvenRateSink, "flush_ticks", False)
+    clock = _Clock()
+    inner = _FlushSink(clock)
+    sink = EvenRateSink(inner, per_s=1000.0, clock=clock, wall_ms=clock.wall_ms, tick_s=0.05)
+    for i in range(300):
+        sink.produce("t", b"v%d" % i)
+    assert inner.flushes == [] and len(inner.sent) == 300
+
+
 def test_even_rate_sink_refuses_a_negative_tick() -> None:
     with pytest.raises(ValueError, match="tick"):
         EvenRateSink(MemorySink(), per_s=10.0, tick_s=-0.1)
