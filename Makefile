@@ -64,7 +64,7 @@ soak: $(STAMP)
 # from the replay's start to the last answer, unanswered (must be 0), answers/s, RSS and lag
 # every 10 s (out/e2e-<N>w/e2e.csv, e2e.png, summary.json). WORKERS=2 (the default, the
 # faster on 2 cores): two workers in one consumer group; WORKERS=1 for one. Generates
-# out/data/twitch100k.csv when missing. Long: ~18 min with two workers on 2 cores, ~25 with
+# out/data/twitch100k.csv when missing. Long: ~13 min with two workers on 2 cores, ~16 with
 # one (docs/results.md).
 WORKERS ?= 2
 bench-e2e: $(STAMP)

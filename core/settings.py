@@ -138,9 +138,8 @@ class Settings(BaseSettings):
     )
     user_reader: Literal["librdkafka", "faust"] = Field(
         "faust", description="What reads user-events in a worker: Faust's aiokafka fetcher, "
-        "or (opt-in) the worker's own librdkafka reader: 17% more answers/s per worker, but "
-        "the embedded broker exited near the end of both whole-log runs with it, not yet "
-        "explained (docs/service.md, Reading user-events)."
+        "or (opt-in) the worker's own librdkafka reader: 17% more answers/s per worker in a "
+        "drain, none over a whole log (docs/service.md, Reading user-events)."
     )
     progress_timeout_s: float = Field(
         60.0, gt=0, description="A worker with lag that finishes no batch for this long is "

@@ -1,0 +1,111 @@
+"""Latency runs of `liverank bench service`'s latency slice, answers grouped by paced tick.
+
+    python docs/measure/latency_ticks.py RATE OUT '{"flush_ticks": false}' '{}' ...
+    REPEAT=2 python docs/measure/latency_ticks.py 2000 out/ticks '{}' \
+        '{"env": {"LIVERANK_USER_READER": "librdkafka"}}'
+
+Each JSON argument is one variant: ``env`` goes to the worker's environment,
+``flush_ticks`` sets `EvenRateSink.flush_ticks` in the replay, ``tick_s`` the paced tick
+(`liverank.broker.tansu.PACED_TICK_S`). Variants alternate (REPEAT
+rounds) on one embedded broker, after a warm-up of the same slice, on
+``out/data/twitch100k.csv`` with the random model `bench service` leaves in its work
+folder (``out/bench-work/random-model`` after `liverank bench service --out out/bench.json`;
+``MODEL`` overrides). Per run: p50/p99 as `bench service` computes them, then per tick
+(answers whose produce times lie within 10 ms of each other: the paced sink stamps a
+tick's messages together) the first and last answer's latency and the micro-batches that
+answered it (distinct publish times: a batch is stamped once). Writes
+``OUT/answers-<round>-<variant>.npy`` (produced_ms, published_ms) and the worker's
+/metrics text next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import liverank.cli.bench_service as bs
+from liverank.broker import tansu
+from liverank.broker.embedded import configured_or_embedded
+from liverank.model.data.twitch import load_interactions
+from liverank.replay.producer import EvenRateSink
+
+
+def ticks(path: Path, warm_ms: int = 2_000) -> dict[str, Any]:
+    a = np.load(path)
+    a = a[np.argsort(a[:, 0])]
+    a = a[a[:, 0] >= a[0, 0] + warm_ms]
+    lat = a[:, 1] - a[:, 0]
+    groups = np.split(np.arange(len(a)), np.flatnonzero(np.diff(a[:, 0]) > 10) + 1)
+    first = np.array([lat[g].min() for g in groups])
+    last = np.array([lat[g].max() for g in groups])
+    batches = np.array([len(np.unique(a[g, 1])) for g in groups])
+    gaps = np.concatenate([np.diff(np.unique(a[g, 1])) for g in groups])
+    tail = np.percentile(lat, 99)
+    in_tail = [i for i, g in enumerate(groups) if lat[g].max() > tail]
+    pct = lambda v: [float(np.percentile(v, q)) for q in (10, 50, 90)]  # noqa: E731
+    return {"answers": len(a), "p50": float(np.percentile(lat, 50)), "p99": float(tail),
+            "ticks": len(groups), "most_requests_in_a_tick": max(len(g) for g in groups),
+            "first_p10_50_90": pct(first), "last_p10_50_90": pct(last),
+            "split_ticks": int(np.count_nonzero(batches > 1)),
+            "gap_between_batches_p10_50_90": pct(gaps) if len(gaps) else None,
+            "ticks_above_p99": len(in_tail),
+            "of_them_split": int(np.count_nonzero(batches[in_tail] > 1))}
+
+
+def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    env: dict[str, str] = {}
+    popen = subprocess.Popen
+
+    def worker_popen(cmd: Any, *a: Any, **kw: Any) -> Any:
+        if "serve" in cmd and "env" in kw:
+            kw["env"] = {**kw["env"], **env}
+        return popen(cmd, *a, **kw)
+
+    subprocess.Popen = worker_popen  # type: ignore[misc]  # the bench starts the worker
+    tag = [""]
+    stop, answers = bs._BenchWorker.stop, bs._answers
+
+    def stop_saving_metrics(self: Any, *a: Any, **kw: Any) -> Any:
+        text = self._metrics_text()
+        if text:
+            (out / f"metrics-{tag[0]}.txt").write_text(text)
+        return stop(self, *a, **kw)
+
+    def answers_saved(settings: Any) -> Any:
+        recs = answers(settings)
+        rows = [(r.produced_ms, r.published_ms) for r in recs if r.produced_ms is not None]
+        np.save(out / f"answers-{tag[0]}.npy", np.array(rows, dtype=np.int64))
+        return recs
+
+    bs._BenchWorker.stop, bs._answers = stop_saving_metrics, answers_saved
+    ds = load_interactions(Path("out/data/twitch100k.csv"))
+    model = Path(os.environ.get("MODEL", "out/bench-work/random-model"))
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    tick_s = tansu.PACED_TICK_S
+    lo = ds.max_step // 2 + 40  # the slice `bench service` paces (after its 40 drained)
+    with contextlib.ExitStack() as stack:
+        base, _ = configured_or_embedded(stack)
+        part = bs._part(ds, lo, lo + 59, bs.WARM_STEPS, base)  # its 60 latency steps
+        for rnd in range(int(os.environ.get("REPEAT", "1"))):
+            for i, variant in enumerate(variants):
+                env.clear()
+                env.update(variant.get("env", {}))
+                EvenRateSink.flush_ticks = variant.get("flush_ticks", True)
+                tansu.PACED_TICK_S = variant.get("tick_s", tick_s)
+                tag[0] = f"{rnd}-{i}"
+                bs._latency(base, part, model, work, rate=rate)
+                print(json.dumps({"round": rnd, "variant": variant,
+                                  **ticks(out / f"answers-{tag[0]}.npy")}), flush=True)
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[1]), Path(sys.argv[2]), [json.loads(v) for v in sys.argv[3:]] or [{}])
