@@ -623,7 +623,8 @@ def _latency(base: Settings, part: Part, model: Path, work: Path, rate: float
         # Connected, with its idempotent producer id, before the clock starts: otherwise the
         # first ~0.5 s of records wait in librdkafka and count as service latency.
         producer.list_topics(timeout=30)
-        sink = EvenRateSink(producer, per_s, tick_s=kafka.paced_tick_s(settings))
+        sink = EvenRateSink(producer, per_s, tick_s=kafka.paced_tick_s(settings),
+                            spread=(settings.topic(kafka.USER_EVENTS), parts))
         report = replay(tl, sink, partitions=parts,
                         stream_topic=settings.topic(kafka.STREAM_EVENTS),
                         user_topic=settings.topic(kafka.USER_EVENTS))
@@ -685,10 +686,10 @@ def latency_figures(produced_ms: Any, published_ms: Any, warm_ms: int = LATENCY_
 def _broker_floor(base: Settings, per_s: float, seconds: float = FLOOR_S,
                   wait_s: float = 30.0) -> dict[str, Any]:
     """p50/p99 of a bare librdkafka produce -> consume through the same broker at the latency
-    run's message rate, paced the same way (ticks on tansu), the consumer polling one record
-    at a time with the worker's fetch wait: the part of produce-to-publish no worker can
-    remove. The first second is not counted (connections, first fetches)."""
-    import struct
+    run's message rate, paced by the latency run's sink (`EvenRateSink`: ticks on tansu,
+    spread over the partitions), the consumer polling one record at a time with the
+    worker's fetch wait: the part of produce-to-publish no worker can remove. The first
+    second is not counted (connections, first fetches)."""
     import threading
     import time
 
@@ -697,6 +698,8 @@ def _broker_floor(base: Settings, per_s: float, seconds: float = FLOOR_S,
     from confluent_kafka import TopicPartition as KafkaPartition
 
     from liverank.broker import kafka
+    from liverank.core.events import PRODUCED_MS_HEADER
+    from liverank.replay.producer import EvenRateSink
 
     settings = _fresh(base, "floor")
     counts = kafka.ensure_topics(settings)
@@ -719,28 +722,27 @@ def _broker_floor(base: Settings, per_s: float, seconds: float = FLOOR_S,
                 if err.code() != KafkaError._PARTITION_EOF:  # EOF: caught up
                     errors.append(str(err))
                 continue
-            sent = struct.unpack("d", (m.value() or b"")[:8])[0]
-            lat.append((time.time() - sent) * 1000)
+            sent = dict(m.headers() or []).get(PRODUCED_MS_HEADER)
+            if sent is None:
+                errors.append(f"a record without {PRODUCED_MS_HEADER}")
+                continue
+            lat.append(time.time() * 1000 - int(sent))
 
     reader = threading.Thread(target=consume, name="floor-reader", daemon=True)
     reader.start()
     producer = Producer(kafka.producer_config(settings))
     producer.list_topics(timeout=30)
-    tick = kafka.paced_tick_s(settings) or 0.001
+    sink = EvenRateSink(producer, per_s, tick_s=kafka.paced_tick_s(settings),
+                        spread=(topic, parts))
     n = int(per_s * seconds)
     pad = b"x" * 150  # about a user event's size
     try:
-        t0 = time.perf_counter()
-        sent = 0
-        while sent < n:  # every tick, what is due by now: the paced replay's grouping
-            due = min(n, int((time.perf_counter() - t0) * per_s) + 1)
-            for i in range(sent, due):
-                producer.produce(topic, key=str(i % 997).encode(), partition=i % parts,
-                                 value=struct.pack("d", time.time()) + pad)
-            sent = due
-            producer.poll(0)
-            time.sleep(tick)
-        producer.flush(30)
+        for i in range(n):
+            sink.produce(topic, pad, str(i % 997).encode(), i % parts)
+            sink.poll(0)
+        left = sink.flush(30)
+        if left:
+            raise RuntimeError(f"broker floor: {left} of {n} records not acknowledged")
         deadline = time.monotonic() + wait_s
         while len(lat) < n and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -31,6 +31,7 @@ message timed out (``_MSG_TIMED_OUT``) or ``produce`` kept failing that long. Th
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
@@ -42,6 +43,7 @@ import msgspec
 import numpy as np
 
 from liverank.core import events as ev
+from liverank.core.partitioner import partition_for
 from liverank.core.settings import Settings
 from liverank.core.timebase import STEP_MS
 from liverank.model.data.timeline import REQUEST, WATERMARK, Timeline
@@ -413,26 +415,43 @@ class EvenRateSink(ForwardingSink):
     at its end (each still stamped when handed over), so the producer sends a batch per
     partition and tick rather than one per message. On tansu a fetch costs in proportion
     to the batches a partition holds (`liverank.broker.tansu.PACED_TICK_S`). While it waits
-    for the next tick it flushes the tick it handed over: librdkafka then sends the tick
-    at once rather than each partition's share when its ``linger.ms`` runs out, a few ms
-    apart, so a consumer's fetch does not cut a tick in two (docs/results.md, session 13).
+    for the next hand-over it flushes the one before: librdkafka then sends it at once
+    rather than each partition's share when its ``linger.ms`` runs out, a few ms apart, so
+    a consumer's fetch does not cut it in two (docs/results.md, session 13).
+
+    ``spread=(topic, partitions)`` spreads that topic's partitions over the tick: partition
+    ``p``'s share of a tick goes ``p % partitions / partitions`` of a tick after the tick's
+    end (still one batch per partition and tick), so a consumer of the topic meets an even
+    load rather than a burst every tick (docs/results.md, session 15). The replay spreads
+    ``user-events``; ``stream-events`` keeps the tick's end, so a step's watermark never
+    goes after its requests. The sink holds a spread message until its time (`__len__`
+    counts it, `flush` hands it over); a message the producer refuses stays held and the
+    error is raised from the next `produce`, whose own message is then not taken: the
+    caller's retry of it hands the held one over first.
     """
 
-    flush_ticks = True  # class attribute: the A/B of docs/results.md turns it off
+    flush_ticks = True  # class attributes: the A/Bs of docs/results.md turn them off
+    spread_ticks = True
 
     def __init__(self, producer: Any, per_s: float,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_ms: Callable[[], int] | None = None, tick_s: float = 0.0) -> None:
+                 wall_ms: Callable[[], int] | None = None, tick_s: float = 0.0,
+                 spread: tuple[str, int] | None = None) -> None:
         super().__init__(producer)
         if not per_s > 0:
             raise ValueError(f"messages per second must be > 0, got {per_s}")
         if tick_s < 0:
             raise ValueError(f"tick must be >= 0 s, got {tick_s}")
+        if spread is not None and spread[1] < 1:
+            raise ValueError(f"spread over >= 1 partition, got {spread[1]}")
         self.per_s, self.clock, self.tick_s = per_s, clock, tick_s
         self.wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self.spread = spread if tick_s and self.spread_ticks else None
         self._t0: float | None = None
         self._sent = 0
         self._unflushed = 0  # handed over since the last flush (tick mode)
+        self._held: list[tuple[float, int, str, Any, Any, int, dict[str, Any]]] = []
+        self._order = 0  # keeps held messages of one release time in produce order
 
     def produce(self, topic: str, value: Any = None, key: Any = None, partition: int = -1,
                 **kwargs: Any) -> None:
@@ -445,16 +464,81 @@ class EvenRateSink(ForwardingSink):
             due = now
         if self.tick_s:  # the end of the tick the message is due in
             due = self._t0 + math.ceil((due - self._t0) / self.tick_s - 1e-9) * self.tick_s
-        if self.tick_s and self._unflushed and self.flush_ticks and due > self.clock():
-            # The tick before is all handed over: send it now (delivery callbacks served).
-            self._unflushed = 0
-            self.producer.flush(max(0.0, due - self.clock()))
-        while (wait := due - self.clock()) > 0:
-            self.producer.poll(min(wait, 0.05))  # serves delivery callbacks while waiting
+        self._wait_until(due)  # hands held messages over on time; may raise (see the class)
+        at = due + self._offset(topic, key, partition)
+        if at > due:
+            heapq.heappush(self._held, (at, self._order, topic, value, key, partition, kwargs))
+            self._order += 1
+        else:
+            self._hand_over(topic, value, key, partition, kwargs)
+        self._sent += 1  # only once taken: a refused message is retried at its slot
+
+    def _offset(self, topic: str, key: Any, partition: int) -> float:
+        if self.spread is None or topic != self.spread[0]:
+            return 0.0
+        n = self.spread[1]
+        if partition < 0:  # placed by its key: where the producer's partitioner puts it
+            if key is None:
+                return 0.0
+            partition = partition_for(key, n)  # ~2 us; a paced sink sends a few k/s
+        return self.tick_s * (partition % n) / n
+
+    def _hand_over(self, topic: str, value: Any, key: Any, partition: int,
+                   kwargs: dict[str, Any]) -> None:
         kwargs["headers"] = [(PRODUCED_MS_HEADER, b"%d" % self.wall_ms())]
         self.producer.produce(topic, value, key, partition, **kwargs)
-        self._sent += 1  # only once handed over: a refused message is retried at its slot
         self._unflushed += 1
+
+    def _release(self, until: float) -> None:
+        """Hand over the held messages due by ``until``, in time order; one the producer
+        refuses stays held and the error goes up."""
+        held = self._held
+        while held and held[0][0] <= until:
+            _, _, topic, value, key, partition, kwargs = held[0]
+            self._hand_over(topic, value, key, partition, kwargs)
+            heapq.heappop(held)
+
+    def _wait_until(self, due: float) -> None:
+        """Wait for ``due``, handing the held messages over at their times and flushing
+        what was handed over before each wait (tick mode)."""
+        while True:
+            self._release(self.clock())
+            now = self.clock()
+            if due <= now:
+                return
+            nxt = min(due, self._held[0][0]) if self._held else due
+            if self.tick_s and self._unflushed and self.flush_ticks:
+                # What was handed over goes now (delivery callbacks served).
+                self._unflushed = 0
+                self.producer.flush(max(0.0, nxt - now))
+            else:
+                self.producer.poll(max(0.0, min(nxt - now, 0.05)))  # serves callbacks
+
+    def poll(self, timeout: float = 0) -> int:
+        try:
+            self._release(self.clock())
+        except Exception:  # noqa: BLE001 - still held: the next produce or flush raises it
+            logger.debug("a held message was refused; retried by the next produce")
+        return int(self.producer.poll(timeout))
+
+    def flush(self, timeout: float = 60) -> int:
+        """Hand the held messages over at their times (at once those due after
+        ``timeout``), then flush the producer; returns what is left, held ones included."""
+        deadline = self.clock() + timeout
+        try:
+            if self._held:  # on time while ``timeout`` lasts, then at once
+                self._wait_until(min(max(h[0] for h in self._held), deadline))
+            self._release(math.inf)
+        except BufferError:
+            pass  # the producer's queue is full: flushing it below makes room
+        except Exception as exc:  # noqa: BLE001 - counted as left; the caller reports it
+            logger.error("a held message was refused at the flush: %s", exc)
+        self._unflushed = 0
+        left = int(self.producer.flush(max(0.0, deadline - self.clock())))
+        return left + len(self._held)
+
+    def __len__(self) -> int:
+        return len(self.producer) + len(self._held)
 
 
 def message_rate(tl: Timeline, partitions: int, requests_per_s: float) -> float:
@@ -689,6 +773,9 @@ def _send_end(tl: Timeline, sink: Sink, report: ReplayReport, partitions: int, t
               on_delivery: Callable[[Any, Any], None], now_ms: Callable[[], int],
               watch: OutageWatch | None = None) -> None:
     user_topic = next(t for t in report.topics if t != topic)
+    # Messages a paced sink still holds (`EvenRateSink` spreads a tick) go before the End
+    # that counts them; a plain producer just starts sending what it queued.
+    sink.flush(0)
     headers = [(PRODUCED_MS_HEADER, b"%d" % now_ms())]
     for p, ts, value in end_records(tl, partitions, report.topics[topic].produced,
                                     report.topics[user_topic].produced):
@@ -748,8 +835,9 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
     logger.info("replay events=%d bootstrap=%s partitions=%d speed=%s rate=%s encoder=%s",
                 len(tl), settings.kafka_bootstrap, settings.partitions, speed or "max",
                 rate or "-", "forked" if isinstance(batches, ForkedEncoder) else "inline")
-    sink = producer if per_s is None else EvenRateSink(producer, per_s,
-                                                      tick_s=kf.paced_tick_s(settings))
+    sink = producer if per_s is None else EvenRateSink(
+        producer, per_s, tick_s=kf.paced_tick_s(settings),
+        spread=(user_topic, settings.partitions))
     report = replay(tl, sink, partitions=settings.partitions,
                     stream_topic=stream_topic, user_topic=user_topic, speed=speed,
                     start_step=start_step, batches=batches,

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from liverank.cli.demo import DemoError, calibration_start, drain_rate
 from liverank.cli.main import app
 from liverank.core import events as ev
+from liverank.core.partitioner import partition_for
 from liverank.model.data.synth import generate
 from liverank.model.data.timeline import REQUEST, WATERMARK, build_timeline
 from liverank.model.data.twitch import write_twitch
@@ -146,6 +147,147 @@ def test_even_rate_sink_can_leave_ticks_to_the_linger(monkeypatch: pytest.Monkey
     for i in range(300):
         sink.produce("t", b"v%d" % i)
     assert inner.flushes == [] and len(inner.sent) == 300
+
+
+def _spread_run(n: int = 400, parts: int = 4) -> tuple[_FlushSink, float]:
+    """``n`` messages at 1,000/s in 50-ms ticks, every fourth on "s", the rest on "u" spread
+    over the tick, on random partitions."""
+    clock = _Clock()
+    inner = _FlushSink(clock)
+    sink = EvenRateSink(inner, per_s=1000.0, clock=clock, wall_ms=clock.wall_ms, tick_s=0.05,
+                        spread=("u", parts))
+    t0 = clock.now
+    partitions = np.random.default_rng(0).integers(parts, size=n).tolist()
+    for i, part in enumerate(partitions):
+        sink.produce("s" if i % 4 == 0 else "u", b"%d" % i, None, part)
+    assert len(sink._held) > 0 and len(sink) >= len(sink._held)  # the last shares: held
+    assert sink.flush(1.0) == 0 and len(sink) == 0
+    return inner, t0
+
+
+def test_a_spread_tick_sends_each_partition_its_own_share_of_the_tick_in_order() -> None:
+    """Partition p of the spread topic goes p/4 of a tick after the tick's end, one batch per
+    partition and tick; the other topic at the tick's end; nothing early, nothing lost or
+    reordered within a partition; each stamped when handed over."""
+    tick, parts = 0.05, 4
+    inner, t0 = _spread_run(parts=parts)
+    assert sorted(int(m.value) for m in inner.sent) == list(range(400))
+    for m, at in zip(inner.sent, inner.at, strict=True):
+        i = int(m.value)
+        offset = (at - t0) / tick - (m.partition / parts if m.topic == "u" else 0.0)
+        assert offset == pytest.approx(round(offset), abs=1e-6)  # on its grid
+        due = i / 1000.0
+        assert at - t0 >= due - 1e-9  # never before its slot
+        assert m.headers == [(PRODUCED_MS_HEADER, b"%d" % int(at * 1000))]
+    for topic in ("s", "u"):
+        for part in range(parts):
+            mine = [(int(m.value), at) for m, at in zip(inner.sent, inner.at, strict=True)
+                    if m.topic == topic and m.partition == part]
+            assert [v for v, _ in mine] == sorted(v for v, _ in mine)  # order kept
+    # one hand-over time per partition and tick (its grid), and the rate holds
+    slots = np.floor((np.array(inner.at) - t0) / tick + 1e-6).astype(int)
+    assert np.bincount(slots).max() <= tick * 1000 + 1
+    # "u" goes at four different times within a tick, not in one burst
+    u_at = {round((at - t0) / tick % 1 * parts) % parts
+            for m, at in zip(inner.sent, inner.at, strict=True) if m.topic == "u"}
+    assert len(u_at) == parts
+
+
+def test_a_spread_message_never_goes_before_what_the_other_topic_sent_before_it() -> None:
+    """A step's watermark (stream-events, the tick's end) reaches the broker before the
+    step's requests (user-events, spread later into the tick)."""
+    inner, _ = _spread_run()
+    seen_s = -1
+    for m in inner.sent:
+        i = int(m.value)
+        if m.topic == "s":
+            seen_s = max(seen_s, i)
+        else:  # every "s" message produced before this one was already handed over
+            before = [j for j in range(0, i, 4)]
+            assert not before or seen_s >= before[-1]
+
+
+def test_a_spread_tick_is_flushed_share_by_share() -> None:
+    inner, _ = _spread_run()
+    handed = [n for _, n in inner.flushes]
+    assert handed == sorted(handed) and len(set(handed)) == len(handed)
+    assert len(inner.flushes) >= 4 * 7  # four shares a tick, 8 ticks
+
+
+def test_a_keyed_message_is_spread_by_the_partition_its_key_lands_on() -> None:
+    """The replay leaves user events to the partitioner (partition -1): the spread places
+    them where murmur2 does, so each partition still gets one batch a tick."""
+    clock = _Clock()
+    inner = _TimedSink(clock)
+    sink = EvenRateSink(inner, per_s=1000.0, clock=clock, wall_ms=clock.wall_ms, tick_s=0.05,
+                        spread=("u", 8))
+    t0 = clock.now
+    keys = [b"%d" % u for u in range(200)]
+    for k in keys:
+        sink.produce("u", b"v", k, -1)
+    sink.flush(1.0)
+    assert len(inner.sent) == 200
+    shares = set()
+    for m, at in zip(inner.sent, inner.at, strict=True):
+        share = (at - t0) / 0.05 % 1 * 8
+        assert share == pytest.approx(round(share), abs=1e-6)  # on a share's time
+        assert round(share) % 8 == partition_for(m.key, 8)
+        shares.add(round(share) % 8)
+    assert shares == set(range(8))
+
+
+class _RefusingSink(_TimedSink):
+    """Refuses its ``refuse``-th produce call with a full queue (BufferError), once."""
+
+    def __init__(self, clock: _Clock, refuse: int) -> None:
+        super().__init__(clock)
+        self.calls, self.refuse = 0, refuse
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.calls == self.refuse:
+            raise BufferError("Local: Queue full")
+        super().produce(*args, **kwargs)
+
+
+def test_a_held_message_the_producer_refuses_is_kept_and_goes_first_on_the_retry() -> None:
+    clock = _Clock()
+    inner = _RefusingSink(clock, refuse=3)
+    sink = EvenRateSink(inner, per_s=1000.0, clock=clock, wall_ms=clock.wall_ms, tick_s=0.05,
+                        spread=("u", 2))
+    sink.produce("u", b"0", None, 0)  # handed over at once (partition 0: no offset)
+    sink.produce("u", b"1", None, 1)  # held for half a tick
+    sink.produce("u", b"2", None, 1)  # held; refused when its time comes
+    refused = 0
+    for i in range(3, 120):
+        while True:
+            try:
+                sink.produce("u", b"%d" % i, None, i % 2)
+                break
+            except BufferError:  # what the replay does: poll, then the same message again
+                refused += 1
+                sink.poll(0.01)
+    assert refused == 1
+    assert sink.flush(1.0) == 0 and inner.calls == 121  # 120 messages, one of them twice
+    values = [int(m.value) for m in inner.sent]
+    assert sorted(values) == list(range(120))  # nothing lost, nothing twice
+    for part in (0, 1):
+        mine = [int(m.value) for m in inner.sent if m.partition == part]
+        assert mine == sorted(mine)
+
+
+def test_a_replay_through_a_spread_sink_sends_its_end_after_every_user_event(tiny) -> None:  # type: ignore[no-untyped-def]
+    tl = build_timeline(tiny, requests_from=300, from_step=280, to_step=320)
+    clock = _Clock()
+    inner = _TimedSink(clock)
+    sink = EvenRateSink(inner, per_s=2000.0, clock=clock, wall_ms=clock.wall_ms, tick_s=0.05,
+                        spread=("u", P))
+    report = replay(tl, sink, partitions=P, stream_topic="s", user_topic="u")
+    assert report.ok and len(sink) == 0
+    kinds = [m.topic for m in inner.sent]
+    first_end = next(i for i, m in enumerate(inner.sent) if m.value.startswith(b'{"kind":"end"'))
+    assert "u" not in kinds[first_end:]
+    assert kinds.count("u") == report.topics["u"].acknowledged == report.topics["u"].produced
 
 
 def test_even_rate_sink_refuses_a_negative_tick() -> None:

@@ -5,14 +5,15 @@
         '{"env": {"LIVERANK_USER_READER": "librdkafka"}}'
 
 Each JSON argument is one variant: ``env`` goes to the worker's environment,
-``flush_ticks`` sets `EvenRateSink.flush_ticks` in the replay, ``tick_s`` the paced tick
+``flush_ticks`` and ``spread_ticks`` set `EvenRateSink`'s attributes of those names in the
+replay, ``tick_s`` the paced tick
 (`liverank.broker.tansu.PACED_TICK_S`). Variants alternate (REPEAT
 rounds) on one embedded broker, after a warm-up of the same slice, on
 ``out/data/twitch100k.csv`` with the random model `bench service` leaves in its work
 folder (``out/bench-work/random-model`` after `liverank bench service --out out/bench.json`;
 ``MODEL`` overrides). Per run: p50/p99 as `bench service` computes them, then per tick
-(answers whose produce times lie within 10 ms of each other: the paced sink stamps a
-tick's messages together) the first and last answer's latency and the micro-batches that
+(answers whose produce times lie within 3 ms of each other: the paced sink stamps a
+tick's messages, or a partition's share of a spread tick, together) the first and last answer's latency and the micro-batches that
 answered it (distinct publish times: a batch is stamped once). Writes
 ``OUT/answers-<round>-<variant>.npy`` (produced_ms, published_ms) and the worker's
 /metrics text next to it.
@@ -42,7 +43,7 @@ def ticks(path: Path, warm_ms: int = 2_000) -> dict[str, Any]:
     a = a[np.argsort(a[:, 0])]
     a = a[a[:, 0] >= a[0, 0] + warm_ms]
     lat = a[:, 1] - a[:, 0]
-    groups = np.split(np.arange(len(a)), np.flatnonzero(np.diff(a[:, 0]) > 10) + 1)
+    groups = np.split(np.arange(len(a)), np.flatnonzero(np.diff(a[:, 0]) > 3) + 1)
     first = np.array([lat[g].min() for g in groups])
     last = np.array([lat[g].max() for g in groups])
     batches = np.array([len(np.unique(a[g, 1])) for g in groups])
@@ -100,6 +101,7 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
                 env.clear()
                 env.update(variant.get("env", {}))
                 EvenRateSink.flush_ticks = variant.get("flush_ticks", True)
+                EvenRateSink.spread_ticks = variant.get("spread_ticks", True)
                 tansu.PACED_TICK_S = variant.get("tick_s", tick_s)
                 tag[0] = f"{rnd}-{i}"
                 bs._latency(base, part, model, work, rate=rate)
