@@ -13,8 +13,9 @@ rounds) on one embedded broker, after a warm-up of the same slice, on
 folder (``out/bench-work/random-model`` after `liverank bench service --out out/bench.json`;
 ``MODEL`` overrides). Per run: p50/p99 as `bench service` computes them, then per tick
 (answers whose produce times lie within 3 ms of each other: the paced sink stamps a
-tick's messages, or a partition's share of a spread tick, together) the first and last answer's latency and the micro-batches that
-answered it (distinct publish times: a batch is stamped once). Writes
+tick's messages, or a partition's share of a spread tick, together) the first and last
+answer's latency and the micro-batches that answered it (distinct publish times: a batch
+is stamped once). Writes
 ``OUT/answers-<round>-<variant>.npy`` (produced_ms, published_ms) and the worker's
 /metrics text next to it.
 """
