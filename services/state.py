@@ -33,8 +33,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # --- user windows ------------------------------------------------------------------------
-class Entry(msgspec.Struct, frozen=True, array_like=True):
-    """One watch in a user's window (JSON: ``["streamer", step, seq, "event_id"]``)."""
+class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One watch in a user's window (JSON: ``["streamer", step, seq, "event_id"]``).
+
+    Not tracked by the garbage collector (``gc=False``: two strings and two ints hold no
+    cycle). Why: the worker keeps ~16k decoded windows (`Settings.window_cache`), hundreds
+    of thousands of entries, and every full collection walked them all: 58 ms p50, one a
+    second, in a paced latency run (docs/results.md, session 15)."""
 
     streamer: str
     step: int
@@ -96,26 +101,31 @@ class UserWindows:
         # of the event loop's time (py-spy, bench slice); a user's next event usually comes
         # a few batches later. Valid while this worker is the only writer of the keys it
         # holds: `forget` when partitions move.
+        # Kept as tuples: the collector untracks a tuple of untracked entries (`Entry`),
+        # where it walks every item of a list at each full collection (docs/results.md,
+        # session 15: ~30 ms a collection for 16k cached lists, about one a second).
         self.cache_size = cache
-        self._cache: OrderedDict[bytes, list[Entry]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[Entry, ...]] = OrderedDict()
         self.created = 0  # windows created since start (first watch of a user)
         self.capped = 0  # windows cut to capacity (the floor did not allow it)
 
     def get(self, key: bytes) -> list[Entry]:
         window = self._staged.get(key)
         if window is None:
-            window = self._cache.pop(key, None)
-            if window is None:
+            cached = self._cache.pop(key, None)
+            if cached is None:
                 raw = self.store.get(key)
                 window = [] if raw is None else decode_window(raw)
+            else:
+                window = list(cached)
             if not window:
                 self._absent.add(key)
             self._staged[key] = window
         return window
 
-    def peek(self, key: bytes) -> list[Entry]:
+    def peek(self, key: bytes) -> Sequence[Entry]:
         """The window as it stands, without staging it for a write (an HTTP lookup)."""
-        window = self._staged.get(key)
+        window: Sequence[Entry] | None = self._staged.get(key)
         if window is None:
             window = self._cache.get(key)
         if window is not None:
@@ -173,7 +183,8 @@ class UserWindows:
         n = len(self._dirty)
         if self.cache_size:
             cache = self._cache
-            cache.update(self._staged)  # popped by `get`: these go to the recent end
+            for key, window in self._staged.items():  # popped by `get`: to the recent end
+                cache[key] = tuple(window)
             for _ in range(len(cache) - self.cache_size):
                 cache.popitem(last=False)
         self._dirty.clear()

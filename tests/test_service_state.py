@@ -106,8 +106,31 @@ def test_cached_windows_are_what_the_store_holds_without_reading_it() -> None:
     assert [e.seq for e in w.get(b"2")] == [30] and store.reads == 3
     assert [e.seq for e in w.get(b"1")] == [10, 20] and store.reads == 4
     for key in (b"1", b"2", b"3"):
-        assert w.peek(key) == st.decode_window(store[key])
+        assert list(w.peek(key)) == st.decode_window(store[key])
     w.flush()
+
+
+def test_cached_windows_are_out_of_the_collectors_walk() -> None:
+    """A full collection walks every tracked container's items; a worker caches ~16k
+    windows, so neither the entries nor the cached windows may be tracked (a collection
+    took ~30-45 ms with them, about once a second: docs/results.md, session 15)."""
+    import gc
+
+    w = st.UserWindows({}, length=3, slack=0, cache=8)
+    for user in range(5):
+        for seq in (10, 20, 30):
+            w.add_watch(b"%d" % user, entry(seq + user))
+    w.flush()
+    gc.collect()  # the collector untracks a tuple of untracked items when it meets it
+    cached = list(w._cache.values())
+    assert len(cached) == 5 and all(len(c) == 3 for c in cached)
+    assert not any(gc.is_tracked(c) for c in cached)
+    assert not any(gc.is_tracked(e) for c in cached for e in c)
+    window = w.get(b"1")  # staged again: a list to change, the same entries
+    assert [e.seq for e in window] == [11, 21, 31]
+    w.add_watch(b"1", entry(41))
+    w.flush()
+    assert [e.seq for e in w.peek(b"1")] == [21, 31, 41]
 
 
 def test_forgotten_windows_are_read_again_from_the_store() -> None:
