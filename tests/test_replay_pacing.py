@@ -276,6 +276,38 @@ def test_a_held_message_the_producer_refuses_is_kept_and_goes_first_on_the_retry
         assert mine == sorted(mine)
 
 
+class _BrokenSink(_TimedSink):
+    """Refuses every produce from its ``refuse``-th call on with ``error``."""
+
+    def __init__(self, clock: _Clock, refuse: int, error: Exception) -> None:
+        super().__init__(clock)
+        self.calls, self.refuse, self.error = 0, refuse, error
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.calls >= self.refuse:
+            raise self.error
+        super().produce(*args, **kwargs)
+
+
+@pytest.mark.parametrize("error", [BufferError("Local: Queue full"),
+                                   RuntimeError("KafkaError{code=_INVALID_ARG}")])
+def test_a_flush_that_cannot_hand_a_held_message_over_counts_it_as_left(error: Exception
+                                                                        ) -> None:
+    """The replay's drain flushes until nothing is left or reports what is: a held message
+    the producer refuses is neither dropped nor counted as sent."""
+    clock = _Clock()
+    inner = _BrokenSink(clock, refuse=2, error=error)
+    sink = EvenRateSink(inner, per_s=1000.0, clock=clock, wall_ms=clock.wall_ms, tick_s=0.05,
+                        spread=("u", 2))
+    sink.produce("u", b"0", None, 0)  # handed over
+    sink.produce("u", b"1", None, 1)  # held half a tick: refused when handed over
+    assert sink.flush(1.0) == 1 and len(sink) == 1
+    assert [m.value for m in inner.sent] == [b"0"]
+    inner.refuse = 10**9  # the producer recovers: the next flush hands it over
+    assert sink.flush(1.0) == 0 and [m.value for m in inner.sent] == [b"0", b"1"]
+
+
 def test_a_replay_through_a_spread_sink_sends_its_end_after_every_user_event(tiny) -> None:  # type: ignore[no-untyped-def]
     tl = build_timeline(tiny, requests_from=300, from_step=280, to_step=320)
     clock = _Clock()

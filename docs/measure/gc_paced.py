@@ -22,8 +22,8 @@ def report(run: Path, gc_log: Path) -> dict[str, object]:
     a = np.load(next(run.glob("answers-*.npy")))
     t0, t1 = a[:, 0].min(), a[:, 0].max()
     lat = latency_figures(a[:, 0], a[:, 1])
-    rows = [line.split()[:3] for f in glob.glob(f"{gc_log}.*") for line in open(f)
-            if not line.startswith("#")]
+    rows = [line.split()[:3] for f in glob.glob(f"{gc_log}.*")
+            for line in Path(f).read_text().splitlines() if not line.startswith("#")]
     g = np.array(rows, dtype=float).reshape(-1, 3)
     paced = g[(g[:, 0] >= t0) & (g[:, 0] <= t1)]
     out: dict[str, object] = {"run": run.name, "p50": lat["p50_ms"], "p99": lat["p99_ms"],

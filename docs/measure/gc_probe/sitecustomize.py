@@ -3,30 +3,52 @@ the process appends to ``PATH.<pid>`` a line per collection of 2 ms or more (wal
 generation, duration ms, objects collected), and at the 30th and 50th full collection the
 tracked objects by type and their referents by type (what a collection walks).
 
-    python docs/measure/latency_ticks.py 1920 OUT \
+    python docs/measure/latency_ticks.py 1920 OUT \\
         '{"env": {"PYTHONPATH": "docs/measure/gc_probe", "GC_PROBE_OUT": "OUT/gc.log"}}'
 """
-import gc, os, time, collections
-_out = os.environ.get("GC_PROBE_OUT")
-if _out:
-    _f = open(f"{_out}.{os.getpid()}", "a", buffering=1)
-    _t = {"n2": 0}
-    def _cb(phase, info):
+
+from __future__ import annotations
+
+import collections
+import gc
+import os
+import time
+from typing import Any
+
+
+def _type_name(o: object) -> str:
+    return f"{type(o).__module__}.{type(o).__qualname__}"
+
+
+def _install(out: str) -> None:
+    log = open(f"{out}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115 - open for the process
+    state: dict[str, Any] = {"full": 0, "start": 0.0}
+
+    def walked() -> None:
+        objs = gc.get_objects()
+        kinds = collections.Counter(_type_name(o) for o in objs)
+        refs: collections.Counter[str] = collections.Counter()
+        for o in objs:
+            refs[_type_name(o)] += len(gc.get_referents(o))
+        log.write(f"# tracked {len(objs)} frozen {gc.get_freeze_count()}: "
+                  f"{kinds.most_common(12)}\n")
+        log.write(f"# referents {sum(refs.values())}: {refs.most_common(12)}\n")
+
+    def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            _t["s"] = time.perf_counter()
-        else:
-            d = (time.perf_counter() - _t.get("s", time.perf_counter())) * 1000
-            if d >= 2:
-                _f.write(f"{time.time()*1000:.0f} {info['generation']} {d:.1f} {info['collected']}\n")
-            if info["generation"] == 2:
-                _t["n2"] += 1
-                if _t["n2"] in (30, 50):
-                    objs = gc.get_objects()
-                    c = collections.Counter(type(o).__module__ + "." + type(o).__qualname__ for o in objs)
-                    r = collections.Counter()
-                    for o in objs:
-                        r[type(o).__module__ + "." + type(o).__qualname__] += len(gc.get_referents(o))
-                    _f.write(f"# tracked {len(objs)} frozen {gc.get_freeze_count()}: {c.most_common(12)}\n")
-                    _f.write(f"# referents {sum(r.values())}: {r.most_common(12)}\n")
-                    del objs
-    gc.callbacks.append(_cb)
+            state["start"] = time.perf_counter()
+            return
+        ms = (time.perf_counter() - state["start"]) * 1000
+        if ms >= 2:
+            log.write(f"{time.time() * 1000:.0f} {info['generation']} {ms:.1f} "
+                      f"{info['collected']}\n")
+        if info["generation"] == 2:
+            state["full"] += 1
+            if state["full"] in (30, 50):
+                walked()
+
+    gc.callbacks.append(callback)
+
+
+if os.environ.get("GC_PROBE_OUT"):
+    _install(os.environ["GC_PROBE_OUT"])
