@@ -38,8 +38,8 @@ class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
     Not tracked by the garbage collector (``gc=False``: two strings and two ints hold no
     cycle). Why: the worker keeps ~16k decoded windows (`Settings.window_cache`), hundreds
-    of thousands of entries, and every full collection walked them all: 58 ms p50, one a
-    second, in a paced latency run (docs/results.md, session 15)."""
+    of thousands of entries, and every full collection walked them all: 10-12 collections
+    of p50 23-34 ms in a 21-s paced latency run (docs/results.md, session 15)."""
 
     streamer: str
     step: int
@@ -103,7 +103,8 @@ class UserWindows:
         # holds: `forget` when partitions move.
         # Kept as tuples: the collector untracks a tuple of untracked entries (`Entry`),
         # where it walks every item of a list at each full collection (docs/results.md,
-        # session 15: ~30 ms a collection for 16k cached lists, about one a second).
+        # session 15: 16.5k cached lists of 50 untracked entries, 29-38 ms a collection;
+        # as tuples 0.6-1.9 ms).
         self.cache_size = cache
         self._cache: OrderedDict[bytes, tuple[Entry, ...]] = OrderedDict()
         self.created = 0  # windows created since start (first watch of a user)
