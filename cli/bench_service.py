@@ -604,7 +604,7 @@ def _latency(base: Settings, part: Part, model: Path, work: Path, rate: float
     from confluent_kafka import Producer
 
     from liverank.broker import kafka
-    from liverank.replay.producer import EvenRateSink, message_rate, replay
+    from liverank.replay.producer import message_rate, paced_sink, replay
 
     settings = _fresh(base, "latency")
     counts = kafka.ensure_topics(settings)
@@ -623,8 +623,7 @@ def _latency(base: Settings, part: Part, model: Path, work: Path, rate: float
         # Connected, with its idempotent producer id, before the clock starts: otherwise the
         # first ~0.5 s of records wait in librdkafka and count as service latency.
         producer.list_topics(timeout=30)
-        sink = EvenRateSink(producer, per_s, tick_s=kafka.paced_tick_s(settings),
-                            spread=(settings.topic(kafka.USER_EVENTS), parts))
+        sink = paced_sink(producer, per_s, settings, parts)
         report = replay(tl, sink, partitions=parts,
                         stream_topic=settings.topic(kafka.STREAM_EVENTS),
                         user_topic=settings.topic(kafka.USER_EVENTS))
@@ -699,7 +698,7 @@ def _broker_floor(base: Settings, per_s: float, seconds: float = FLOOR_S,
 
     from liverank.broker import kafka
     from liverank.core.events import PRODUCED_MS_HEADER
-    from liverank.replay.producer import EvenRateSink
+    from liverank.replay.producer import paced_sink
 
     settings = _fresh(base, "floor")
     counts = kafka.ensure_topics(settings)
@@ -732,8 +731,7 @@ def _broker_floor(base: Settings, per_s: float, seconds: float = FLOOR_S,
     reader.start()
     producer = Producer(kafka.producer_config(settings))
     producer.list_topics(timeout=30)
-    sink = EvenRateSink(producer, per_s, tick_s=kafka.paced_tick_s(settings),
-                        spread=(topic, parts))
+    sink = paced_sink(producer, per_s, settings, parts)
     n = int(per_s * seconds)
     pad = b"x" * 150  # about a user event's size
     try:

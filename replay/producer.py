@@ -541,6 +541,17 @@ class EvenRateSink(ForwardingSink):
         return len(self.producer) + len(self._held)
 
 
+def paced_sink(producer: Any, per_s: float, settings: Settings,
+               partitions: int) -> EvenRateSink:
+    """The sink a replay paced at ``per_s`` messages/s sends through, for the broker of
+    ``settings``: ticks on tansu (`kafka.paced_tick_s`), the ``partitions`` of user-events
+    spread over each tick; one message at a time elsewhere."""
+    from liverank.broker import kafka as kf
+
+    return EvenRateSink(producer, per_s, tick_s=kf.paced_tick_s(settings),
+                        spread=(settings.topic(kf.USER_EVENTS), partitions))
+
+
 def message_rate(tl: Timeline, partitions: int, requests_per_s: float) -> float:
     """Messages/s that send ``tl``'s requests at ``requests_per_s`` on average (a watermark
     is one message per partition); `ValueError` when ``tl`` holds no request."""
@@ -835,9 +846,8 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
     logger.info("replay events=%d bootstrap=%s partitions=%d speed=%s rate=%s encoder=%s",
                 len(tl), settings.kafka_bootstrap, settings.partitions, speed or "max",
                 rate or "-", "forked" if isinstance(batches, ForkedEncoder) else "inline")
-    sink = producer if per_s is None else EvenRateSink(
-        producer, per_s, tick_s=kf.paced_tick_s(settings),
-        spread=(user_topic, settings.partitions))
+    sink = producer if per_s is None else paced_sink(producer, per_s, settings,
+                                                     settings.partitions)
     report = replay(tl, sink, partitions=settings.partitions,
                     stream_topic=stream_topic, user_topic=user_topic, speed=speed,
                     start_step=start_step, batches=batches,

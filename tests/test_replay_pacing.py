@@ -237,22 +237,25 @@ def test_a_keyed_message_is_spread_by_the_partition_its_key_lands_on() -> None:
 
 
 class _RefusingSink(_TimedSink):
-    """Refuses its ``refuse``-th produce call with a full queue (BufferError), once."""
+    """Refuses its produce calls numbered ``refuse`` up to (not including) ``until`` with
+    ``error`` (a full queue by default); ``until`` None: every call from ``refuse`` on."""
 
-    def __init__(self, clock: _Clock, refuse: int) -> None:
+    def __init__(self, clock: _Clock, refuse: int, until: int | None = None,
+                 error: Exception | None = None) -> None:
         super().__init__(clock)
-        self.calls, self.refuse = 0, refuse
+        self.calls, self.refuse, self.until = 0, refuse, until
+        self.error = error or BufferError("Local: Queue full")
 
     def produce(self, *args: Any, **kwargs: Any) -> None:
         self.calls += 1
-        if self.calls == self.refuse:
-            raise BufferError("Local: Queue full")
+        if self.refuse <= self.calls and (self.until is None or self.calls < self.until):
+            raise self.error
         super().produce(*args, **kwargs)
 
 
 def test_a_held_message_the_producer_refuses_is_kept_and_goes_first_on_the_retry() -> None:
     clock = _Clock()
-    inner = _RefusingSink(clock, refuse=3)
+    inner = _RefusingSink(clock, refuse=3, until=4)
     sink = EvenRateSink(inner, per_s=1000.0, clock=clock, wall_ms=clock.wall_ms, tick_s=0.05,
                         spread=("u", 2))
     sink.produce("u", b"0", None, 0)  # handed over at once (partition 0: no offset)
@@ -276,20 +279,6 @@ def test_a_held_message_the_producer_refuses_is_kept_and_goes_first_on_the_retry
         assert mine == sorted(mine)
 
 
-class _BrokenSink(_TimedSink):
-    """Refuses every produce from its ``refuse``-th call on with ``error``."""
-
-    def __init__(self, clock: _Clock, refuse: int, error: Exception) -> None:
-        super().__init__(clock)
-        self.calls, self.refuse, self.error = 0, refuse, error
-
-    def produce(self, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-        if self.calls >= self.refuse:
-            raise self.error
-        super().produce(*args, **kwargs)
-
-
 @pytest.mark.parametrize("error", [BufferError("Local: Queue full"),
                                    RuntimeError("KafkaError{code=_INVALID_ARG}")])
 def test_a_flush_that_cannot_hand_a_held_message_over_counts_it_as_left(error: Exception
@@ -297,7 +286,7 @@ def test_a_flush_that_cannot_hand_a_held_message_over_counts_it_as_left(error: E
     """The replay's drain flushes until nothing is left or reports what is: a held message
     the producer refuses is neither dropped nor counted as sent."""
     clock = _Clock()
-    inner = _BrokenSink(clock, refuse=2, error=error)
+    inner = _RefusingSink(clock, refuse=2, error=error)
     sink = EvenRateSink(inner, per_s=1000.0, clock=clock, wall_ms=clock.wall_ms, tick_s=0.05,
                         spread=("u", 2))
     sink.produce("u", b"0", None, 0)  # handed over
