@@ -313,7 +313,7 @@ def rank_inputs(jobs: Sequence[Job], live: LiveStreams
         c = live.candidates(job.event.step)
         names: Sequence[str] = c.streamers
         if job.exclude is not None and job.exclude in c.streams:
-            names = [n for n in names if n != job.exclude]
+            names = tuple(n for n in names if n != job.exclude)
         cands.append(c)
         requests.append(RankRequest(window=job.window, step=job.event.step, candidates=names))
     return requests, cands

@@ -90,7 +90,7 @@ def test_watermark_is_the_minimum_over_partitions() -> None:
 def test_an_early_answer_is_recomputed_when_a_start_for_its_step_arrives() -> None:
     live = LiveStreams(partitions=1)
     live.start(1, "a", 0)
-    assert live.candidates(4).streamers == ["a"]  # asked before the watermark (late answer)
+    assert live.candidates(4).streamers == ("a",)  # asked before the watermark (late answer)
     live.start(2, "b", 4)
     live.stop(1, "a", 4)
     assert live.candidates(4).streams == {"b": 2}
@@ -104,7 +104,7 @@ def test_replayed_stream_events_change_nothing() -> None:
         live.stop(1, "a", 5)
     live.start(1, "a", 3)  # a later duplicate start does not move the first one
     assert [live.candidates(s).streamers for s in range(1, 7)] == [
-        [], ["a"], ["a"], ["a"], [], []]
+        (), ("a",), ("a",), ("a",), (), ()]
     assert len(live) == 1 and live.anomalies == 0
 
 
@@ -183,7 +183,7 @@ def test_the_candidates_cache_drops_the_least_recently_used_step() -> None:
     live.start(2, "b", 10)  # beyond every cached step: nothing to drop
     assert live.candidates(1) is first
     live.stop(1, "a", 1)  # at step 1: drops 1 and later
-    assert live.candidates(1).streamers == []
+    assert live.candidates(1).streamers == ()
 
 
 def test_a_start_sent_again_for_a_pruned_broadcast_does_not_bring_it_back() -> None:

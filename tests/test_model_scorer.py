@@ -347,3 +347,73 @@ def test_only_sets_large_enough_get_a_run_of_their_own() -> None:
     assert sorted(scorer.runs) == [(5, 5, 25), (50, 1, 200)]
     scorer.shared_candidates = False
     assert got == scorer.rank(requests, 5)  # the same lists a row per request gives
+
+
+class _WindowReadingModel(_BroadcastingModel):
+    """Ranks by how near a candidate's id lies to the request's last window item, then by
+    the bucketed gap since that watch: a row given another request's window arrays ranks
+    differently."""
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        self.runs.append((len(inputs["items"]), *inputs["cand_items"].shape))
+        last = inputs["items"][:, -1:]
+        gap = inputs["gaps"][:, -1, -1:]
+        near = -np.abs(inputs["cand_items"] - last).astype(np.float32)
+        return near + ((inputs["cand_items"] % 5) == (gap % 5)).astype(np.float32) * 3.5
+
+
+def test_a_batch_builds_its_window_inputs_once_and_each_chunk_takes_its_own_rows() -> None:
+    """A batch of requests at several steps runs a chunk per large candidate set (and per
+    ``max_batch``); the window side (items, times, gaps) is built once for the batch and
+    each chunk takes its requests' rows: the lists are those of each request ranked alone."""
+    names = [f"s{i:03d}" for i in range(300)]
+    scorer = _WindowReadingModel(names)
+    assert scorer.probe_shared_candidates()
+    sets = [tuple(names[:200]), tuple(names[50:250]), tuple(names[:10])]
+    requests = [RankRequest([(names[(37 * i + j) % 300], 3 * j + i % 7) for j in range(i % 6)],
+                            40 + i % 9, sets[i % 3]) for i in range(150)]
+    built: list[int] = []
+    window_inputs = scorer.window_inputs
+    scorer.window_inputs = lambda rs: built.append(len(rs)) or window_inputs(rs)  # type: ignore[method-assign]
+    scorer.max_batch = 16
+    scorer.runs.clear()
+    got = scorer.rank(requests, 5)
+    modelled = sum(1 for r in requests if r.window)
+    assert built == [modelled]  # once for the whole batch
+    assert len(scorer.runs) >= 3 and sum(b for b, *_ in scorer.runs) == modelled
+    assert any(rows == 1 for _, rows, _ in scorer.runs)  # the large sets: one shared row
+    assert any(rows == b > 1 for b, rows, _ in scorer.runs)  # the small one: a row each
+    alone = _WindowReadingModel(names)
+    alone.probe_shared_candidates()
+    want = [alone.rank([r], 5)[0] for r in requests]
+    assert got == want
+    assert len({tuple(r.streamers) for r in got if not r.fallback}) > 10  # windows matter
+
+
+def test_a_candidate_tuple_is_found_by_identity_and_a_changed_list_by_its_content() -> None:
+    """The live index hands every request of a step the same tuple: the scorer finds its
+    set by identity, without building a content key. A list may change in place between
+    calls, so a list is looked up by its content every time: never a stale set."""
+    names = [f"s{i:03d}" for i in range(100)]
+    scorer = _BroadcastingModel(names)
+
+    class CountingCache(dict):  # the content cache, counting its lookups
+        gets = 0
+
+        def get(self, key, default=None):  # type: ignore[no-untyped-def, override]
+            CountingCache.gets += 1
+            return super().get(key, default)
+
+    scorer._cands = CountingCache()  # type: ignore[assignment]
+    scorer._cands.move_to_end = lambda key: None  # type: ignore[attr-defined]
+    scorer._cands.popitem = lambda last=False: None  # type: ignore[attr-defined, assignment, misc]
+    live = tuple(names[:40])
+    first = scorer.candidates(live)
+    assert scorer.candidates(live) is first and CountingCache.gets == 1  # by identity
+    assert scorer.candidates(tuple(names[:40])) is first and CountingCache.gets == 2
+    listed = list(names[:40])
+    assert scorer.candidates(listed) is first
+    listed[0] = names[60]
+    changed = scorer.candidates(listed)
+    assert names[60] in changed.names and names[0] not in changed.names
+    assert CountingCache.gets == 4

@@ -442,9 +442,14 @@ class ThreadNotingScorer(ModelScorer):
         super().__init__(index, 5, TimeEncoding(), "noting-1")
         self.threads: dict[str, set[str]] = {"inputs": set(), "forward": set()}
 
-    def inputs(self, requests: Any, sets: Any) -> dict[str, np.ndarray]:
+    def window_inputs(self, requests: Any) -> dict[str, np.ndarray]:
         self.threads["inputs"].add(threading.current_thread().name)
-        return super().inputs(requests, sets)
+        return super().window_inputs(requests)
+
+    def candidate_inputs(self, requests: Any, sets: Any, share: Any = None
+                         ) -> dict[str, np.ndarray]:
+        self.threads["inputs"].add(threading.current_thread().name)
+        return super().candidate_inputs(requests, sets, share)
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         self.threads["forward"].add(threading.current_thread().name)

@@ -32,7 +32,7 @@ class Candidates:
     """The streamers live at one step and, for each, the stream that answers for it."""
 
     step: int
-    streamers: list[str]
+    streamers: tuple[str, ...]  # a tuple: scorers cache its candidate set by identity
     streams: dict[str, int]  # streamer name -> stream id (latest started; ties: larger id)
 
     def __len__(self) -> int:
@@ -175,7 +175,7 @@ class LiveStreams:
         first = np.ones(live.shape[0], dtype=bool)
         first[1:] = names_idx[1:] != names_idx[:-1]
         live, names_idx = live[first], names_idx[first]
-        names = list(map(self._names.__getitem__, names_idx.tolist()))
+        names = tuple(map(self._names.__getitem__, names_idx.tolist()))
         result = Candidates(step, names, dict(zip(names, self._stream[live].tolist(),
                                                   strict=True)))
         if len(self._cache) >= self._cache_steps:
