@@ -1,0 +1,59 @@
+"""Drains of `liverank bench service`'s latency slice by one worker, variants alternating on
+one embedded broker: answers/s and the worker's CPU ms per answer (as `bench service`
+computes them), optionally with a py-spy profile of the drain.
+
+    REPEAT=2 python docs/measure/drain_variants.py OUT '{}' '{"env": {"LIVERANK_BATCH_SIZE": "32"}}'
+
+Each JSON argument is one variant: ``env`` goes to the worker's environment (after the
+bench's own settings), ``profile`` true records ``OUT/profile-<round>-<variant>.txt``.
+Model: ``MODEL`` (default ``out/bench-work/random-model``), data ``out/data/twitch100k.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import liverank.cli.bench_service as bs
+from liverank.broker.embedded import configured_or_embedded
+from liverank.model.data.twitch import load_interactions
+
+
+def main(out: Path, variants: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    env: dict[str, str] = {}
+    popen = subprocess.Popen
+
+    def worker_popen(cmd: Any, *a: Any, **kw: Any) -> Any:
+        if "serve" in cmd and "env" in kw:
+            kw["env"] = {**kw["env"], **env}
+        return popen(cmd, *a, **kw)
+
+    subprocess.Popen = worker_popen  # type: ignore[misc]  # the bench starts the worker
+    ds = load_interactions(Path("out/data/twitch100k.csv"))
+    model = Path(os.environ.get("MODEL", "out/bench-work/random-model"))
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    lo = ds.max_step // 2 + 40  # the slice `bench service` paces (after its 40 drained)
+    with contextlib.ExitStack() as stack:
+        base, _ = configured_or_embedded(stack)
+        part = bs._part(ds, lo, lo + 59, bs.WARM_STEPS, base)
+        for rnd in range(int(os.environ.get("REPEAT", "1"))):
+            for i, variant in enumerate(variants):
+                env.clear()
+                env.update(variant.get("env", {}))
+                profile = out / f"profile-{rnd}-{i}.txt" if variant.get("profile") else None
+                rate, share, cpu_ms = bs._drain(base, part, model, work, f"v{i}",
+                                                profile=profile)
+                print(json.dumps({"round": rnd, "variant": variant, "answers_per_s": rate,
+                                  "cpu_ms_per_answer": cpu_ms, "fallback_share": share}),
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), [json.loads(v) for v in sys.argv[2:]] or [{}])
