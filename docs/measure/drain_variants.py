@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from worker_env import worker_env
 
 import liverank.cli.bench_service as bs
 from liverank.broker.embedded import configured_or_embedded
@@ -26,15 +27,7 @@ from liverank.model.data.twitch import load_interactions
 
 def main(out: Path, variants: list[dict[str, Any]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    env: dict[str, str] = {}
-    popen = subprocess.Popen
-
-    def worker_popen(cmd: Any, *a: Any, **kw: Any) -> Any:
-        if "serve" in cmd and "env" in kw:
-            kw["env"] = {**kw["env"], **env}
-        return popen(cmd, *a, **kw)
-
-    subprocess.Popen = worker_popen  # type: ignore[misc]  # the bench starts the worker
+    env = worker_env()
     ds = load_interactions(Path("out/data/twitch100k.csv"))
     model = Path(os.environ.get("MODEL", "out/bench-work/random-model"))
     work = out / "work"

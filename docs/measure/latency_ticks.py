@@ -25,12 +25,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from worker_env import worker_env
 
 import liverank.cli.bench_service as bs
 from liverank.broker import tansu
@@ -63,15 +63,7 @@ def ticks(path: Path, warm_ms: int = 2_000) -> dict[str, Any]:
 
 def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    env: dict[str, str] = {}
-    popen = subprocess.Popen
-
-    def worker_popen(cmd: Any, *a: Any, **kw: Any) -> Any:
-        if "serve" in cmd and "env" in kw:
-            kw["env"] = {**kw["env"], **env}
-        return popen(cmd, *a, **kw)
-
-    subprocess.Popen = worker_popen  # type: ignore[misc]  # the bench starts the worker
+    env = worker_env()
     tag = [""]
     stop, answers = bs._BenchWorker.stop, bs._answers
 
