@@ -6,7 +6,10 @@
 Every second, one JSON line: the time, and for each thread that used CPU since the last
 line, ``kind|pid|thread-name:tid`` -> percent of one core. Kinds: ``tansu``, ``worker``
 (a ``serve`` process), ``driver`` (``liverank bench`` or a script under docs/measure).
-A worker's main thread (the event loop) is the one whose tid is its pid.
+A worker's main thread (the event loop) is the one whose tid is its pid. Each thread's
+time spent runnable but waiting for a core (``/proc/PID/task/TID/schedstat``, second field)
+comes as ``wait|kind|pid|thread-name:tid`` -> percent of the second (docs/results.md,
+session 16: the event loop's thread waited 16% of a paced run, 30% of a small-batch drain).
 """
 
 import json
@@ -51,18 +54,37 @@ def thread_ticks(pid: str) -> dict[str, int]:
     return out
 
 
+def thread_waits(pid: str) -> dict[str, int]:
+    """Nanoseconds each thread has waited on a run queue (schedstat's second field)."""
+    out = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                waited = int(f.read().split()[1])
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                out[f"{f.read().strip()}:{tid}"] = waited
+    except (OSError, IndexError, ValueError):
+        pass  # the process ended, or a kernel without schedstat
+    return out
+
+
 def main() -> None:
     previous: dict[str, int] = {}
     with open(sys.argv[1], "w") as out:
         while True:
-            now = {f"{kind}|{pid}|{thread}": ticks
-                   for pid, kind in kinds().items()
+            found = kinds().items()
+            now = {f"{kind}|{pid}|{thread}": ticks for pid, kind in found
                    for thread, ticks in thread_ticks(pid).items()}
+            waits = {f"wait|{kind}|{pid}|{thread}": ns for pid, kind in found
+                     for thread, ns in thread_waits(pid).items()}
             line: dict[str, float] = {"t": time.time()}
             for key, ticks in now.items():
                 if ticks > previous.get(key, ticks):
                     line[key] = (ticks - previous[key]) * 100 / HZ
-            previous = now
+            for key, ns in waits.items():
+                if ns > previous.get(key, ns):
+                    line[key] = (ns - previous[key]) / 1e7  # percent of the ~1-s interval
+            previous = {**now, **waits}
             out.write(json.dumps(line) + "\n")
             out.flush()
             time.sleep(1)
