@@ -40,9 +40,9 @@ def _what(handle: Any) -> str:
 def _install(out: str, slow_ms: float) -> None:
     log = open(f"{out}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115 - open for the process
     main = threading.main_thread().ident
-    state: dict[str, Any] = {"since": None, "watching": False, "win": 0, "busy": 0.0, "n": 0}
+    state: dict[str, Any] = {"since": None, "watching": False, "win": 0, "busy": 0.0, "n": 0,
+                             "dumped": 0.0}
     agg: dict[str, list[Any]] = {}
-    state["dumped"] = 0.0
     lock = threading.Lock()
     run = asyncio.events.Handle._run
 
