@@ -261,31 +261,54 @@ def repeat_features_last(windows: Sequence[Sequence[tuple[str, int]]], window_le
                          width: int, enc: TimeEncoding) -> np.ndarray:
     """Serving form: ``(B, width, 2)`` repeat features of each request's candidates, from the
     names in the last ``window_len`` entries (the same quantity as the training form at the
-    last position)."""
-    out_rows: list[int] = []
-    out_cols: list[int] = []
-    gaps: list[int] = []
-    counts: list[int] = []
-    for r, (window, step, cset) in enumerate(zip(windows, request_steps, cands, strict=True)):
-        seen: dict[str, list[int]] = {}
-        for name, at in window[-window_len:] if window_len else []:
-            entry = seen.get(name)
-            if entry is None:
-                seen[name] = [1, int(at)]
-            else:
-                entry[0] += 1
-                entry[1] = max(entry[1], int(at))
-        for name, (count, last) in seen.items():
-            col = cset.cols.get(name)
-            if col is not None:
-                out_rows.append(r)
-                out_cols.append(col)
-                gaps.append(int(step) - last)
-                counts.append(count)
-    out = np.zeros((len(windows), width, 2), dtype=np.int64)
-    if out_rows:
-        out[out_rows, out_cols] = repeat_buckets(np.asarray(gaps), np.asarray(counts), enc)
+    last position).
+
+    One column lookup per window entry (a `map` over its candidate set's ``cols``, per
+    distinct set) and whole-batch numpy for the counts and latest steps: a Python pass per
+    request and entry cost a paced worker's event loop ~0.45 ms a 21-request batch
+    (docs/results.md, session 17)."""
+    b = len(windows)
+    out = np.zeros((b, width, 2), dtype=np.int64)
+    tails = [w[-window_len:] for w in windows] if window_len else []
+    flat = [entry for tail in tails for entry in tail]
+    if not flat:
+        return out
+    names, at = zip(*flat, strict=True)
+    rows = np.repeat(np.arange(b), np.fromiter(map(len, tails), dtype=np.int64, count=b))
+    cols = _entry_columns(names, rows, cands)
+    hit = np.flatnonzero(cols >= 0)
+    if not hit.size:
+        return out
+    # One cell per (request, candidate): its entries' count and newest step.
+    cell = rows[hit] * width + cols[hit]
+    steps = np.fromiter(at, dtype=np.int64, count=len(at))[hit]
+    order = np.argsort(cell, kind="stable")
+    cell, steps = cell[order], steps[order]
+    first = np.flatnonzero(np.concatenate(([True], cell[1:] != cell[:-1])))
+    counts = np.diff(np.append(first, cell.size))
+    last = np.maximum.reduceat(steps, first)
+    row, col = np.divmod(cell[first], width)
+    gaps = np.asarray(request_steps, dtype=np.int64)[row] - last
+    out[row, col] = repeat_buckets(gaps, counts, enc)
     return out
+
+
+def _entry_columns(names: Sequence[str], rows: np.ndarray,
+                   cands: Sequence[CandidateSet]) -> np.ndarray:
+    """Each window entry's column in its request's candidate set, -1 where not a candidate."""
+    groups: dict[int, tuple[CandidateSet, list[int]]] = {}
+    for r, cset in enumerate(cands):
+        groups.setdefault(id(cset), (cset, []))[1].append(r)
+    if len(groups) == 1:  # the usual batch: the requests of a step share their live set
+        (cset, _), = groups.values()
+        return np.fromiter(map(cset.cols.get, names, itertools.repeat(-1)), dtype=np.int64,
+                           count=len(names))
+    cols = np.full(len(names), -1, dtype=np.int64)
+    for cset, members in groups.values():
+        idx = np.flatnonzero(np.isin(rows, members))
+        cols[idx] = np.fromiter(map(cset.cols.get, [names[i] for i in idx.tolist()],
+                                    itertools.repeat(-1)), dtype=np.int64, count=idx.size)
+    return cols
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -310,26 +333,32 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """`top_k` of every row of a (B, C) matrix at once: (B, min(k, C)) columns, best first,
     ties in column order. Rows with a tie at the cut fall back to `top_k`; the rest take a
-    few whole-matrix numpy calls instead of five per row (the serving hot path)."""
+    few whole-matrix numpy calls instead of five per row (the serving hot path). The picks
+    are found by a flat `flatnonzero` (a 2-D `nonzero` of a 21 x 1,310 matrix cost 73 us,
+    more than the rest of the function; docs/results.md, session 17)."""
     b, c = scores.shape
     k = min(k, c)
     if k <= 0 or b == 0:
         return np.zeros((b, max(k, 0)), dtype=np.int64)
-    neg = -scores
     if k < c:
-        kth = np.partition(neg, k - 1, axis=1)[:, k - 1 : k]
-        keep = neg <= kth
-        plain = keep.sum(axis=1) == k  # exactly k at or above the cut: no tie to settle
+        kth = np.partition(scores, c - k, axis=1)[:, c - k : c - k + 1]
+        keep = scores >= kth
+        plain = np.count_nonzero(keep, axis=1) == k  # exactly k at or above the cut: no tie
         cols = np.empty((b, k), dtype=np.int64)
-        if plain.any():
-            cols[plain] = np.nonzero(keep[plain])[1].reshape(-1, k)  # row-major: column order
+        if plain.all():  # row-major order of the picks: column order within a row
+            cols[:] = (np.flatnonzero(keep) % c).reshape(b, k)
+        elif plain.any():
+            cols[plain] = (np.flatnonzero(keep[plain]) % c).reshape(-1, k)
         for row in np.flatnonzero(~plain).tolist():
             cols[row] = top_k(scores[row], k)
     else:
         plain = np.ones(b, dtype=bool)
         cols = np.broadcast_to(np.arange(c), (b, c)).copy()
+    if plain.all():
+        order = np.argsort(-np.take_along_axis(scores, cols, axis=1), axis=1, kind="stable")
+        return np.take_along_axis(cols, order, axis=1)
     sub = cols[plain]
-    order = np.argsort(np.take_along_axis(neg[plain], sub, axis=1), axis=1, kind="stable")
+    order = np.argsort(-np.take_along_axis(scores[plain], sub, axis=1), axis=1, kind="stable")
     cols[plain] = np.take_along_axis(sub, order, axis=1)
     return cols
 

@@ -111,15 +111,26 @@ class Block(nn.Module):
                                  nn.Linear(dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, keep: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor, bias: Tensor | None,
+                last_only: bool = False) -> Tensor:
+        """(B, L, D) -> (B, L, D); with ``last_only`` (B, 1, D), the last position's output
+        alone: every position's keys and values, the last one's query (what serving reads
+        of the last block; the other positions' attention, projection and feed-forward are
+        15/16 of the block's work at L = 16)."""
         b, length, dim = x.shape  # (B, L, D)
         q, k, v = self.qkv(self.ln1(x)).split(dim, dim=-1)
-        q, k, v = (t.reshape(b, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        att = q @ k.transpose(-2, -1) / math.sqrt(dim // self.heads)  # (B, H, L, L)
+        if last_only:
+            q, x = q[:, -1:], x[:, -1:]
+            keep = keep[..., -1:, :]
+            bias = None if bias is None else bias[..., -1:, :]
+        rows = q.shape[1]
+        q = q.reshape(b, rows, self.heads, -1).transpose(1, 2)
+        k, v = (t.reshape(b, length, self.heads, -1).transpose(1, 2) for t in (k, v))
+        att = q @ k.transpose(-2, -1) / math.sqrt(dim // self.heads)  # (B, H, rows, L)
         if bias is not None:
             att = att + bias
         att = att.masked_fill(~keep, MASKED).softmax(-1)
-        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, length, dim)
+        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, rows, dim)
         x = x + self.drop(self.proj(y))
         return x + self.drop(self.ffn(self.ln2(x)))
 
@@ -165,9 +176,11 @@ class SeqRec(nn.Module):
         return table(idx)  # type: ignore[no-any-return]
 
     def encode(self, items: Tensor, watch_time: Tensor, gaps: Tensor,
-               item_vecs: Tensor | None = None) -> Tensor:
+               item_vecs: Tensor | None = None, last_only: bool = False) -> Tensor:
         """(B, L) items, (B, L, 2) watch time, (B, L, L) gap buckets -> (B, L, D);
-        ``item_vecs``: the items' embeddings when already looked up."""
+        ``item_vecs``: the items' embeddings when already looked up; ``last_only``: the
+        attention encoder's last block computes the last position alone, (B, 1, D) (other
+        encoders return every position)."""
         cfg = self.cfg
         length = items.shape[1]
         real = items != 0
@@ -191,8 +204,9 @@ class SeqRec(nn.Module):
         eye, causal = pos[None, :] == pos[:, None], pos[None, :] <= pos[:, None]  # (L, L)
         keep = ((causal[None] & real[:, None, :]) | eye[None])[:, None]  # (B, 1, L, L)
         bias = emb(self.gap_bias, gaps).permute(0, 3, 1, 2) if cfg.time else None  # (B, H, L, L)
-        for block in self.blocks:
-            x = block(x, keep, bias)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, keep, bias, last_only=last_only and i == last)
         return self.final_ln(x)
 
     def user(self, h: Tensor, query_time: Tensor, gap_self: Tensor) -> Tensor:
@@ -214,7 +228,7 @@ class SeqRec(nn.Module):
         if self._fast_grad():  # the same dot products; bmm's backward is slow for C = 1 + N
             s = (cand * u.unsqueeze(-2)).sum(-1)
         else:
-            s = (cand @ u.unsqueeze(-1)).squeeze(-1)  # (..., C)
+            s = (u.unsqueeze(-2) @ cand.transpose(-1, -2)).squeeze(-2)  # (..., C)
         if not self.cfg.repeat:
             return s
         rec, cnt = cand_repeat[..., 0], cand_repeat[..., 1]
@@ -225,7 +239,7 @@ class SeqRec(nn.Module):
     def forward(self, items: Tensor, watch_time: Tensor, query_time: Tensor, gaps: Tensor,
                 cand_items: Tensor, cand_repeat: Tensor) -> Tensor:
         """Scores (B, C) of the candidates for the last window position (serving/export)."""
-        h = self.encode(items, watch_time, gaps)[:, -1]  # (B, D)
+        h = self.encode(items, watch_time, gaps, last_only=True)[:, -1]  # (B, D)
         u = self.user(h, query_time[:, -1], gaps[:, -1, -1])
         return self.score(u, cand_items, cand_repeat)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from liverank.model.features import (
+    CandidateSet,
     ItemIndex,
     TimeEncoding,
     candidate_set,
@@ -158,6 +159,49 @@ def test_serving_repeat_features_equal_the_training_form_at_the_last_position() 
         query = query_steps(steps, np.array([step]))
         trained = repeat_features_positions(keys, steps, keys != 0, query, cand_keys, ENC)
         np.testing.assert_array_equal(served, trained[0, -1])
+
+
+def _repeat_features_last_by_loop(windows: list[list[tuple[str, int]]], window_len: int,
+                                  steps: list[int], cands: list[CandidateSet], width: int
+                                  ) -> np.ndarray:
+    """The former `repeat_features_last`: a pass over each request's entries in Python."""
+    out = np.zeros((len(windows), width, 2), dtype=np.int64)
+    for r, (window, step, cset) in enumerate(zip(windows, steps, cands, strict=True)):
+        seen: dict[str, list[int]] = {}
+        for name, at in window[-window_len:] if window_len else []:
+            count_last = seen.setdefault(name, [0, at])
+            count_last[0] += 1
+            count_last[1] = max(count_last[1], at)
+        for name, (count, last) in seen.items():
+            col = cset.cols.get(name)
+            if col is not None:
+                out[r, col] = repeat_buckets(np.array([step - last]), np.array([count]),
+                                             ENC)[0]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_serving_repeat_features_of_a_batch_equal_each_request_alone(seed: int) -> None:
+    """Requests of several candidate sets (some shared by object, some equal but distinct
+    objects), windows longer and shorter than ``window_len``, repeats, out-of-order steps
+    and unknown names: the batch's features equal the per-request definition."""
+    rng = np.random.default_rng(seed)
+    names = [f"s{i}" for i in range(14)]
+    index = _index(names[:9])
+    for _ in range(40):
+        window_len = int(rng.integers(0, 8))
+        sets = [candidate_set([names[i] for i in rng.choice(14, size=int(rng.integers(0, 10)),
+                                                            replace=False)], index)
+                for _ in range(int(rng.integers(1, 4)))]
+        b = int(rng.integers(1, 9))
+        cands = [sets[int(rng.integers(len(sets)))] for _ in range(b)]
+        windows = [[(names[int(rng.integers(14))], int(rng.integers(0, 400)))
+                    for _ in range(int(rng.integers(0, 12)))] for _ in range(b)]
+        steps = [int(rng.integers(300, 900)) for _ in range(b)]
+        width = max([len(c.names) for c in cands] + [1])
+        got = repeat_features_last(windows, window_len, steps, cands, width, ENC)
+        want = _repeat_features_last_by_loop(windows, window_len, steps, cands, width)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_item_index_refuses_duplicates_and_maps_unknown_to_oov() -> None:

@@ -265,3 +265,22 @@ def test_training_forms_give_the_plain_forms_scores_and_gradients(arch: str) -> 
         if hasattr(model, name):
             assert (fast_grads[f"{name}.weight"][0] == 0).all(), name
     assert (fast_grads["item_emb.weight"] != 0).any()
+
+
+@pytest.mark.parametrize("arch", ["liverank", "sasrec", "gru", "mf"])
+def test_serving_forward_equals_the_last_position_of_training(arch: str) -> None:
+    # `forward` runs the last block for the last position alone and scores with the user
+    # vector on the left (one GEMM when the candidate row is shared): the same scores as
+    # the training form at the last position, for a row per request and one shared row.
+    model = _model(arch, time=arch == "liverank", repeat=arch == "liverank")
+    inputs = random_inputs(model, ENC, batch=6, candidates=11, rng=np.random.default_rng(4),
+                           empty_rows=1)
+    inputs["items"][1, :4] = 0  # a short window among full ones
+    tensors = _tensors(inputs)
+    with torch.no_grad():
+        users = model.all_positions(*tensors[:4])
+        assert model.encode(tensors[0], tensors[1], tensors[3], last_only=True).shape[1] == (
+            6 if arch in ("gru", "mf") else 1)
+        for cand in (tensors[4], tensors[4][:1]):
+            want = model.score(users[:, -1], cand.expand(6, -1), tensors[5])
+            torch.testing.assert_close(model(*tensors[:4], cand, tensors[5]), want)

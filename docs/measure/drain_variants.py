@@ -5,8 +5,9 @@ computes them), optionally with a py-spy profile of the drain.
     REPEAT=2 python docs/measure/drain_variants.py OUT '{}' '{"env": {"LIVERANK_BATCH_SIZE": "32"}}'
 
 Each JSON argument is one variant: ``env`` goes to the worker's environment (after the
-bench's own settings), ``profile`` true records ``OUT/profile-<round>-<variant>.txt``.
-Model: ``MODEL`` (default ``out/bench-work/random-model``), data ``out/data/twitch100k.csv``.
+bench's own settings), ``profile`` true records ``OUT/profile-<round>-<variant>.txt``,
+``model`` a model directory of its own. Model: ``MODEL`` (default
+``out/bench-work/random-model``), data ``out/data/twitch100k.csv``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def main(out: Path, variants: list[dict[str, Any]]) -> None:
                 env.clear()
                 env.update(variant.get("env", {}))
                 profile = out / f"profile-{rnd}-{i}.txt" if variant.get("profile") else None
-                rate, share, cpu_ms = bs._drain(base, part, model, work, f"v{i}",
-                                                profile=profile)
+                rate, share, cpu_ms = bs._drain(base, part,
+                                                Path(variant.get("model", model)), work,
+                                                f"v{i}", profile=profile)
                 print(json.dumps({"round": rnd, "variant": variant, "answers_per_s": rate,
                                   "cpu_ms_per_answer": cpu_ms, "fallback_share": share}),
                       flush=True)

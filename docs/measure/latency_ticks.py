@@ -5,7 +5,9 @@
         '{"env": {"LIVERANK_USER_READER": "librdkafka"}}'
 
 Each JSON argument is one variant: ``env`` goes to the worker's environment,
-``flush_ticks`` and ``spread_ticks`` set `EvenRateSink`'s attributes of those names in the
+``model`` a model directory of its own (``MODEL`` by default; with ``"fake": true`` a fake
+model's directory, served by the fake scorer's worker as `bench service`'s (a)), ``flush_ticks`` and
+``spread_ticks`` set `EvenRateSink`'s attributes of those names in the
 replay, ``tick_s`` the paced tick
 (`liverank.broker.tansu.PACED_TICK_S`). Variants alternate (REPEAT
 rounds) on one embedded broker, after a warm-up of the same slice, on
@@ -65,7 +67,11 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = worker_env()
     tag = [""]
-    stop, answers = bs._BenchWorker.stop, bs._answers
+    stop, answers, init = bs._BenchWorker.stop, bs._answers, bs._BenchWorker.__init__
+    fake = [False]
+
+    def init_fake_or_not(self: Any, *a: Any, **kw: Any) -> None:
+        init(self, *a, **{**kw, "fake": fake[0]})
 
     def stop_saving_metrics(self: Any, *a: Any, **kw: Any) -> Any:
         text = self._metrics_text()
@@ -80,6 +86,7 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
         return recs
 
     bs._BenchWorker.stop, bs._answers = stop_saving_metrics, answers_saved
+    bs._BenchWorker.__init__ = init_fake_or_not  # type: ignore[method-assign]
     ds = load_interactions(Path("out/data/twitch100k.csv"))
     model = Path(os.environ.get("MODEL", "out/bench-work/random-model"))
     work = out / "work"
@@ -97,7 +104,8 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
                 EvenRateSink.spread_ticks = variant.get("spread_ticks", True)
                 tansu.PACED_TICK_S = variant.get("tick_s", tick_s)
                 tag[0] = f"{rnd}-{i}"
-                bs._latency(base, part, model, work, rate=rate)
+                fake[0] = bool(variant.get("fake", False))
+                bs._latency(base, part, Path(variant.get("model", model)), work, rate=rate)
                 print(json.dumps({"round": rnd, "variant": variant,
                                   **ticks(out / f"answers-{tag[0]}.npy")}), flush=True)
 
