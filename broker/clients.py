@@ -1,8 +1,9 @@
 """The worker's librdkafka clients: the answer publisher, the stream-events feed and the
 user-events reader.
 
-Both are plain confluent-kafka with a thread each (librdkafka releases the GIL while it
-waits), handing results to the asyncio loop; no faust import. Tests hand the worker an
+All plain confluent-kafka, no faust import. The publisher is served on the asyncio loop
+(its delivery reports polled there); the feed and the reader have a thread each
+(librdkafka releases the GIL while it waits) handing records to the loop. Tests hand the worker an
 in-memory `Publisher` instead (from `liverank.services.testing`).
 """
 
@@ -64,50 +65,81 @@ class PublisherUnreachableError(PublishError, BrokerUnreachableError):
 
 
 class _Pending:
-    """Delivery bookkeeping of one `publish` call (the poll thread counts down)."""
+    """Delivery bookkeeping of one `publish` call (its delivery reports count down)."""
 
-    __slots__ = ("error", "fut", "left", "loop", "offsets")
+    __slots__ = ("error", "fut", "left", "offsets")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Offsets],
-                 left: int):
-        self.loop, self.fut, self.left = loop, fut, left
+    def __init__(self, fut: asyncio.Future[Offsets], left: int):
+        self.fut, self.left = fut, left
         self.error: KafkaError | None = None
         self.offsets: Offsets = {}
 
 
 class KafkaPublisher:
-    """A librdkafka producer (idempotent, murmur2 keys, small linger) with a poll thread that
-    runs the delivery callbacks; each `publish` gets a future for its own messages."""
+    """A librdkafka producer (idempotent, murmur2 keys, small linger) whose delivery reports
+    are served on the event loop that publishes: while a `publish` awaits its
+    acknowledgements the loop polls the producer every `POLL_S` (``poll(0)``: never
+    blocks), otherwise every `IDLE_POLL_S` (librdkafka's error and log events). Each
+    `publish` gets a future for its own messages.
+
+    Why no poll thread (it had one until session 18): its delivery callbacks, a Python call
+    per message (~3 messages an answer), took the GIL from a busy event loop thousands of
+    times a second, and each hand-over waits behind the loop's switch interval; polled on
+    the loop they cost a few microseconds a batch and no hand-over (docs/results.md,
+    session 18). A report is read at most `POLL_S` after librdkafka has it: it settles
+    acks and commits, not answers (an answer's latency ends when it is published)."""
+
+    POLL_S = 0.002
+    IDLE_POLL_S = 0.1
 
     def __init__(self, config: dict[str, Any], on_failure: Callable[[], None] | None = None):
         # Answers are latency-bound: send within a millisecond rather than the 5 ms default.
         self._producer = Producer({**config, "linger.ms": 1})
-        self._on_failure = on_failure  # called (poll thread) per message not delivered
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="liverank-publisher",
-                                        daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
+        self._on_failure = on_failure  # called (on the loop) per message not delivered
+        self._unsettled = 0  # publish calls whose future is not done
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_fast = False
+        self._closed = False
 
     def _delivered(self, pending: _Pending, err: KafkaError | None, msg: Message) -> None:
-        with self._lock:  # poll thread
-            if err is not None:
-                pending.error = err
-                if self._on_failure is not None:
-                    self._on_failure()
-            else:  # a delivered message always has its topic, partition and offset
-                tp = (str(msg.topic()), int(msg.partition() or 0))
-                offset = int(msg.offset() or 0)
-                if offset > pending.offsets.get(tp, -1):
-                    pending.offsets[tp] = offset
-            pending.left -= 1
-            done = pending.left == 0
-        if done:
-            pending.loop.call_soon_threadsafe(_settle, pending)
+        """librdkafka's delivery report of one message; runs inside ``poll``/``flush``,
+        always on the publishing loop's thread."""
+        if err is not None:
+            pending.error = err
+            if self._on_failure is not None:
+                self._on_failure()
+        else:  # a delivered message always has its topic, partition and offset
+            tp = (str(msg.topic()), int(msg.partition() or 0))
+            offset = int(msg.offset() or 0)
+            if offset > pending.offsets.get(tp, -1):
+                pending.offsets[tp] = offset
+        pending.left -= 1
+        if pending.left == 0:
+            self._settle(pending)
+
+    def _settle(self, pending: _Pending) -> None:
+        self._unsettled -= 1
+        _settle(pending)
+
+    def _poll(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        self._producer.poll(0)  # delivery reports now waiting: `_delivered` for each
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """The next poll: soon while a publish awaits reports, rarely otherwise."""
+        fast = self._unsettled > 0
+        if self._timer is not None:
+            if self._timer_fast or not fast:
+                return
+            self._timer.cancel()  # an idle poll far off: a publish now waits on reports
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self.POLL_S if fast else self.IDLE_POLL_S,
+                                            self._poll)
+        self._timer_fast = fast
 
     def connect(self, timeout_s: float) -> None:
         """Blocking: a metadata request opens the connection, and librdkafka gets its
@@ -119,11 +151,19 @@ class KafkaPublisher:
 
     def publish(self, messages: Sequence[Outgoing]) -> asyncio.Future[Offsets]:
         loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("KafkaPublisher.publish called from a second event loop: its "
+                               "delivery reports are served on the first one only")
+        if self._closed:
+            raise PublishError("the publisher is closed")
         fut: asyncio.Future[Offsets] = loop.create_future()
         if not messages:
             fut.set_result({})
             return fut
-        pending = _Pending(loop, fut, len(messages))
+        pending = _Pending(fut, len(messages))
+        self._unsettled += 1
         on_delivery = functools.partial(self._delivered, pending)
         produce = self._producer.produce
         sent = 0
@@ -136,31 +176,35 @@ class KafkaPublisher:
                         else:
                             produce(topic, value, key, partition, on_delivery=on_delivery)
                         break
-                    except BufferError:  # local queue full: let the poll thread deliver
-                        time.sleep(0.005)
+                    except BufferError:  # local queue full: serve reports until there is room
+                        self._producer.poll(0.005)
                 sent += 1
         except KafkaException as exc:  # refused before sending (too large, unknown topic)
             self._refused(pending, exc, len(messages) - sent)
+        if not fut.done():
+            self._schedule()
         return fut
 
     def _refused(self, pending: _Pending, exc: KafkaException, unsent: int) -> None:
         """Messages librdkafka refused outright count as failed deliveries: the batch's
         future fails (once the ones already sent are settled) and nothing is acked."""
         logger.error("publish refused by the client messages=%d error=%s", unsent, exc)
-        with self._lock:
-            pending.error = exc.args[0]
-            pending.left -= unsent
-            done = pending.left == 0
+        pending.error = exc.args[0]
+        pending.left -= unsent
         if self._on_failure is not None:
             for _ in range(unsent):
                 self._on_failure()
-        if done:
-            _settle(pending)
+        if pending.left == 0:
+            self._settle(pending)
 
     def close(self) -> None:
+        """Deliver what is queued (up to 10 s; reports settle their futures here), then
+        stop polling. Called on the publishing loop's thread."""
         self._producer.flush(10)
-        self._stop.set()
-        self._thread.join(timeout=2)
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _settle(pending: _Pending) -> None:

@@ -369,7 +369,7 @@ def test_publisher_that_cannot_reach_the_broker_says_so() -> None:
         with pytest.raises(PublishError, match="cannot reach the broker"):
             publisher.connect(1.0)
     finally:
-        publisher._stop.set()
+        publisher.close()
 
 
 # --- failure paths ---------------------------------------------------------------------------
@@ -637,4 +637,4 @@ async def test_a_message_the_client_refuses_fails_the_publish_and_is_counted() -
             await asyncio.wait_for(fut, 5)
         assert len(failures) == 2  # the refused one and the one never sent after it
     finally:
-        publisher._stop.set()
+        publisher.close()
