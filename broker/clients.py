@@ -3,8 +3,8 @@ user-events reader.
 
 All plain confluent-kafka, no faust import. The publisher is served on the asyncio loop
 (its delivery reports polled there); the feed and the reader have a thread each
-(librdkafka releases the GIL while it waits) handing records to the loop. Tests hand the worker an
-in-memory `Publisher` instead (from `liverank.services.testing`).
+(librdkafka releases the GIL while it waits) handing records to the loop. Tests hand the
+worker an in-memory `Publisher` instead (from `liverank.services.testing`).
 """
 
 from __future__ import annotations
