@@ -47,8 +47,12 @@ async def test_deliveries_settle_on_the_publishing_loop_without_a_thread(
         assert got[1] == {(topic, 1): 1}
         assert report_threads == {threading.get_ident()}  # the loop's own thread
         assert {t.name for t in threading.enumerate()} == threads_before
-        # Idle, the loop still polls (rarely), and a later publish settles as fast.
+        # Idle, the loop still polls (rarely: librdkafka's error and log events), and a
+        # later publish settles as fast.
+        idle = publisher._timer
+        assert idle is not None and not publisher._timer_fast
         await asyncio.sleep(KafkaPublisher.IDLE_POLL_S * 1.5)
+        assert publisher._timer is not None and publisher._timer is not idle  # fired, re-armed
         third = await asyncio.wait_for(publisher.publish([(topic, b"u5", b"e", 0)]), 10)
         assert third == {(topic, 0): 2}
         assert await publisher.publish([]) == {}
