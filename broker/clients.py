@@ -119,8 +119,17 @@ class KafkaPublisher:
             self._settle(pending)
 
     def _settle(self, pending: _Pending) -> None:
+        """Every message of ``pending`` reported: its future gets the offsets, or fails
+        naming the first error (unless its awaiter gave up on it)."""
         self._unsettled -= 1
-        _settle(pending)
+        fut = pending.fut
+        if fut.done():
+            return
+        if pending.error is not None:
+            fut.set_exception(PublishError(
+                f"the broker did not acknowledge a message: {pending.error}"))
+        else:
+            fut.set_result(pending.offsets)
 
     def _poll(self) -> None:
         self._timer = None
@@ -205,16 +214,6 @@ class KafkaPublisher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def _settle(pending: _Pending) -> None:
-    if pending.fut.done():
-        return
-    if pending.error is not None:
-        pending.fut.set_exception(PublishError(
-            f"the broker did not acknowledge a message: {pending.error}"))
-    else:
-        pending.fut.set_result(pending.offsets)
 
 
 # --- the stream feed -----------------------------------------------------------------------------
