@@ -4,22 +4,22 @@
     REPEAT=2 python docs/measure/latency_ticks.py 2000 out/ticks '{}' \
         '{"env": {"LIVERANK_USER_READER": "librdkafka"}}'
 
-Each JSON argument is one variant: ``env`` goes to the worker's environment,
-``model`` a model directory of its own (``MODEL`` by default; with ``"fake": true`` a fake
-model's directory, served by the fake scorer's worker as `bench service`'s (a)), ``flush_ticks`` and
-``spread_ticks`` set `EvenRateSink`'s attributes of those names in the
-replay, ``tick_s`` the paced tick
-(`liverank.broker.tansu.PACED_TICK_S`). Variants alternate (REPEAT
-rounds) on one embedded broker, after a warm-up of the same slice, on
-``out/data/twitch100k.csv`` with the random model `bench service` leaves in its work
-folder (``out/bench-work/random-model`` after `liverank bench service --out out/bench.json`;
+Each JSON argument is one variant: ``env`` goes to the worker's environment, ``model`` a
+model directory of its own (``MODEL`` by default; with ``"fake": true`` a fake model's
+directory, served by the fake scorer's worker as `bench service`'s (a)), ``flush_ticks``
+and ``spread_ticks`` set `EvenRateSink`'s attributes of those names in the replay,
+``tick_s`` the paced tick (`liverank.broker.tansu.PACED_TICK_S`), ``pin``
+(``[worker_cpus, other_cpus]``) the worker's threads to ``worker_cpus`` and the driver's
+and the broker's to ``other_cpus`` for that run (`worker_env.pinned`). Variants alternate
+(REPEAT rounds) on one embedded broker, after a warm-up of the same slice, on
+``out/data/twitch100k.csv`` with the random model `bench service` leaves in its work folder
+(``out/bench-work/random-model`` after `liverank bench service --out out/bench.json`;
 ``MODEL`` overrides). Per run: p50/p99 as `bench service` computes them, then per tick
-(answers whose produce times lie within 3 ms of each other: the paced sink stamps a
-tick's messages, or a partition's share of a spread tick, together) the first and last
-answer's latency and the micro-batches that answered it (distinct publish times: a batch
-is stamped once). Writes
-``OUT/answers-<round>-<variant>.npy`` (produced_ms, published_ms) and the worker's
-/metrics text next to it.
+(answers whose produce times lie within 3 ms of each other: the paced sink stamps a tick's
+messages, or a partition's share of a spread tick, together) the first and last answer's
+latency and the micro-batches that answered it (distinct publish times: a batch is stamped
+once). Writes ``OUT/answers-<round>-<variant>.npy`` (produced_ms, published_ms) and the
+worker's /metrics text next to it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from worker_env import worker_env
+from worker_env import pinned, worker_env
 
 import liverank.cli.bench_service as bs
 from liverank.broker import tansu
@@ -105,7 +105,8 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
                 tansu.PACED_TICK_S = variant.get("tick_s", tick_s)
                 tag[0] = f"{rnd}-{i}"
                 fake[0] = bool(variant.get("fake", False))
-                bs._latency(base, part, Path(variant.get("model", model)), work, rate=rate)
+                with pinned(variant.get("pin")):
+                    bs._latency(base, part, Path(variant.get("model", model)), work, rate=rate)
                 print(json.dumps({"round": rnd, "variant": variant,
                                   **ticks(out / f"answers-{tag[0]}.npy")}), flush=True)
 

@@ -1,12 +1,19 @@
 """The environment of the workers `liverank.cli.bench_service` starts, for the measure
 scripts next to this file (run as ``python docs/measure/<script>.py``, so this folder is on
 the import path): `worker_env` returns a dict, and what it holds when the bench starts a
-``serve`` worker goes into that worker's environment, after the bench's own settings."""
+``serve`` worker goes into that worker's environment, after the bench's own settings.
+`pinned` runs the workers started meanwhile on CPUs of their own (Linux affinity), the
+driver and the embedded broker on the others."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
+from collections.abc import Iterator
 from typing import Any
+
+import liverank.cli.bench_service as bs
 
 
 def worker_env() -> dict[str, str]:
@@ -20,3 +27,49 @@ def worker_env() -> dict[str, str]:
 
     subprocess.Popen = worker_popen  # type: ignore[misc]  # the bench starts the worker
     return env
+
+
+def _tasks(pid: int) -> list[int]:
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def broker_pids() -> list[int]:
+    """The embedded broker's processes (a tansu binary)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"tansu" in f.read().split(b"\0")[0]:
+                pids.append(int(pid))
+    return pids
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of ``pids`` to ``cpus`` (threads started later inherit it)."""
+    for pid in pids:
+        for tid in _tasks(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def pinned(split: Any) -> Iterator[None]:
+    """With ``split`` ``[worker_cpus, other_cpus]``: every worker the bench starts meanwhile
+    on ``worker_cpus``, this process and the broker on ``other_cpus``; all CPUs again after.
+    ``None``: nothing pinned."""
+    every = os.sched_getaffinity(0)
+    if not split:
+        yield
+        return
+    init = bs._BenchWorker.__init__
+
+    def init_pinned(self: Any, *a: Any, **kw: Any) -> None:
+        init(self, *a, **kw)
+        pin([self.proc.pid], set(split[0]))
+
+    bs._BenchWorker.__init__ = init_pinned  # type: ignore[method-assign]
+    pin([os.getpid(), *broker_pids()], set(split[1]))
+    try:
+        yield
+    finally:
+        bs._BenchWorker.__init__ = init  # type: ignore[method-assign]
+        pin([os.getpid(), *broker_pids()], every)

@@ -1,0 +1,59 @@
+"""`liverank bench service`'s latency part (two drains of the latency slice, then the slice
+paced at half of the better) per variant, variants alternating on one embedded broker: is
+half capacity a load the worker holds when the drain and the paced run give it the same
+CPU?
+
+    REPEAT=2 python docs/measure/pinned_half.py OUT '{}' '{"pin": [[1], [0]]}'
+
+Each JSON argument is one variant: ``pin`` ``[worker_cpus, other_cpus]`` runs the worker on
+``worker_cpus`` and this driver (the replay) and the broker on ``other_cpus``, in the drains
+and in the paced run alike (`worker_env.pinned`); ``env`` goes to the worker's environment.
+Model ``MODEL`` (default ``out/bench-work/random-model``), data ``out/data/twitch100k.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from worker_env import pinned, worker_env
+
+import liverank.cli.bench_service as bs
+from liverank.broker.embedded import configured_or_embedded
+from liverank.model.data.twitch import load_interactions
+
+
+def main(out: Path, variants: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    env = worker_env()
+    ds = load_interactions(Path("out/data/twitch100k.csv"))
+    model = Path(os.environ.get("MODEL", "out/bench-work/random-model"))
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    lo = ds.max_step // 2 + 40  # the slice `bench service` paces (after its 40 drained)
+    with contextlib.ExitStack() as stack:
+        base, _ = configured_or_embedded(stack)
+        part = bs._part(ds, lo, lo + 59, bs.WARM_STEPS, base)
+        for rnd in range(int(os.environ.get("REPEAT", "1"))):
+            for i, variant in enumerate(variants):
+                env.clear()
+                env.update(variant.get("env", {}))
+                with pinned(variant.get("pin")):
+                    drains = [bs._drain(base, part, model, work, f"v{i}")
+                              for _ in range(2)]
+                    capacity = max(d[0] for d in drains)
+                    lat = bs._latency(base, part, model, work, rate=capacity / 2)
+                print(json.dumps({"round": rnd, "variant": variant,
+                                  "drains": [d[0] for d in drains],
+                                  "cpu_ms_per_answer": [d[2] for d in drains],
+                                  "rate": lat["rate"], "p50": lat["p50_ms"],
+                                  "p99": lat["p99_ms"], "p50_halves": lat["p50_ms_halves"],
+                                  "p99_windows": lat["p99_ms_windows"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), [json.loads(v) for v in sys.argv[2:]] or [{}])
