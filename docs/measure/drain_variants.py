@@ -12,31 +12,20 @@ bench's own settings), ``profile`` true records ``OUT/profile-<round>-<variant>.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from worker_env import worker_env
+from worker_env import latency_slice, worker_env
 
 import liverank.cli.bench_service as bs
-from liverank.broker.embedded import configured_or_embedded
-from liverank.model.data.twitch import load_interactions
 
 
 def main(out: Path, variants: list[dict[str, Any]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     env = worker_env()
-    ds = load_interactions(Path("out/data/twitch100k.csv"))
-    model = Path(os.environ.get("MODEL", "out/bench-work/random-model"))
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    lo = ds.max_step // 2 + 40  # the slice `bench service` paces (after its 40 drained)
-    with contextlib.ExitStack() as stack:
-        base, _ = configured_or_embedded(stack)
-        part = bs._part(ds, lo, lo + 59, bs.WARM_STEPS, base)
+    with latency_slice(out) as (base, part, model, work):
         for rnd in range(int(os.environ.get("REPEAT", "1"))):
             for i, variant in enumerate(variants):
                 env.clear()

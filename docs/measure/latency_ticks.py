@@ -24,7 +24,6 @@ worker's /metrics text next to it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -32,12 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from worker_env import pinned, worker_env
+from worker_env import latency_slice, pinned, worker_env
 
 import liverank.cli.bench_service as bs
 from liverank.broker import tansu
-from liverank.broker.embedded import configured_or_embedded
-from liverank.model.data.twitch import load_interactions
 from liverank.replay.producer import EvenRateSink
 
 
@@ -87,15 +84,8 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
 
     bs._BenchWorker.stop, bs._answers = stop_saving_metrics, answers_saved
     bs._BenchWorker.__init__ = init_fake_or_not  # type: ignore[method-assign]
-    ds = load_interactions(Path("out/data/twitch100k.csv"))
-    model = Path(os.environ.get("MODEL", "out/bench-work/random-model"))
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
     tick_s = tansu.PACED_TICK_S
-    lo = ds.max_step // 2 + 40  # the slice `bench service` paces (after its 40 drained)
-    with contextlib.ExitStack() as stack:
-        base, _ = configured_or_embedded(stack)
-        part = bs._part(ds, lo, lo + 59, bs.WARM_STEPS, base)  # its 60 latency steps
+    with latency_slice(out) as (base, part, model, work):
         for rnd in range(int(os.environ.get("REPEAT", "1"))):
             for i, variant in enumerate(variants):
                 env.clear()

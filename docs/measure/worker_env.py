@@ -11,6 +11,7 @@ import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import liverank.cli.bench_service as bs
@@ -73,3 +74,23 @@ def pinned(split: Any) -> Iterator[None]:
     finally:
         bs._BenchWorker.__init__ = init  # type: ignore[method-assign]
         pin([os.getpid(), *broker_pids()], every)
+
+
+@contextlib.contextmanager
+def latency_slice(out: Path) -> Iterator[tuple[Any, Any, Path, Path]]:
+    """(broker settings, part, model, work folder): `bench service`'s latency slice of
+    ``out/data/twitch100k.csv`` (its 60 paced steps after the 40 it drains, with their
+    warm-up) on an embedded broker (or the configured one) for the ``with`` block; the model
+    ``MODEL`` (default ``out/bench-work/random-model``); the work folder ``OUT/work``."""
+    from liverank.broker.embedded import configured_or_embedded
+    from liverank.model.data.twitch import load_interactions
+
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_interactions(Path("out/data/twitch100k.csv"))
+    model = Path(os.environ.get("MODEL", "out/bench-work/random-model"))
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    lo = ds.max_step // 2 + 40  # the slice `bench service` paces (after its 40 drained)
+    with contextlib.ExitStack() as stack:
+        base, _ = configured_or_embedded(stack)
+        yield base, bs._part(ds, lo, lo + 59, bs.WARM_STEPS, base), model, work
