@@ -35,11 +35,15 @@ def _tasks(pid: int) -> list[int]:
 
 
 def broker_pids() -> list[int]:
-    """The embedded broker's processes (a tansu binary)."""
+    """This process's embedded broker (a tansu binary it started), not another run's."""
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"tansu" in f.read().split(b"\0")[0]:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                exe = f.read().split(b"\0")[0]
+            if parent == os.getpid() and b"tansu" in exe:
                 pids.append(int(pid))
     return pids
 
