@@ -13,12 +13,11 @@ bench's own settings), ``profile`` true records ``OUT/profile-<round>-<variant>.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from worker_env import latency_slice, worker_env
+from worker_env import latency_slice, rounds, worker_env
 
 import liverank.cli.bench_service as bs
 
@@ -26,17 +25,14 @@ import liverank.cli.bench_service as bs
 def main(out: Path, variants: list[dict[str, Any]]) -> None:
     env = worker_env()
     with latency_slice(out) as (base, part, model, work):
-        for rnd in range(int(os.environ.get("REPEAT", "1"))):
-            for i, variant in enumerate(variants):
-                env.clear()
-                env.update(variant.get("env", {}))
-                profile = out / f"profile-{rnd}-{i}.txt" if variant.get("profile") else None
-                rate, share, cpu_ms = bs._drain(base, part,
-                                                Path(variant.get("model", model)), work,
-                                                f"v{i}", profile=profile)
-                print(json.dumps({"round": rnd, "variant": variant, "answers_per_s": rate,
-                                  "cpu_ms_per_answer": cpu_ms, "fallback_share": share}),
-                      flush=True)
+        for rnd, i, variant in rounds(env, variants):
+            profile = out / f"profile-{rnd}-{i}.txt" if variant.get("profile") else None
+            rate, share, cpu_ms = bs._drain(base, part,
+                                            Path(variant.get("model", model)), work,
+                                            f"v{i}", profile=profile)
+            print(json.dumps({"round": rnd, "variant": variant, "answers_per_s": rate,
+                              "cpu_ms_per_answer": cpu_ms, "fallback_share": share}),
+                  flush=True)
 
 
 if __name__ == "__main__":

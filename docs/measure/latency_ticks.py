@@ -25,13 +25,12 @@ worker's /metrics text next to it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from worker_env import latency_slice, pinned, worker_env
+from worker_env import latency_slice, pinned, rounds, worker_env
 
 import liverank.cli.bench_service as bs
 from liverank.broker import tansu
@@ -86,19 +85,16 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
     bs._BenchWorker.__init__ = init_fake_or_not  # type: ignore[method-assign]
     tick_s = tansu.PACED_TICK_S
     with latency_slice(out) as (base, part, model, work):
-        for rnd in range(int(os.environ.get("REPEAT", "1"))):
-            for i, variant in enumerate(variants):
-                env.clear()
-                env.update(variant.get("env", {}))
-                EvenRateSink.flush_ticks = variant.get("flush_ticks", True)
-                EvenRateSink.spread_ticks = variant.get("spread_ticks", True)
-                tansu.PACED_TICK_S = variant.get("tick_s", tick_s)
-                tag[0] = f"{rnd}-{i}"
-                fake[0] = bool(variant.get("fake", False))
-                with pinned(variant.get("pin")):
-                    bs._latency(base, part, Path(variant.get("model", model)), work, rate=rate)
-                print(json.dumps({"round": rnd, "variant": variant,
-                                  **ticks(out / f"answers-{tag[0]}.npy")}), flush=True)
+        for rnd, i, variant in rounds(env, variants):
+            EvenRateSink.flush_ticks = variant.get("flush_ticks", True)
+            EvenRateSink.spread_ticks = variant.get("spread_ticks", True)
+            tansu.PACED_TICK_S = variant.get("tick_s", tick_s)
+            tag[0] = f"{rnd}-{i}"
+            fake[0] = bool(variant.get("fake", False))
+            with pinned(variant.get("pin")):
+                bs._latency(base, part, Path(variant.get("model", model)), work, rate=rate)
+            print(json.dumps({"round": rnd, "variant": variant,
+                              **ticks(out / f"answers-{tag[0]}.npy")}), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ Model ``MODEL`` (default ``out/bench-work/random-model``), data ``out/data/twitc
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from worker_env import latency_slice, pinned, worker_env
+from worker_env import latency_slice, pinned, rounds, worker_env
 
 import liverank.cli.bench_service as bs
 
@@ -27,21 +26,18 @@ import liverank.cli.bench_service as bs
 def main(out: Path, variants: list[dict[str, Any]]) -> None:
     env = worker_env()
     with latency_slice(out) as (base, part, model, work):
-        for rnd in range(int(os.environ.get("REPEAT", "1"))):
-            for i, variant in enumerate(variants):
-                env.clear()
-                env.update(variant.get("env", {}))
-                with pinned(variant.get("pin")):
-                    drains = [bs._drain(base, part, model, work, f"v{i}")
-                              for _ in range(2)]
-                    capacity = max(d[0] for d in drains)
-                    lat = bs._latency(base, part, model, work, rate=capacity / 2)
-                print(json.dumps({"round": rnd, "variant": variant,
-                                  "drains": [d[0] for d in drains],
-                                  "cpu_ms_per_answer": [d[2] for d in drains],
-                                  "rate": lat["rate"], "p50": lat["p50_ms"],
-                                  "p99": lat["p99_ms"], "p50_halves": lat["p50_ms_halves"],
-                                  "p99_windows": lat["p99_ms_windows"]}), flush=True)
+        for rnd, i, variant in rounds(env, variants):
+            with pinned(variant.get("pin")):
+                drains = [bs._drain(base, part, model, work, f"v{i}")
+                          for _ in range(2)]
+                capacity = max(d[0] for d in drains)
+                lat = bs._latency(base, part, model, work, rate=capacity / 2)
+            print(json.dumps({"round": rnd, "variant": variant,
+                              "drains": [d[0] for d in drains],
+                              "cpu_ms_per_answer": [d[2] for d in drains],
+                              "rate": lat["rate"], "p50": lat["p50_ms"],
+                              "p99": lat["p99_ms"], "p50_halves": lat["p50_ms_halves"],
+                              "p99_windows": lat["p99_ms_windows"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,15 @@ def latency_slice(out: Path) -> Iterator[tuple[Any, Any, Path, Path]]:
     with contextlib.ExitStack() as stack:
         base, _ = configured_or_embedded(stack)
         yield base, bs._part(ds, lo, lo + 59, bs.WARM_STEPS, base), model, work
+
+
+def rounds(env: dict[str, str], variants: list[dict[str, Any]]
+           ) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(round, index, variant) for ``REPEAT`` rounds (default 1) of the variants in turn,
+    so a busy spell of the machine hits each alike; ``env`` (`worker_env`'s dict) holds the
+    variant's ``env`` while its turn runs."""
+    for rnd in range(int(os.environ.get("REPEAT", "1"))):
+        for i, variant in enumerate(variants):
+            env.clear()
+            env.update(variant.get("env", {}))
+            yield rnd, i, variant
