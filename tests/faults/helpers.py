@@ -36,7 +36,7 @@ from liverank.model.data.timeline import REQUEST, build_timeline
 from liverank.model.data.twitch import load_interactions
 from liverank.replay.producer import ForwardingSink
 from liverank.replay.producer import replay as replay_to
-from liverank.services.app import BROKER_EVERY_S
+from liverank.services.app import stalled_tail_within_s
 from liverank.services.testing import FAKE_MODEL_FORMAT, write_fake_model
 
 # Options of the suite, taken out of the environment when this module is imported (by the
@@ -279,11 +279,10 @@ def wait_all_answered(settings: Settings, log: Log, timeout: float,
     ``alive()`` turns false (a dead worker): the checker then counts what is lost.
 
     ``stall_s`` by default outlasts a worker's own recovery of a partition Faust stopped
-    delivering (`GapGuard.stalled`: idle ``progress_timeout_s / 6``, seen by a timer every
-    `BROKER_EVERY_S`, then read back and answered): 20 s gave up on a worker that found
-    such a tail 18 s after its rejoin (CI, session 19)."""
+    delivering (`stalled_tail_within_s`, then 10 s to read it back and answer): 20 s gave
+    up on a worker that found such a tail 18 s after its rejoin (CI, session 19)."""
     if stall_s is None:
-        stall_s = settings.progress_timeout_s / 6 + BROKER_EVERY_S + 10.0
+        stall_s = stalled_tail_within_s(settings) + 10.0
     deadline = time.monotonic() + timeout
     last_growth, seen = time.monotonic(), -1
     while True:
