@@ -10,7 +10,9 @@ directory, served by the fake scorer's worker as `bench service`'s (a)), ``flush
 and ``spread_ticks`` set `EvenRateSink`'s attributes of those names in the replay,
 ``tick_s`` the paced tick (`liverank.broker.tansu.PACED_TICK_S`), ``pin``
 (``[worker_cpus, other_cpus]``) the worker's threads to ``worker_cpus`` and the driver's
-and the broker's to ``other_cpus`` for that run (`worker_env.pinned`). Variants alternate
+and the broker's to ``other_cpus`` for that run (`worker_env.pinned`), ``nice``
+(``{"worker": n, "driver": n, "broker": n}``) their nice values (`worker_env.niced`).
+Variants alternate
 (REPEAT rounds) on one embedded broker, after a warm-up of the same slice, on
 ``out/data/twitch100k.csv`` with the random model `bench service` leaves in its work folder
 (``out/bench-work/random-model`` after `liverank bench service --out out/bench.json`;
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from worker_env import latency_slice, pinned, rounds, worker_env
+from worker_env import latency_slice, niced, pinned, rounds, worker_env
 
 import liverank.cli.bench_service as bs
 from liverank.broker import tansu
@@ -91,7 +93,7 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
             tansu.PACED_TICK_S = variant.get("tick_s", tick_s)
             tag[0] = f"{rnd}-{i}"
             fake[0] = bool(variant.get("fake", False))
-            with pinned(variant.get("pin")):
+            with pinned(variant.get("pin")), niced(variant.get("nice")):
                 bs._latency(base, part, Path(variant.get("model", model)), work, rate=rate)
             print(json.dumps({"round": rnd, "variant": variant,
                               **ticks(out / f"answers-{tag[0]}.npy")}), flush=True)

@@ -80,6 +80,40 @@ def pinned(split: Any) -> Iterator[None]:
         pin([os.getpid(), *broker_pids()], every)
 
 
+def renice(pids: list[int], value: int) -> None:
+    """Every thread of ``pids`` to nice ``value`` (threads started later inherit it from
+    the thread that starts them)."""
+    for pid in pids:
+        for tid in _tasks(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, tid, value)
+
+
+@contextlib.contextmanager
+def niced(spec: Any) -> Iterator[None]:
+    """With ``spec`` ``{"worker": n, "driver": n, "broker": n}`` (each optional, default
+    0): every worker the bench starts meanwhile, this process and the embedded broker at
+    those nice values (CFS weights: each step of 1 is ~1.25x less share of a contended
+    core); 0 again after. ``None``: nothing changed."""
+    if not spec:
+        yield
+        return
+    init = bs._BenchWorker.__init__
+
+    def init_niced(self: Any, *a: Any, **kw: Any) -> None:
+        init(self, *a, **kw)
+        renice([self.proc.pid], int(spec.get("worker", 0)))
+
+    bs._BenchWorker.__init__ = init_niced  # type: ignore[method-assign]
+    renice([os.getpid()], int(spec.get("driver", 0)))
+    renice(broker_pids(), int(spec.get("broker", 0)))
+    try:
+        yield
+    finally:
+        bs._BenchWorker.__init__ = init  # type: ignore[method-assign]
+        renice([os.getpid(), *broker_pids()], 0)
+
+
 @contextlib.contextmanager
 def latency_slice(out: Path) -> Iterator[tuple[Any, Any, Path, Path]]:
     """(broker settings, part, model, work folder): `bench service`'s latency slice of
