@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,22 @@ def pin(pids: list[int], cpus: set[int]) -> None:
 
 
 @contextlib.contextmanager
+def each_worker(started: Callable[[int], None]) -> Iterator[None]:
+    """``started(pid)`` for every worker the bench starts meanwhile, right after its start."""
+    init = bs._BenchWorker.__init__
+
+    def init_and_call(self: Any, *a: Any, **kw: Any) -> None:
+        init(self, *a, **kw)
+        started(self.proc.pid)
+
+    bs._BenchWorker.__init__ = init_and_call  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        bs._BenchWorker.__init__ = init  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
 def pinned(split: Any) -> Iterator[None]:
     """With ``split`` ``[worker_cpus, other_cpus]``: every worker the bench starts meanwhile
     on ``worker_cpus``, this process and the broker on ``other_cpus``; all CPUs again after.
@@ -65,18 +81,11 @@ def pinned(split: Any) -> Iterator[None]:
     if not split:
         yield
         return
-    init = bs._BenchWorker.__init__
-
-    def init_pinned(self: Any, *a: Any, **kw: Any) -> None:
-        init(self, *a, **kw)
-        pin([self.proc.pid], set(split[0]))
-
-    bs._BenchWorker.__init__ = init_pinned  # type: ignore[method-assign]
     pin([os.getpid(), *broker_pids()], set(split[1]))
     try:
-        yield
+        with each_worker(lambda pid: pin([pid], set(split[0]))):
+            yield
     finally:
-        bs._BenchWorker.__init__ = init  # type: ignore[method-assign]
         pin([os.getpid(), *broker_pids()], every)
 
 
@@ -98,19 +107,12 @@ def niced(spec: Any) -> Iterator[None]:
     if not spec:
         yield
         return
-    init = bs._BenchWorker.__init__
-
-    def init_niced(self: Any, *a: Any, **kw: Any) -> None:
-        init(self, *a, **kw)
-        renice([self.proc.pid], int(spec.get("worker", 0)))
-
-    bs._BenchWorker.__init__ = init_niced  # type: ignore[method-assign]
     renice([os.getpid()], int(spec.get("driver", 0)))
     renice(broker_pids(), int(spec.get("broker", 0)))
     try:
-        yield
+        with each_worker(lambda pid: renice([pid], int(spec.get("worker", 0)))):
+            yield
     finally:
-        bs._BenchWorker.__init__ = init  # type: ignore[method-assign]
         renice([os.getpid(), *broker_pids()], 0)
 
 
