@@ -107,12 +107,6 @@ logger = logging.getLogger(__name__)
 
 BROKER_EVERY_S = 10.0  # lag and committed floor read (and the live index pruned) this often
 STALL_DIVISOR = 6  # a partition's tail is read back after progress_timeout_s / 6 idle
-
-
-def stalled_tail_within_s(settings: Settings) -> float:
-    """At most how long after its last delivery a partition Faust stopped delivering has
-    its tail read back (`GapGuard.stalled`, checked every `BROKER_EVERY_S`)."""
-    return settings.progress_timeout_s / STALL_DIVISOR + BROKER_EVERY_S
 IN_FLIGHT_BATCHES = 8  # batches whose output awaits the broker's acknowledgement
 PREPARED_AHEAD = 2  # batches prepared (windows written, scoring queued) ahead of finishing
 # RocksDB options of the tables' local stores (Faust's public table ``options``). Faust's
@@ -123,6 +117,18 @@ PREPARED_AHEAD = 2  # batches prepared (windows written, scoring queued) ahead o
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
                    "target_file_size_base": 16 << 20, "block_cache_size": 32 << 20,
                    "block_cache_compressed_size": 8 << 20}
+
+
+def stall_idle_s(settings: Settings) -> float:
+    """How long a partition with records beyond what was delivered stays idle before its
+    tail is read back (`GapGuard.stalled`)."""
+    return settings.progress_timeout_s / STALL_DIVISOR
+
+
+def stalled_tail_within_s(settings: Settings) -> float:
+    """At most how long after its last delivery a partition Faust stopped delivering has
+    its tail read back (`stall_idle_s`, seen by the broker timer every `BROKER_EVERY_S`)."""
+    return stall_idle_s(settings) + BROKER_EVERY_S
 
 
 def now_ms() -> int:
@@ -888,7 +894,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for p, (_, high) in sorted(marks.items()):
             gap = self.gaps.stalled(TP(topic, p), committed.get(p, -1), high,
-                                    self.settings.progress_timeout_s / STALL_DIVISOR)
+                                    stall_idle_s(self.settings))
             if gap is None:
                 continue
             back = await loop.run_in_executor(None, self.gaps.read_back, gap)

@@ -12,16 +12,15 @@ and ``spread_ticks`` set `EvenRateSink`'s attributes of those names in the repla
 (``[worker_cpus, other_cpus]``) the worker's threads to ``worker_cpus`` and the driver's
 and the broker's to ``other_cpus`` for that run (`worker_env.pinned`), ``nice``
 (``{"worker": n, "driver": n, "broker": n}``) their nice values (`worker_env.niced`).
-Variants alternate
-(REPEAT rounds) on one embedded broker, after a warm-up of the same slice, on
-``out/data/twitch100k.csv`` with the random model `bench service` leaves in its work folder
-(``out/bench-work/random-model`` after `liverank bench service --out out/bench.json`;
-``MODEL`` overrides). Per run: p50/p99 as `bench service` computes them, then per tick
-(answers whose produce times lie within 3 ms of each other: the paced sink stamps a tick's
-messages, or a partition's share of a spread tick, together) the first and last answer's
-latency and the micro-batches that answered it (distinct publish times: a batch is stamped
-once). Writes ``OUT/answers-<round>-<variant>.npy`` (produced_ms, published_ms) and the
-worker's /metrics text next to it.
+Variants alternate (REPEAT rounds) on one embedded broker, after a warm-up of the same
+slice, on ``out/data/twitch100k.csv`` with the random model `bench service` leaves in its
+work folder (``out/bench-work/random-model`` after `liverank bench service --out
+out/bench.json`; ``MODEL`` overrides). Per run: p50/p99 as `bench service` computes
+them, then per tick (answers whose produce times lie within 3 ms of each other: the paced
+sink stamps a tick's messages, or a partition's share of a spread tick, together) the first
+and last answer's latency and the micro-batches that answered it (distinct publish times: a
+batch is stamped once). Writes ``OUT/answers-<round>-<variant>.npy`` (produced_ms,
+published_ms) and the worker's /metrics text next to it.
 """
 
 from __future__ import annotations

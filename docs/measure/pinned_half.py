@@ -7,8 +7,10 @@ CPU?
 
 Each JSON argument is one variant: ``pin`` ``[worker_cpus, other_cpus]`` runs the worker on
 ``worker_cpus`` and this driver (the replay) and the broker on ``other_cpus``, in the drains
-and in the paced run alike (`worker_env.pinned`); ``env`` goes to the worker's environment.
-Model ``MODEL`` (default ``out/bench-work/random-model``), data ``out/data/twitch100k.csv``.
+and in the paced run alike (`worker_env.pinned`); ``nice`` as in `latency_ticks.py`
+(`worker_env.niced`); ``env`` goes to the worker's environment; ``model`` a model directory
+of its own. Model ``MODEL`` (default ``out/bench-work/random-model``), data
+``out/data/twitch100k.csv``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker_env import latency_slice, pinned, rounds, worker_env
+from worker_env import latency_slice, niced, pinned, rounds, worker_env
 
 import liverank.cli.bench_service as bs
 
@@ -27,11 +29,11 @@ def main(out: Path, variants: list[dict[str, Any]]) -> None:
     env = worker_env()
     with latency_slice(out) as (base, part, model, work):
         for rnd, i, variant in rounds(env, variants):
-            with pinned(variant.get("pin")):
-                drains = [bs._drain(base, part, model, work, f"v{i}")
-                          for _ in range(2)]
+            own = Path(variant.get("model", model))
+            with pinned(variant.get("pin")), niced(variant.get("nice")):
+                drains = [bs._drain(base, part, own, work, f"v{i}") for _ in range(2)]
                 capacity = max(d[0] for d in drains)
-                lat = bs._latency(base, part, model, work, rate=capacity / 2)
+                lat = bs._latency(base, part, own, work, rate=capacity / 2)
             print(json.dumps({"round": rnd, "variant": variant,
                               "drains": [d[0] for d in drains],
                               "cpu_ms_per_answer": [d[2] for d in drains],
