@@ -11,9 +11,9 @@ app itself takes them when it creates topics (``LIVERANK_CREATE_TOPICS=true``):
   ConfigMap): ``LIVERANK_PARTITIONS``, ``LIVERANK_REPLICATION_FACTOR``,
   ``LIVERANK_TOPIC_PREFIX``, ``LIVERANK_ANSWERS_RETENTION_MS``, ``LIVERANK_WORKER_ID``;
 * `liverank.broker.kafka.TOPICS` and `topic_config` for the system's topics;
-* the Faust app of `liverank.services.app.Service` for the topics Faust declares: each
-  table's changelog (``<app id>-<table>-changelog``, compacted) and the leader-election
-  topic (``<app id>-__assignor-__leader``, one partition).
+* the Faust app the service runs (`liverank.services.app.declare_app`) for the topics Faust
+  declares: each table's changelog (``<app id>-<table>-changelog``, compacted) and the
+  leader-election topic (``<app id>-__assignor-__leader``, one partition).
 
 ``tests/test_deploy_topics.py`` checks that the committed file is what this prints, and,
 independently, that the rendered manifests agree with the settings they carry.
@@ -113,18 +113,14 @@ def system_topics(settings: Any) -> list[TopicSpec]:
 
 
 def faust_topics(settings: Any) -> list[TopicSpec]:
-    """The topics the service's Faust app declares itself, read off a `Service` built with
-    the given settings (a memory store and the fake scorer: nothing is started)."""
-    from liverank.model.data.live import LiveStreams
-    from liverank.services.app import Service
-    from liverank.services.testing import FakeScorer, MemoryPublisher
+    """The topics the service's Faust app declares itself, read off the app as the service
+    declares it (`declare_app`: no scorer, publisher or broker; nothing is started)."""
+    from liverank.services.app import declare_app
 
     local = settings.model_copy(update={  # names do not depend on the store or security
         "store": "memory://", "security_protocol": "PLAINTEXT", "sasl_mechanism": None,
         "sasl_username": None, "sasl_password": None, "ssl_cafile": None})
-    service = Service(local, FakeScorer(window_len=4), publisher=MemoryPublisher(),
-                      live=LiveStreams(partitions=1), web=False, guard_consumer=False)
-    app = service.app
+    app = declare_app(local, web=False).app
     specs = []
     for table in app.tables.values():
         topic = table.changelog_topic

@@ -228,6 +228,47 @@ class _TableView:
                 self.table.data.set_persisted_offset(TP(topic, partition), offset)
 
 
+# --- the Faust app and what it declares ---------------------------------------------------
+@dataclass(frozen=True)
+class DeclaredApp:
+    """The Faust app with the topic and the tables it declares: what the service's Kafka
+    topics are named and configured by. Built without a scorer, a publisher or a broker, so
+    the deploy-time topic generator (``deploy/topics.py``) reads the names off the app the
+    service runs, not off a copy."""
+
+    app: faust.App
+    user_topic: Any
+    windows: Any  # per-user windows, changelog ``<app id>-windows-changelog``
+    latest: Any  # every user's latest answer, changelog ``recommendations-latest``
+
+
+def declare_app(settings: Settings, web: bool = True) -> DeclaredApp:
+    topics = {name: settings.topic(name) for name in kafka.TOPICS}
+    app = faust.App(f"{settings.topic_prefix}{settings.worker_id}",
+                    **faustcompat.faust_app_options(settings), web_enabled=web,
+                    web_port=settings.web_port, autodiscover=False)
+    user_topic = app.topic(topics[kafka.USER_EVENTS], key_type=bytes, value_type=bytes,
+                           key_serializer="raw", value_serializer="raw")
+    # One key encoding everywhere: raw `user_key` bytes on the topic and in the table
+    # (key_type=bytes makes Faust use "raw" for the changelog; its default is json).
+    windows = app.Table("windows", key_type=bytes, value_type=bytes,
+                        partitions=settings.partitions, options=dict(ROCKSDB_OPTIONS))
+    serializer = getattr(windows, "key_serializer", None)
+    if serializer != "raw":
+        raise RuntimeError(f"windows table key serializer is {serializer}, not raw")
+    # The latest answer of every user, in a table whose changelog is the compacted
+    # recommendations-latest topic: writing the table publishes the topic, and the
+    # lookup endpoint reads it (routed to the worker that owns the user's partition).
+    latest_topic = app.topic(
+        topics[kafka.RECOMMENDATIONS_LATEST], key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+        compacting=True, deleting=False)
+    latest = app.Table("latest", key_type=bytes, value_type=bytes,
+                       partitions=settings.partitions, changelog_topic=latest_topic,
+                       options=dict(ROCKSDB_OPTIONS))
+    return DeclaredApp(app, user_topic, windows, latest)
+
+
 # --- the service ---------------------------------------------------------------------------------
 class Service:
     """One worker: the Faust app with its topic, table, agent, pages and timers, plus the
@@ -284,32 +325,10 @@ class Service:
             settings.batch_size, settings.batch_wait_ms / 1000, 4 * settings.batch_size,
             backlog_wait_s=settings.backlog_wait_ms / 1000)
 
-        self.app = faust.App(f"{settings.topic_prefix}{settings.worker_id}",
-                             **faustcompat.faust_app_options(settings), web_enabled=web,
-                             web_port=settings.web_port, autodiscover=False)
-        self.user_topic = self.app.topic(self.topics[kafka.USER_EVENTS], key_type=bytes,
-                                         value_type=bytes, key_serializer="raw",
-                                         value_serializer="raw")
-        # One key encoding everywhere: raw `user_key` bytes on the topic and in the table
-        # (key_type=bytes makes Faust use "raw" for the changelog; its default is json).
-        self.table = self.app.Table("windows", key_type=bytes, value_type=bytes,
-                                    partitions=settings.partitions,
-                                    options=dict(ROCKSDB_OPTIONS))
-        serializer = getattr(self.table, "key_serializer", None)
-        if serializer != "raw":
-            raise RuntimeError(f"windows table key serializer is {serializer}, not raw")
+        declared = declare_app(settings, web=web)
+        self.app, self.user_topic = declared.app, declared.user_topic
+        self.table, self.latest = declared.windows, declared.latest
         self._view = _TableView(self.table)
-        # The latest answer of every user, in a table whose changelog is the compacted
-        # recommendations-latest topic: writing the table publishes the topic, and the
-        # lookup endpoint reads it (routed to the worker that owns the user's partition).
-        latest_topic = self.app.topic(
-            self.topics[kafka.RECOMMENDATIONS_LATEST], key_type=bytes, value_type=bytes,
-            key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
-            compacting=True, deleting=False)
-        self.latest = self.app.Table("latest", key_type=bytes, value_type=bytes,
-                                     partitions=settings.partitions,
-                                     changelog_topic=latest_topic,
-                                     options=dict(ROCKSDB_OPTIONS))
         self._latest = _TableView(self.latest, seal_value=None)
         consumer = self.app.consumer
         faustcompat.check_gap_guard(consumer)

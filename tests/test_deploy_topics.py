@@ -59,6 +59,28 @@ def test_the_faust_topics_are_the_windows_changelog_and_the_leader_topic(
     assert latest.config == kafka.topic_config(settings, kafka.RECOMMENDATIONS_LATEST)
 
 
+def test_the_generator_covers_every_topic_a_running_service_declares(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/topics.py reads `declare_app`; a whole `Service` (agent, timers, pages) must
+    declare nothing more, or a cluster with topic creation off would lack a topic."""
+    from liverank.model.data.live import LiveStreams
+    from liverank.services.app import Service
+    from liverank.services.testing import FakeScorer, MemoryPublisher
+
+    settings = rendered_settings("prod", monkeypatch).model_copy(update={
+        "store": "memory://", "security_protocol": "PLAINTEXT", "sasl_mechanism": None,
+        "sasl_username": None, "sasl_password": None, "ssl_cafile": None})
+    service = Service(settings, FakeScorer(window_len=4), publisher=MemoryPublisher(),
+                      live=LiveStreams(partitions=1), web=False, guard_consumer=False)
+    app = service.app
+    declared = {t.changelog_topic.get_topic_name() for t in app.tables.values()}
+    declared.add(app._leader_assignor._leader_topic.get_topic_name())  # noqa: SLF001
+    declared |= {name for agent in app.agents.values() for name in agent.channel.topics}
+    generated = {t.name for t in topics_module().all_topics(settings)}
+    assert declared - generated == set()
+    assert len(app.tables) == 2  # windows and latest, both in `declare_app`
+
+
 def test_every_topic_has_a_kafkatopic_as_the_app_would_create_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     docs = rendered("prod")
