@@ -112,15 +112,20 @@ def system_topics(settings: Any) -> list[TopicSpec]:
                       kafka.topic_config(settings, n)) for n in kafka.TOPICS]
 
 
+def offline(settings: Any) -> Any:
+    """The settings with a memory store and no security: topic names depend on neither, and
+    an app built with them opens no file and needs no credentials."""
+    return settings.model_copy(update={
+        "store": "memory://", "security_protocol": "PLAINTEXT", "sasl_mechanism": None,
+        "sasl_username": None, "sasl_password": None, "ssl_cafile": None})
+
+
 def faust_topics(settings: Any) -> list[TopicSpec]:
     """The topics the service's Faust app declares itself, read off the app as the service
     declares it (`declare_app`: no scorer, publisher or broker; nothing is started)."""
     from liverank.services.app import declare_app
 
-    local = settings.model_copy(update={  # names do not depend on the store or security
-        "store": "memory://", "security_protocol": "PLAINTEXT", "sasl_mechanism": None,
-        "sasl_username": None, "sasl_password": None, "ssl_cafile": None})
-    app = declare_app(local, web=False).app
+    app = declare_app(offline(settings), web=False).app
     specs = []
     for table in app.tables.values():
         topic = table.changelog_topic

@@ -67,9 +67,7 @@ def test_the_generator_covers_every_topic_a_running_service_declares(
     from liverank.services.app import Service
     from liverank.services.testing import FakeScorer, MemoryPublisher
 
-    settings = rendered_settings("prod", monkeypatch).model_copy(update={
-        "store": "memory://", "security_protocol": "PLAINTEXT", "sasl_mechanism": None,
-        "sasl_username": None, "sasl_password": None, "ssl_cafile": None})
+    settings = topics_module().offline(rendered_settings("prod", monkeypatch))
     service = Service(settings, FakeScorer(window_len=4), publisher=MemoryPublisher(),
                       live=LiveStreams(partitions=1), web=False, guard_consumer=False)
     app = service.app
