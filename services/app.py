@@ -243,11 +243,10 @@ class DeclaredApp:
 
 
 def declare_app(settings: Settings, web: bool = True) -> DeclaredApp:
-    topics = {name: settings.topic(name) for name in kafka.TOPICS}
     app = faust.App(f"{settings.topic_prefix}{settings.worker_id}",
                     **faustcompat.faust_app_options(settings), web_enabled=web,
                     web_port=settings.web_port, autodiscover=False)
-    user_topic = app.topic(topics[kafka.USER_EVENTS], key_type=bytes, value_type=bytes,
+    user_topic = app.topic(settings.topic(kafka.USER_EVENTS), key_type=bytes, value_type=bytes,
                            key_serializer="raw", value_serializer="raw")
     # One key encoding everywhere: raw `user_key` bytes on the topic and in the table
     # (key_type=bytes makes Faust use "raw" for the changelog; its default is json).
@@ -260,7 +259,7 @@ def declare_app(settings: Settings, web: bool = True) -> DeclaredApp:
     # recommendations-latest topic: writing the table publishes the topic, and the
     # lookup endpoint reads it (routed to the worker that owns the user's partition).
     latest_topic = app.topic(
-        topics[kafka.RECOMMENDATIONS_LATEST], key_type=bytes, value_type=bytes,
+        settings.topic(kafka.RECOMMENDATIONS_LATEST), key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
         compacting=True, deleting=False)
     latest = app.Table("latest", key_type=bytes, value_type=bytes,
