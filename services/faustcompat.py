@@ -497,7 +497,6 @@ def faust_app_options(settings: Settings) -> dict[str, Any]:
         "store": settings.store,
         "datadir": settings.data_dir,  # local state under one directory, not the cwd
         "consumer_auto_offset_reset": "earliest",
-        "broker_request_timeout": max(settings.kafka_timeout_s, 30.0),
     }
     kafka.security_config(settings)  # same checks and messages as the librdkafka clients
     ctx = None
@@ -510,6 +509,16 @@ def faust_app_options(settings: Settings) -> dict[str, Any]:
             mechanism=settings.sasl_mechanism, ssl_context=ctx)
     elif ctx is not None:
         opts["broker_credentials"] = faust.SSLCredentials(ctx)
+    # aiokafka's request timeout. Faust refuses to build its consumer when it is below the
+    # session timeout ("broker_session_timeout=60.0 cannot be greater than
+    # broker_request_timeout"): 30 s served tansu's 6-s sessions, and kept a worker from
+    # starting on Kafka, where Faust's defaults hold (session 60 s, request 90 s).
     if kafka.is_tansu(settings):
         opts.update(tansu.faust_overrides())
+        opts["broker_request_timeout"] = max(settings.kafka_timeout_s, 30.0)
+    else:
+        opts["broker_request_timeout"] = max(settings.kafka_timeout_s, FAUST_REQUEST_TIMEOUT_S)
     return opts
+
+
+FAUST_REQUEST_TIMEOUT_S = 90.0  # faust-streaming's own default, above its 60-s session

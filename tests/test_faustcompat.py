@@ -74,6 +74,50 @@ async def test_fetch_wait_is_set_on_the_aiokafka_consumer_faust_creates(
         await client.stop()
 
 
+@pytest.mark.parametrize("kind", ["tansu", "kafka"])
+async def test_every_latency_bound_read_of_a_worker_uses_the_worker_fetch_wait(
+        kind: str) -> None:
+    """Faust's aiokafka consumer (user-events), the worker's own user-events reader and the
+    stream-events feed all fetch with `worker_fetch_wait_ms`: the broker's default, or the
+    setting when given."""
+    from liverank.broker import kafka
+    from liverank.broker.clients import PartitionReader, StreamFeed
+
+    for explicit in (None, 7.0):
+        settings = Settings(kafka_bootstrap="127.0.0.1:1", broker_kind=kind,
+                            store="memory://", fetch_wait_ms=explicit)
+        want = kafka.worker_fetch_wait_ms(settings)
+        assert want == (7 if explicit else {"tansu": 5, "kafka": 20}[kind])
+        service = Service(settings, FakeScorer(), publisher=MemoryPublisher(), web=False)
+        client = service.app.consumer._thread._create_worker_consumer(service.app.transport)
+        try:
+            assert client._fetch_max_wait_ms == want
+        finally:
+            await client.stop()
+        loop = asyncio.get_running_loop()
+        feed = StreamFeed(settings, "t.stream-events", 2, lambda records: None, loop)
+        reader = PartitionReader(settings, "t.user-events", "g", _no_delivery,
+                                 lambda p, o: None, lambda exc: None)
+        assert feed._config["fetch.wait.max.ms"] == want
+        assert reader._config["fetch.wait.max.ms"] == want
+
+
+@pytest.mark.parametrize("kind", ["tansu", "kafka"])
+def test_faust_accepts_the_request_timeout_on_either_broker(kind: str) -> None:
+    """Faust builds no consumer whose request timeout is below its session timeout; a
+    30-s request timeout against Faust's 60-s session kept a worker from starting on Kafka."""
+    for timeout_s in (10.0, 120.0):
+        settings = Settings(kafka_bootstrap="127.0.0.1:1", broker_kind=kind,
+                            store="memory://", kafka_timeout_s=timeout_s)
+        conf = Service(settings, FakeScorer(), publisher=MemoryPublisher(), web=False).app.conf
+        assert conf.broker_request_timeout >= conf.broker_session_timeout
+        assert conf.broker_request_timeout >= timeout_s
+
+
+async def _no_delivery(records: object) -> None:
+    return None
+
+
 async def test_records_reach_the_streams_without_tasks_unless_the_flow_is_suspended(
         app: faust.App) -> None:
     """Faust's per-record ``wait_first(on_message(..), suspend_flow.wait())`` awaits
