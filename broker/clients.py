@@ -232,7 +232,7 @@ class StreamFeed:
         self._on_failure = on_failure  # ``deliver`` raised: the records were not applied
         # No group: assign() only. A short fetch wait: tansu holds every fetch that long.
         self._config = {**kafka.consumer_config(settings),
-                        "fetch.wait.max.ms": kafka.worker_fetch_wait_ms(settings)}
+                        "fetch.wait.max.ms": int(settings.fetch_wait_ms)}
         self._deliver = deliver
         self._loop = loop
         self._batch = batch
@@ -331,7 +331,7 @@ class PartitionReader:
         # assign() only, never subscribe(): the group id is for reading its committed offsets.
         self._config = {**kafka.consumer_config(settings, group), "enable.auto.commit": False,
                         "enable.partition.eof": False,
-                        "fetch.wait.max.ms": kafka.worker_fetch_wait_ms(settings)}
+                        "fetch.wait.max.ms": int(settings.fetch_wait_ms)}
         self._timeout_s = settings.kafka_timeout_s
         self._deliver, self._started = deliver, started
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -381,19 +381,6 @@ def paced_tick_s(settings: Settings) -> float:
     return tansu.PACED_TICK_S if is_tansu(settings) else 0.0
 
 
-FETCH_WAIT_MS = 20  # a worker's fetch wait on Kafka, which answers a fetch once data is there
-
-
-def worker_fetch_wait_ms(settings: Settings) -> int:
-    """``fetch.wait.max.ms`` of a worker's latency-bound reads (user-events through Faust's
-    fetcher or the worker's reader, stream-events through its feed): ``fetch_wait_ms`` when
-    set; else short on tansu, which holds every fetch for its whole wait
-    (`tansu.WORKER_FETCH_WAIT_MS`), `FETCH_WAIT_MS` elsewhere."""
-    if settings.fetch_wait_ms is not None:
-        return int(settings.fetch_wait_ms)
-    return tansu.WORKER_FETCH_WAIT_MS if is_tansu(settings) else FETCH_WAIT_MS
-
-
 def reader_fetch_wait_ms(settings: Settings) -> int:
     """``fetch.wait.max.ms`` for a reader that is not latency-bound (one that counts answers
     and reads their latency from their own timestamps): rare fetches on tansu

@@ -79,16 +79,10 @@ TOPIC_DELETE_FREES_MEMORY = True
 # produce-to-publish latency from the answer itself) fetch once a second.
 PACED_TICK_S = 0.05
 READER_FETCH_WAIT_MS = 1_000
-
-# A worker's own fetches (user-events, stream-events) are latency-bound: tansu answers each
-# only when its wait has run out, so the wait is a floor under every answer's latency (a bare
-# produce -> consume at 4,600 messages/s: p50 / p99 7.3 / 13.8 ms at a 20-ms wait, 2.7 / 5.8
-# at 5 ms), and a request waits for both its own record and its step's watermark. At half
-# capacity a 5-ms wait gave p99 36-63 ms against 38-110 for 20 ms in five alternating pairs,
-# p50 5-16 ms lower, the drain's cost per answer unchanged; 2 ms cost the drain a fifth more
-# CPU an answer (docs/results.md, session 22). The price: four times the fetches, each
-# listing a partition's batches, on a broker whose fetch cost grows with them.
-WORKER_FETCH_WAIT_MS = 5
+# A worker's own fetches keep `Settings.fetch_wait_ms` (20 ms) on tansu too. A 5-ms wait
+# halved the latency floor of a short paced run (p99 36-63 ms against 38-110 at half
+# capacity) and quadrupled the fetches, each listing a partition's batches: the soak's
+# sustained maximum fell from 2,274 to 107 answers/s (docs/results.md, session 22).
 
 # Group timeouts on tansu (ms). A join takes ~half the session timeout; heartbeats must be
 # well under a third of it.

@@ -705,7 +705,7 @@ def _broker_floor(base: Settings, per_s: float, seconds: float = FLOOR_S,
     topic = settings.topic(kafka.USER_EVENTS)
     parts = counts[topic]
     consumer = Consumer(kafka.consumer_config(settings)
-                        | {"fetch.wait.max.ms": kafka.worker_fetch_wait_ms(settings)})
+                        | {"fetch.wait.max.ms": int(settings.fetch_wait_ms)})
     consumer.assign([KafkaPartition(topic, p, 0) for p in range(parts)])
     lat: list[float] = []
     stop = threading.Event()

@@ -132,11 +132,12 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=0, description="Port of /health and /metrics.")
     scorer_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
     worker_id: str = Field("liverank-service", description="Faust app id / consumer group.")
-    fetch_wait_ms: float | None = Field(
-        None, ge=0, description="Longest a worker's fetch (user-events, stream-events) waits "
-        "at the broker for new data. Unset: 5 ms on tansu, which answers a fetch only when "
-        "its wait expires, so the wait sits under every answer's latency; 20 ms elsewhere "
-        "(Kafka answers as soon as data arrives). Faust's own default is 1500 ms."
+    fetch_wait_ms: float = Field(
+        20.0, ge=0, description="Longest a worker's fetch (user-events, stream-events) waits "
+        "at the broker for new data (Faust's own default is 1500 ms). tansu answers a fetch "
+        "only when it expires, so on tansu the wait lies under every answer's latency, and "
+        "every fetch lists its partitions' batches: 5 ms lowered a short run's latency and "
+        "collapsed a long paced run (docs/results.md, session 22)."
     )
     user_reader: Literal["librdkafka", "faust"] = Field(
         "faust", description="What reads user-events in a worker: Faust's aiokafka fetcher, "

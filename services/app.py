@@ -337,7 +337,7 @@ class Service:
         self._owned: Ownership | None = Ownership() if guard_consumer else None
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
-        faustcompat.set_fetch_wait(consumer, kafka.worker_fetch_wait_ms(settings))
+        faustcompat.set_fetch_wait(consumer, settings.fetch_wait_ms)
         faustcompat.deliver_without_tasks(consumer)
         user_events = self.topics[kafka.USER_EVENTS]
         # user-events read by Faust's fetcher (the default; always in Faust's test context,

@@ -103,22 +103,6 @@ def test_paced_replays_and_counting_readers_spare_tansus_fetches() -> None:
     assert kf.reader_fetch_wait_ms(on_kafka) < tansu.READER_FETCH_WAIT_MS
 
 
-def test_a_worker_fetches_with_a_short_wait_on_tansu_unless_told_otherwise() -> None:
-    """tansu answers a fetch only when its wait runs out, so a worker's latency-bound reads
-    wait little there; Kafka answers when data arrives; a set ``fetch_wait_ms`` wins on both
-    (0 included: it is a value, not "unset")."""
-    on_tansu, on_kafka = Settings(broker_kind="tansu"), Settings(broker_kind="kafka")
-    assert kf.worker_fetch_wait_ms(on_tansu) == tansu.WORKER_FETCH_WAIT_MS
-    assert kf.worker_fetch_wait_ms(on_kafka) == kf.FETCH_WAIT_MS
-    assert tansu.WORKER_FETCH_WAIT_MS < kf.FETCH_WAIT_MS
-    for kind in ("tansu", "kafka"):
-        for wait in (0.0, 12.0, 250.0):
-            chosen = Settings(broker_kind=kind, fetch_wait_ms=wait)
-            assert kf.worker_fetch_wait_ms(chosen) == int(wait)
-    with pytest.raises(ValueError, match="fetch_wait_ms"):
-        Settings(fetch_wait_ms=-1)
-
-
 def test_parse_listen() -> None:
     assert parse_listen("localhost:9092") == ("127.0.0.1", 9092)
     assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)
