@@ -89,6 +89,7 @@ READER_FETCH_WAIT_MS = 1_000
 SESSION_TIMEOUT_MS = 6_000
 HEARTBEAT_INTERVAL_MS = 1_000
 REBALANCE_TIMEOUT_MS = 6_000
+REQUEST_TIMEOUT_S = 30.0  # aiokafka's, for Faust's consumer (`faust_overrides`)
 
 
 def looks_like_tansu(cluster_id: str | None, broker_config_count: int | None) -> bool:
@@ -112,6 +113,9 @@ def faust_overrides() -> dict[str, Any]:
     ``producer_max_batch_size=1``: changelog batches of one message keep tansu's high
     watermark right, so table recovery reads the last value (costs producer throughput).
     Short group timeouts: the worker joins its group in seconds, not half a minute.
+    ``broker_request_timeout`` 30 s (liverank's value on every broker until session 22;
+    the fault tests run with it): above the 6-s session, as Faust requires, where Kafka
+    keeps Faust's 90 s over its 60-s session.
     ``table_standby_replicas=0``: a standby reads another worker's changelog partitions
     all the time, and on tansu every such fetch lists all of a growing partition's batches
     (the window changelog gets several per micro-batch); a worker that takes a partition over
@@ -123,6 +127,7 @@ def faust_overrides() -> dict[str, Any]:
         "broker_session_timeout": SESSION_TIMEOUT_MS / 1000,
         "broker_heartbeat_interval": HEARTBEAT_INTERVAL_MS / 1000,
         "broker_rebalance_timeout": REBALANCE_TIMEOUT_MS / 1000,
+        "broker_request_timeout": REQUEST_TIMEOUT_S,
     }
 
 

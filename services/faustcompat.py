@@ -509,15 +509,14 @@ def faust_app_options(settings: Settings) -> dict[str, Any]:
             mechanism=settings.sasl_mechanism, ssl_context=ctx)
     elif ctx is not None:
         opts["broker_credentials"] = faust.SSLCredentials(ctx)
-    # aiokafka's request timeout. Faust refuses to build its consumer when it is below the
+    # aiokafka's request timeout: Faust refuses to build its consumer when it is below the
     # session timeout ("broker_session_timeout=60.0 cannot be greater than
-    # broker_request_timeout"): 30 s served tansu's 6-s sessions, and kept a worker from
-    # starting on Kafka, where Faust's defaults hold (session 60 s, request 90 s).
+    # broker_request_timeout"). A 30-s timeout on every broker served tansu's 6-s sessions
+    # and kept a worker from starting on Kafka (Faust's session 60 s, request 90 s).
+    opts["broker_request_timeout"] = FAUST_REQUEST_TIMEOUT_S
     if kafka.is_tansu(settings):
         opts.update(tansu.faust_overrides())
-        opts["broker_request_timeout"] = max(settings.kafka_timeout_s, 30.0)
-    else:
-        opts["broker_request_timeout"] = max(settings.kafka_timeout_s, FAUST_REQUEST_TIMEOUT_S)
+    opts["broker_request_timeout"] = max(settings.kafka_timeout_s, opts["broker_request_timeout"])
     return opts
 
 
