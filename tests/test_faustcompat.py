@@ -98,15 +98,20 @@ async def test_every_latency_bound_read_of_a_worker_uses_the_fetch_wait(kind: st
 
 
 @pytest.mark.parametrize("kind", ["tansu", "kafka"])
-def test_faust_accepts_the_request_timeout_on_either_broker(kind: str) -> None:
+async def test_faust_accepts_the_request_timeout_on_either_broker(kind: str) -> None:
     """Faust builds no consumer whose request timeout is below its session timeout; a
-    30-s request timeout against Faust's 60-s session kept a worker from starting on Kafka."""
+    30-s request timeout against Faust's 60-s session kept a worker from starting on Kafka.
+    Its consumer and producer are built here as a worker's start builds them."""
     for timeout_s in (10.0, 120.0):
         settings = Settings(kafka_bootstrap="127.0.0.1:1", broker_kind=kind,
                             store="memory://", kafka_timeout_s=timeout_s)
-        conf = Service(settings, FakeScorer(), publisher=MemoryPublisher(), web=False).app.conf
-        assert conf.broker_request_timeout >= conf.broker_session_timeout
-        assert conf.broker_request_timeout >= timeout_s
+        app = Service(settings, FakeScorer(), publisher=MemoryPublisher(), web=False).app
+        assert app.conf.broker_request_timeout >= app.conf.broker_session_timeout
+        assert app.conf.broker_request_timeout >= timeout_s
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        producer = app.producer._new_producer()
+        await consumer.stop()
+        await producer.stop()
 
 
 async def _no_delivery(records: object) -> None:
