@@ -485,6 +485,9 @@ class LeanPrometheusMonitor(PrometheusMonitor):
 
 
 # --- the app's options -----------------------------------------------------------------------
+FAUST_REQUEST_TIMEOUT_S = 90.0  # faust-streaming's own default, above its 60-s session
+
+
 def faust_app_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``faust.App(...)``: broker, security, topic defaults, ``store``
     and, on tansu, `tansu.faust_overrides` (checked: a worker with them joins its group and
@@ -513,11 +516,8 @@ def faust_app_options(settings: Settings) -> dict[str, Any]:
     # session timeout ("broker_session_timeout=60.0 cannot be greater than
     # broker_request_timeout"). A 30-s timeout on every broker served tansu's 6-s sessions
     # and kept a worker from starting on Kafka (Faust's session 60 s, request 90 s).
-    opts["broker_request_timeout"] = FAUST_REQUEST_TIMEOUT_S
     if kafka.is_tansu(settings):
         opts.update(tansu.faust_overrides())
-    opts["broker_request_timeout"] = max(settings.kafka_timeout_s, opts["broker_request_timeout"])
+    request_s = opts.get("broker_request_timeout", FAUST_REQUEST_TIMEOUT_S)
+    opts["broker_request_timeout"] = max(settings.kafka_timeout_s, request_s)
     return opts
-
-
-FAUST_REQUEST_TIMEOUT_S = 90.0  # faust-streaming's own default, above its 60-s session
