@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from liverank.broker import tansu
 
@@ -370,16 +370,30 @@ def embedded_broker(listen: str = "127.0.0.1:0", *,
 
 def configured_or_embedded(
         stack: contextlib.ExitStack, log_path: str | os.PathLike[str] | None = None,
-) -> tuple[Settings, EmbeddedBroker | None]:
+        workers: int = 1) -> tuple[Settings, EmbeddedBroker | None]:
     """The settings of the configured broker (``LIVERANK_KAFKA_BOOTSTRAP``), or of an
     embedded tansu started on a free port and stopped with ``stack`` (returned too, so a
-    benchmark can watch its process; ``log_path`` keeps its output)."""
+    benchmark can watch its process; ``log_path`` keeps its output), for a run of
+    ``workers`` workers (`own_broker_settings`)."""
     from liverank.core.settings import Settings, bootstrap_configured
 
     if bootstrap_configured():
         return Settings(), None
     broker = stack.enter_context(EmbeddedBroker.start("127.0.0.1:0", log_path=log_path))
-    return Settings(kafka_bootstrap=broker.bootstrap, broker_kind="tansu"), broker
+    return own_broker_settings(broker.bootstrap, workers=workers), broker
+
+
+def own_broker_settings(bootstrap: str, *, workers: int = 1, **fields: Any) -> Settings:
+    """Settings of a run on the embedded tansu it started itself at ``bootstrap``: its
+    topics get `tansu.RUN_PARTITIONS` partitions (at least one per worker of ``workers``),
+    since every partition costs tansu work on each fetch and each batch, unless
+    ``LIVERANK_PARTITIONS`` says otherwise. ``fields`` are further `Settings` fields."""
+    from liverank.core.settings import Settings
+
+    settings = Settings(kafka_bootstrap=bootstrap, broker_kind="tansu", **fields)
+    if "partitions" in settings.model_fields_set:
+        return settings  # the user's choice, even below the workers (their surplus idles)
+    return settings.model_copy(update={"partitions": max(tansu.RUN_PARTITIONS, workers)})
 
 
 def release_run_topics(settings: Settings, prefix: str | None = None) -> list[str]:

@@ -78,6 +78,12 @@ TOPIC_DELETE_FREES_MEMORY = True
 # sends a batch per partition every tick; readers that only count (benchmarks, monitors read
 # produce-to-publish latency from the answer itself) fetch once a second.
 PACED_TICK_S = 0.05
+# Partitions of a run's topics when it starts its own tansu (`embedded.own_broker_settings`;
+# LIVERANK_PARTITIONS wins; a cluster sets its own, deploy/k8s: 8). A partition costs tansu
+# a listing on every fetch and an object (with, for an idempotent producer, a rewrite of its
+# metadata) on every batch: 8 partitions took the broker 0.58-0.59 ms of CPU an answer in a
+# paced run where 2 took 0.27 (docs/results.md, session 23), and one worker needs no more.
+RUN_PARTITIONS = 2
 READER_FETCH_WAIT_MS = 1_000
 # A worker's own fetches keep `Settings.fetch_wait_ms` (20 ms) on tansu too. A 5-ms wait
 # halved the latency floor of a short paced run (p99 36-63 ms against 38-110 at half

@@ -60,6 +60,8 @@ def _service_rows(r: dict[str, Any]) -> list[Row]:
         return "" if v is None else f", fallback {v:.1%}"
 
     warm = f", {r.get('warm_steps', 0)} warm-up steps"
+    if "partitions" in r:  # what the broker does per fetch and batch grows with them
+        warm += f", {r['partitions']} partitions ({r.get('broker_kind', '?')})"
     rows: list[Row] = [("service", f"answers/s, one worker, onnxruntime model{share(main)}"
                         f"{warm}", a[main], f"{ref}{share(ref)}", value)
                        for ref, value in a.items() if ref != main]

@@ -276,7 +276,8 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
     model = opts.model or _model(SoakOptions(scale=opts.scale, out=out), ds)
     Worker = _worker_class(opts.store)  # noqa: N806 - a class
     with contextlib.ExitStack() as stack:
-        base, broker = configured_or_embedded(stack, log_path=out / "tansu.log")
+        base, broker = configured_or_embedded(stack, log_path=out / "tansu.log",
+                                              workers=opts.workers)
         broker_pid = broker.process.pid if broker is not None else None
         settings = _fresh(base, "e2e")
         to_step = None if opts.steps is None else opts.steps - 1

@@ -15,7 +15,10 @@ windows hold what they hold in a whole-log run: a cold slice answers most reques
 popularity fallback (an empty window, no model call; 69% of a cold 40-step slice of
 twitch100k, 3.6% after 7 days of warm-up, 3.3% over a whole run). The share of fallback
 answers is reported next to every figure. Each part's topics are deleted when it is done
-on tansu, which keeps every record in memory (`liverank.broker.tansu`).
+on tansu, which keeps every record in memory (`liverank.broker.tansu`); a run that starts
+its own tansu gives its topics `tansu.RUN_PARTITIONS` partitions (LIVERANK_PARTITIONS
+overrides) and starts a fresh one for the latency part (capacity drains, paced run, broker
+floor), since tansu keeps state of every earlier part that it never frees.
 """
 
 from __future__ import annotations
@@ -181,7 +184,7 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
     model = model or _bench_model(ds, work)
     lo = from_step if from_step is not None else ds.max_step // 2
     with contextlib.ExitStack() as stack:
-        base, _ = configured_or_embedded(stack)
+        base, broker = configured_or_embedded(stack)
         part = _part(ds, lo, lo + steps - 1, warm_steps, base)
         fake = _fake_like(model, work)
         drains: dict[str, list[float]] = {"onnx": [], "fake": []}
@@ -206,6 +209,12 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
         cpu_ms = {SERVICE: min(cpu["onnx"]), FAKE: min(cpu["fake"]),
                   CONSUME_ONLY: consume_cpu * 2}
         main = rates[SERVICE]
+        if broker is not None:
+            # A tansu of its own for the latency part: the parts before it leave state the
+            # broker never frees (its CPU per answer rose 0.58 -> 0.97 ms over a dozen runs
+            # on one broker, docs/results.md, session 23), which no Kafka broker carries.
+            broker.stop()
+            base, broker = configured_or_embedded(stack)
         # Half of the capacity on the steps it is paced on: a slice's cost per request
         # follows the daily cycle of live candidates (session 9: the next 60 steps drained
         # at 5.9-6.5k answers/s where the 40 before drained 7.0-7.6k), so half of another
@@ -222,7 +231,8 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
              if not name.startswith("service")]
     table.append(["produce-to-publish p50 ms at half capacity", latency["p50_ms"], "p99 ms",
                   latency["p99_ms"]])
-    return {"data": str(data), "model": str(model), "from_step": lo, "steps": steps,
+    return {"data": str(data), "model": str(model), "partitions": base.partitions,
+            "broker_kind": base.broker_kind, "from_step": lo, "steps": steps,
             "warm_steps": warm_steps, "warm_watches": part.warm_watches,
             "requests": part.requests, "live_mean": live, "answers_per_s": rates,
             "fallback_share": shares, "ratio": ratio, "drains": drains, "latency": latency,

@@ -164,10 +164,21 @@ class DemoOptions:
     keep_topics: bool = False  # keep the run's topics on a tansu the demo did not start
 
 
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The environment of the demo's ``liverank`` steps: this run's broker, topics, store
+    and partition count (an embedded broker's own, `own_broker_settings`), so that every
+    step works on the topics the demo created."""
+    env = {**os.environ, "LIVERANK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "LIVERANK_TOPIC_PREFIX": settings.topic_prefix, "LIVERANK_STORE": settings.store,
+           "LIVERANK_PARTITIONS": str(settings.partitions)}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return env
+
+
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run every stage; returns the online report plus stage timings (also written to
     ``opts.out``). Raises `DemoError` naming the stage that failed."""
-    from liverank.broker.embedded import EmbeddedBroker, free_port
+    from liverank.broker.embedded import EmbeddedBroker, free_port, own_broker_settings
     from liverank.broker.kafka import ensure_topics
     from liverank.client.monitor import collect, format_summary, write_report
     from liverank.core.settings import Settings, bootstrap_configured
@@ -181,20 +192,20 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with stages.stage("broker"):
+            prefix = f"demo{int(time.time())}-"
             if bootstrap_configured():
                 bootstrap = Settings().kafka_bootstrap
                 print(f"using the configured broker {bootstrap}")
+                settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix,
+                                    store="memory://")
             else:
                 broker = EmbeddedBroker.start()
                 bootstrap = broker.bootstrap
                 print(f"started the embedded tansu broker on {bootstrap}")
-            prefix = f"demo{int(time.time())}-"
-            settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix,
-                                store="memory://")
+                settings = own_broker_settings(bootstrap, topic_prefix=prefix,
+                                               store="memory://")
             ensure_topics(settings)
-        env = {**os.environ, "LIVERANK_KAFKA_BOOTSTRAP": bootstrap,
-               "LIVERANK_TOPIC_PREFIX": prefix, "LIVERANK_STORE": "memory://"}
-        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        env = _child_env(settings)
         with stages.stage("data"):
             if opts.data is None:
                 data = out / f"{opts.scale}.csv"

@@ -32,7 +32,11 @@ class Settings(BaseSettings):
         description="Broker address (host:port[,host:port]).",
     )
     topic_prefix: str = Field("", description="Prefix for every topic name (tests, tenants).")
-    partitions: int = Field(8, ge=1, description="Partitions of every topic created.")
+    partitions: int = Field(8, ge=1, description=(
+        "Partitions of every topic created: a worker per partition at most, so set it for "
+        "the largest group planned. A run that starts its own embedded tansu (the demo, the "
+        "benchmarks) uses 2, or one per worker, unless this is set: every partition costs "
+        "tansu work on each fetch and each batch (docs/platform-notes.md)."))
     replication_factor: int = Field(1, ge=1, description="Replication of created topics.")
     create_topics: bool = Field(
         True, description="Create missing topics at start (the system's topics, Faust's "

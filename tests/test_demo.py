@@ -157,3 +157,22 @@ def test_every_published_record_conforms_to_its_topics_schema(
     latest = {k: v for k, v in decoded["recommendations-latest"] if k != SEAL_KEY}
     assert latest == last  # written with the answers: each user's latest, nothing else
     assert any(k == SEAL_KEY for k, _ in decoded["recommendations-latest"])
+
+
+def test_the_demos_steps_work_on_the_topics_it_created(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    """Each ``liverank`` step of the demo gets the run's broker, prefix, store and partition
+    count (its own tansu's few partitions, `own_broker_settings`), not the settings'
+    defaults, and no second bootstrap variable that could point elsewhere."""
+    from liverank.broker.embedded import own_broker_settings
+    from liverank.cli.demo import _child_env
+
+    monkeypatch.delenv("LIVERANK_PARTITIONS", raising=False)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "elsewhere:9092")
+    settings = own_broker_settings("127.0.0.1:4242", topic_prefix="demo1-", store="memory://")
+    env = _child_env(settings)
+    assert "KAFKA_BOOTSTRAP_SERVERS" not in env
+    assert env.items() >= {
+        "LIVERANK_KAFKA_BOOTSTRAP": "127.0.0.1:4242", "LIVERANK_TOPIC_PREFIX": "demo1-",
+        "LIVERANK_STORE": "memory://", "LIVERANK_PARTITIONS": str(settings.partitions)}.items()
+    assert Settings().partitions != settings.partitions  # the default would not match

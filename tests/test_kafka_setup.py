@@ -315,4 +315,23 @@ def test_benchmarks_use_the_configured_broker_or_start_their_own(
         settings, broker = configured_or_embedded(stack)
         assert broker is not None and broker.alive()
         assert settings.kafka_bootstrap == broker.bootstrap and settings.broker_kind == "tansu"
+        assert settings.partitions == tansu.RUN_PARTITIONS  # its own broker: few partitions
     assert not broker.alive()  # stopped with the stack
+
+
+def test_a_run_on_its_own_tansu_gets_few_partitions_unless_it_says_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every partition costs tansu work on each fetch and batch (docs/platform-notes.md):
+    a run that starts its own broker uses `tansu.RUN_PARTITIONS`, one a worker at least;
+    LIVERANK_PARTITIONS always wins; a configured broker keeps the settings' default."""
+    from liverank.broker.embedded import own_broker_settings
+
+    monkeypatch.delenv("LIVERANK_PARTITIONS", raising=False)
+    assert Settings().partitions == 8 > tansu.RUN_PARTITIONS
+    own = own_broker_settings("127.0.0.1:1", topic_prefix="run-")
+    assert (own.partitions, own.broker_kind, own.topic_prefix) == (
+        tansu.RUN_PARTITIONS, "tansu", "run-")
+    assert own_broker_settings("127.0.0.1:1", workers=5).partitions == 5
+    monkeypatch.setenv("LIVERANK_PARTITIONS", "3")
+    assert own_broker_settings("127.0.0.1:1").partitions == 3
+    assert own_broker_settings("127.0.0.1:1", workers=5).partitions == 3  # the user's choice
