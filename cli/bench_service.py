@@ -209,6 +209,7 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
         cpu_ms = {SERVICE: min(cpu["onnx"]), FAKE: min(cpu["fake"]),
                   CONSUME_ONLY: consume_cpu * 2}
         main = rates[SERVICE]
+        fresh = broker is not None
         if broker is not None:
             # A tansu of its own for the latency part: the parts before it leave state the
             # broker never frees (its CPU per answer rose 0.58 -> 0.97 ms over a dozen runs
@@ -232,7 +233,8 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
     table.append(["produce-to-publish p50 ms at half capacity", latency["p50_ms"], "p99 ms",
                   latency["p99_ms"]])
     return {"data": str(data), "model": str(model), "partitions": base.partitions,
-            "broker_kind": base.broker_kind, "from_step": lo, "steps": steps,
+            "broker_kind": base.broker_kind, "latency_on_a_fresh_broker": fresh,
+            "from_step": lo, "steps": steps,
             "warm_steps": warm_steps, "warm_watches": part.warm_watches,
             "requests": part.requests, "live_mean": live, "answers_per_s": rates,
             "fallback_share": shares, "ratio": ratio, "drains": drains, "latency": latency,
