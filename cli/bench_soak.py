@@ -60,6 +60,7 @@ from typing import Any
 
 import typer
 
+from liverank.broker import tansu
 from liverank.core.settings import Settings
 from liverank.core.timebase import STEP_MS, STEPS_PER_DAY
 
@@ -73,8 +74,9 @@ DRAIN_TIMEOUT_S = 120.0
 SATURATE_S = 240.0
 # One worker needs few partitions, and on tansu each fetch lists every batch of each partition
 # it reads, so the broker's CPU grows with partitions x the run's length
-# (docs/platform-notes.md): with 8 it, not the worker, gave out after ~5 minutes.
-SOAK_PARTITIONS = 2
+# (docs/platform-notes.md): with 8 it, not the worker, gave out after ~5 minutes. The same
+# count as any run on its own tansu, on whichever broker the soak runs.
+SOAK_PARTITIONS = tansu.RUN_PARTITIONS
 # The steady window (after the log's first pass) must cover at least this share of the soak.
 STEADY_MIN_SHARE = 0.25
 # Saturating: what the fitted curve has left to grow is under this share of the last RSS.
