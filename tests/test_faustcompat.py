@@ -95,6 +95,8 @@ async def test_every_latency_bound_read_of_a_worker_uses_the_fetch_wait(kind: st
                                  lambda p, o: None, lambda exc: None)
         assert feed._config["fetch.wait.max.ms"] == int(wait)
         assert reader._config["fetch.wait.max.ms"] == int(wait)
+    with pytest.raises(ValueError, match="fetch_wait_ms"):  # a wait is never negative
+        Settings(broker_kind=kind, fetch_wait_ms=-1)
 
 
 @pytest.mark.parametrize("kind", ["tansu", "kafka"])
