@@ -4,9 +4,10 @@
 
 One worker, one broker, one data slice, in one run: the service with the exported model,
 the same service with the fake scorer (a), onnxruntime alone on the same requests (b), a
-Faust app that only consumes (c), then produce-to-publish p50/p99 at half the measured
-capacity, with the requests sent at an even rate. Workers are ``liverank serve``
-subprocesses; figures are only comparable within one run (a shared machine).
+Faust app that only consumes (c) (the service, (a) and (c) alternating, the best of each
+taken), then produce-to-publish p50/p99 at half the measured capacity, with the requests
+sent at an even rate. Workers are ``liverank serve`` subprocesses; figures are only
+comparable within one run (a shared machine).
 
 What a full run does, not a toy: the data is ``out/data/twitch100k.csv``, generated when
 missing (about a minute). Before every measured slice each worker first reads the
@@ -79,8 +80,9 @@ def bench_service_command(
                                       "the throughput slice; drained --repeat times for "
                                       "its own capacity, then paced at half the best)."),
     from_step: int | None = typer.Option(None, help="First step (default: the middle)."),
-    repeat: int = typer.Option(2, min=1, help="Drains per service variant, alternating; "
-                               "the best is reported (the least disturbed by other jobs)."),
+    repeat: int = typer.Option(2, min=1, help="Runs of the service, (a) and (c), "
+                               "alternating; the best of each is reported (the least "
+                               "disturbed by other jobs)."),
     warm_steps: int = typer.Option(WARM_STEPS, min=0, help="Steps before each measured "
                                    "slice a worker reads first, without requests, to fill "
                                    "the users' windows (0: a cold slice)."),
@@ -94,8 +96,9 @@ def bench_service_command(
     Each worker first reads --warm-steps steps without requests (the windows of a whole
     run), then drains a slice of steps as a backlog: with the model; with the fake scorer
     (a); onnxruntime alone on the same requests (b); a Faust app that only consumes (c).
-    Then the next --latency-steps: drained --repeat times for their own capacity, then
-    paced at half the best: produce-to-publish p50/p99 from the produced_ms header, over
+    The service, (a) and (c) alternate --repeat times; the best of each is reported. Then
+    the next --latency-steps: drained --repeat times for their own capacity, then paced at
+    half the best: produce-to-publish p50/p99 from the produced_ms header, over
     the whole steady run and per 5-s window. The share of answers from the popularity
     fallback is given with every figure. Uses LIVERANK_KAFKA_BOOTSTRAP if set, else starts
     an embedded tansu.
@@ -187,10 +190,14 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
         base, broker = configured_or_embedded(stack)
         part = _part(ds, lo, lo + steps - 1, warm_steps, base)
         fake = _fake_like(model, work)
-        drains: dict[str, list[float]] = {"onnx": [], "fake": []}
-        cpu: dict[str, list[float]] = {"onnx": [], "fake": []}
+        drains: dict[str, list[float]] = {"onnx": [], "fake": [], "consume": []}
+        cpu: dict[str, list[float]] = {"onnx": [], "fake": [], "consume": []}
         shares: dict[str, float | None] = {}
-        for i in range(repeat):  # alternating, so a busy spell hurts both variants alike
+        # Alternating, the reference (c) included, so a busy spell of the machine or a
+        # broker slowing down over the run (tansu does, docs/platform-notes.md) hurts every
+        # variant alike: the ratio compares figures taken side by side, each the best of
+        # ``repeat``.
+        for i in range(repeat):
             profile = profile_to / f"profile-drain-{i + 1}.txt" if profile_to else None
             rate, shares[SERVICE], ms = _drain(base, part, model, work, "onnx",
                                                profile=profile)
@@ -199,15 +206,17 @@ def run_bench(data: Path | None, model: Path | None, steps: int, latency_steps: 
             rate, shares[FAKE], ms = _drain(base, part, fake, work, "fake", fake=True)
             drains["fake"].append(rate)
             cpu["fake"].append(ms)
+            rate, ms = _consume_only(base, part.measured, work)
+            drains["consume"].append(rate / 2)  # answers/s: two events an answer
+            cpu["consume"].append(ms * 2)
         score_rate, shares[SCORE_ONLY] = _score_only(part, model, base)
-        consume_rate, consume_cpu = _consume_only(base, part.measured, work)
         rates = {SERVICE: max(drains["onnx"]), FAKE: max(drains["fake"]),
-                 SCORE_ONLY: score_rate, CONSUME_ONLY: consume_rate / 2}
+                 SCORE_ONLY: score_rate, CONSUME_ONLY: max(drains["consume"])}
         shares[CONSUME_ONLY] = None  # no answers: the same records as the service's
         # CPU time per answer (two input events each): what a worker costs, far less
         # disturbed by other jobs on the machine than a rate.
         cpu_ms = {SERVICE: min(cpu["onnx"]), FAKE: min(cpu["fake"]),
-                  CONSUME_ONLY: consume_cpu * 2}
+                  CONSUME_ONLY: min(cpu["consume"])}
         main = rates[SERVICE]
         fresh = broker is not None
         if broker is not None:

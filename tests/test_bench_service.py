@@ -192,3 +192,47 @@ def test_a_broker_floor_that_reads_too_little_is_an_error(
     base = Settings(kafka_bootstrap=kafka_bootstrap, broker_kind=kafka_broker_kind)
     with pytest.raises(RuntimeError, match="broker floor: read 0 of 200 records"):
         _broker_floor(base, per_s=200, seconds=1.0, wait_s=0.5)
+
+
+def test_the_consume_only_reference_alternates_with_the_drains_and_the_best_is_taken(
+        monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A reference measured once, after the drains, on a broker that has slowed down since
+    (tansu does), or in a busy spell, moves the ratio: (c) runs beside the service and (a)
+    in every round, and each figure is its best."""
+    from types import SimpleNamespace
+
+    import liverank.broker.embedded as embedded
+    import liverank.cli.bench_service as bs
+    import liverank.model.data.twitch as twitch
+
+    calls: list[str] = []
+    rates = {"onnx": [100.0, 120.0], "fake": [200.0, 180.0]}
+    events = [(300.0, 0.2), (500.0, 0.1)]  # events/s, CPU ms per event
+
+    def drain(base, part, model, work, name, profile=None, fake=False):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        return (rates[name].pop(0) if name in rates else 90.0), 0.036, {"onnx": 0.3}.get(name, 0.2)
+
+    def consume(base, tl, work):  # type: ignore[no-untyped-def]
+        calls.append("consume")
+        return events.pop(0)
+
+    monkeypatch.setattr(twitch, "load_interactions", lambda path: SimpleNamespace())
+    monkeypatch.setattr(embedded, "configured_or_embedded", lambda stack: (Settings(), None))
+    monkeypatch.setattr(bs, "_part", lambda *a: SimpleNamespace(measured="slice", requests=10,
+                                                                warm_watches=0))
+    monkeypatch.setattr(bs, "_fake_like", lambda model, work: tmp_path / "fake")
+    monkeypatch.setattr(bs, "_drain", drain)
+    monkeypatch.setattr(bs, "_consume_only", consume)
+    monkeypatch.setattr(bs, "_score_only", lambda *a: (calls.append("score"), (1000.0, 0.036))[1])
+    monkeypatch.setattr(bs, "_latency", lambda *a, **k: {"p50_ms": 20.0, "p99_ms": 40.0,
+                                                         "messages_per_s": 100.0})
+    monkeypatch.setattr(bs, "_broker_floor", lambda *a: {})
+    monkeypatch.setattr(bs, "_live_mean", lambda *a: 12.0)
+    r = bs.run_bench(tmp_path / "d.csv", tmp_path / "model", 40, 60, 100, tmp_path, repeat=2)
+    assert calls[:6] == ["onnx", "fake", "consume"] * 2
+    assert r["answers_per_s"][CONSUME_ONLY] == 250.0  # the best of 150 and 250 answers/s
+    assert r["answers_per_s"][SERVICE] == 120.0
+    assert r["consume_ratio"] == pytest.approx(120.0 / 250.0)
+    assert r["cpu_ms_per_answer"][CONSUME_ONLY] == pytest.approx(0.2)  # the least, per answer
+    assert r["drains"]["consume"] == [150.0, 250.0]

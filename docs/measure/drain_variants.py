@@ -6,7 +6,9 @@ computes them), optionally with a py-spy profile of the drain.
 
 Each JSON argument is one variant: ``env`` goes to the worker's environment (after the
 bench's own settings), ``profile`` true records ``OUT/profile-<round>-<variant>.txt``,
-``model`` a model directory of its own. Model: ``MODEL`` (default
+``model`` a model directory of its own; ``{"consume": true}`` is `bench service`'s
+reference (c) instead, the Faust app that only consumes the slice's user-events (its
+events/s and CPU per event, two events an answer). Model: ``MODEL`` (default
 ``out/bench-work/random-model``), data ``out/data/twitch100k.csv``.
 """
 
@@ -27,6 +29,12 @@ def main(out: Path, variants: list[dict[str, Any]]) -> None:
     with latency_slice(out) as (base, part, model, work):
         for rnd, i, variant in rounds(env, variants):
             profile = out / f"profile-{rnd}-{i}.txt" if variant.get("profile") else None
+            if variant.get("consume"):  # the reference (c): Faust consume-only, same records
+                events_s, event_ms = bs._consume_only(base, part.measured, work)
+                print(json.dumps({"round": rnd, "variant": variant,
+                                  "answers_per_s": events_s / 2,
+                                  "cpu_ms_per_answer": event_ms * 2}), flush=True)
+                continue
             rate, share, cpu_ms = bs._drain(base, part,
                                             Path(variant.get("model", model)), work,
                                             f"v{i}", profile=profile)

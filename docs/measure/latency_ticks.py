@@ -20,7 +20,7 @@ them, then per tick (answers whose produce times lie within 3 ms of each other: 
 sink stamps a tick's messages, or a partition's share of a spread tick, together) the first
 and last answer's latency and the micro-batches that answered it (distinct publish times: a
 batch is stamped once). Writes ``OUT/answers-<round>-<variant>.npy`` (produced_ms,
-published_ms) and the worker's /metrics text next to it.
+published_ms, step) and the worker's /metrics text next to it.
 """
 
 from __future__ import annotations
@@ -51,7 +51,21 @@ def ticks(path: Path, warm_ms: int = 2_000) -> dict[str, Any]:
     tail = np.percentile(lat, 99)
     in_tail = [i for i, g in enumerate(groups) if lat[g].max() > tail]
     pct = lambda v: [float(np.percentile(v, q)) for q in (10, 50, 90)]  # noqa: E731
-    return {"answers": len(a), "p50": float(np.percentile(lat, 50)), "p99": float(tail),
+    steps = {}
+    if a.shape[1] > 2:  # the answers' steps: a tick whose requests reach a step no earlier
+        # tick did waits for that step's stream watermark (`Service._wait_watermark`)
+        seen, new = -1, np.zeros(len(groups), dtype=bool)
+        for i, g in enumerate(groups):
+            top = int(a[g, 2].max())
+            new[i], seen = top > seen, max(seen, top)
+        in_new = np.concatenate([g for i, g in enumerate(groups) if new[i]])
+        rest = np.concatenate([g for i, g in enumerate(groups) if not new[i]])
+        steps = {"new_step_ticks": int(new.sum()),
+                 "new_step_p50_p99": [float(np.percentile(lat[in_new], q)) for q in (50, 99)],
+                 "other_p50_p99": [float(np.percentile(lat[rest], q)) for q in (50, 99)],
+                 "share_of_tail_in_new_step_ticks": float(np.mean(
+                     np.isin(np.flatnonzero(lat > tail), in_new)))}
+    return {**steps, "answers": len(a), "p50": float(np.percentile(lat, 50)), "p99": float(tail),
             "ticks": len(groups), "most_requests_in_a_tick": max(len(g) for g in groups),
             "first_p10_50_90": pct(first), "last_p10_50_90": pct(last),
             "split_ticks": int(np.count_nonzero(batches > 1)),
@@ -78,7 +92,8 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
 
     def answers_saved(settings: Any) -> Any:
         recs = answers(settings)
-        rows = [(r.produced_ms, r.published_ms) for r in recs if r.produced_ms is not None]
+        rows = [(r.produced_ms, r.published_ms, r.step) for r in recs
+                if r.produced_ms is not None]
         np.save(out / f"answers-{tag[0]}.npy", np.array(rows, dtype=np.int64))
         return recs
 
