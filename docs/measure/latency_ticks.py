@@ -53,13 +53,14 @@ def ticks(path: Path, warm_ms: int = 2_000) -> dict[str, Any]:
     pct = lambda v: [float(np.percentile(v, q)) for q in (10, 50, 90)]  # noqa: E731
     steps = {}
     if a.shape[1] > 2:  # the answers' steps: a tick whose requests reach a step no earlier
-        # tick did waits for that step's stream watermark (`Service._wait_watermark`)
+        # tick did may wait for that step's stream watermark (`Service._wait_watermark`)
         seen, new = -1, np.zeros(len(groups), dtype=bool)
         for i, g in enumerate(groups):
             top = int(a[g, 2].max())
             new[i], seen = top > seen, max(seen, top)
-        in_new = np.concatenate([g for i, g in enumerate(groups) if new[i]])
-        rest = np.concatenate([g for i, g in enumerate(groups) if not new[i]])
+        none = [np.zeros(0, dtype=np.intp)]
+        in_new = np.concatenate([g for i, g in enumerate(groups) if new[i]] or none)
+        rest = np.concatenate([g for i, g in enumerate(groups) if not new[i]] or none)
         steps = {"new_step_ticks": int(new.sum()),
                  "new_step_p50_p99": [float(np.percentile(lat[in_new], q)) for q in (50, 99)],
                  "other_p50_p99": [float(np.percentile(lat[rest], q)) for q in (50, 99)],
