@@ -22,36 +22,23 @@ from worker_env import broker_pids, latency_slice
 
 import liverank.cli.bench_service as bs
 from liverank.broker import kafka
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from liverank.cli.bench_soak import read_rss_mb
 
 
 def main(out: Path) -> None:
     with latency_slice(out) as (base, part, model, work):
         (broker,) = broker_pids()
         for rnd in range(int(os.environ.get("REPEAT", "4"))):
-            c0, t0 = cpu_s(broker), time.monotonic()
+            c0, t0 = bs._cpu_s(broker), time.monotonic()
             rate, _, worker_ms = bs._drain(base, part, model, work, f"d{rnd}")
-            broker_s, wall = cpu_s(broker) - c0, time.monotonic() - t0
+            broker_s, wall = bs._cpu_s(broker) - c0, time.monotonic() - t0
             topics = sorted(kafka.admin_client(base).list_topics(timeout=10).topics)
             print(json.dumps({"round": rnd, "answers_per_s": round(rate),
                               "worker_cpu_ms_per_answer": round(worker_ms, 3),
                               "broker_cpu_share": round(broker_s / wall, 3),
                               "broker_cpu_ms_per_answer": round(
                                   broker_s * 1000 / part.requests, 3),
-                              "broker_rss_mb": round(rss_mb(broker)),
+                              "broker_rss_mb": read_rss_mb(broker),
                               "topics_left": topics}), flush=True)
 
 

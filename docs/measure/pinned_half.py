@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from broker_drift import cpu_s
 from worker_env import broker_pids, latency_slice, niced, pinned, rounds, worker_env
 
 import liverank.cli.bench_service as bs
@@ -38,9 +37,9 @@ def main(out: Path, variants: list[dict[str, Any]]) -> None:
             with pinned(variant.get("pin")), niced(variant.get("nice")):
                 drains = [bs._drain(run, part, own, work, f"v{i}") for _ in range(2)]
                 capacity = max(d[0] for d in drains)
-                c0 = cpu_s(broker)
+                c0 = bs._cpu_s(broker)
                 lat = bs._latency(run, part, own, work, rate=capacity / 2)
-                broker_ms = (cpu_s(broker) - c0) * 1000 / part.requests
+                broker_ms = (bs._cpu_s(broker) - c0) * 1000 / part.requests
             print(json.dumps({"round": rnd, "variant": variant,
                               "drains": [d[0] for d in drains],
                               "cpu_ms_per_answer": [d[2] for d in drains],
