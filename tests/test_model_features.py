@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from liverank.model.features import (
+    ROW_BLOCKS,
     CandidateSet,
     ItemIndex,
     TimeEncoding,
@@ -50,6 +51,32 @@ def test_top_k_rows_equals_top_k_of_every_row_ties_included() -> None:
             assert got[row].tolist() == top_k(scores[row], k).tolist()
     assert top_k_rows(np.zeros((3, 0), dtype=np.float32), 5).shape == (3, 0)
     assert top_k_rows(np.zeros((0, 4), dtype=np.float32), 5).shape == (0, 4)
+
+
+def test_top_k_rows_of_wide_rows_equals_top_k_through_the_block_floor() -> None:
+    """Rows wide enough for the strided-block floor (C // ROW_BLOCKS >= k), with a ragged
+    tail of columns, ties at the cut, equal rows and rows whose best sit in one block."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        b = int(rng.integers(1, 30))
+        k = int(rng.integers(1, 25))
+        c = int(rng.integers(k * ROW_BLOCKS, k * ROW_BLOCKS + 400))
+        high = int(rng.choice([1, 3, 50, 1_000_000]))
+        scores = rng.integers(0, high, size=(b, c)).astype(np.float32)
+        if rng.random() < 0.3:  # the best all in block 0 (columns 0, n, 2n, ...)
+            n = c // ROW_BLOCKS
+            scores[:, ::n] += high
+        got = top_k_rows(scores, k)
+        assert got.shape == (b, k)
+        for row in range(b):
+            assert got[row].tolist() == top_k(scores[row], k).tolist()
+
+
+def test_top_k_rows_refuses_nan_rows() -> None:
+    scores = np.zeros((2, 200), dtype=np.float32)
+    scores[1] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        top_k_rows(scores, 5)
 
 
 def test_rank_of_matches_the_full_top_k_order() -> None:
