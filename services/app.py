@@ -665,14 +665,17 @@ class Service:
         prepared: asyncio.Queue[Prepared] = asyncio.Queue(PREPARED_AHEAD)
         finisher = asyncio.ensure_future(self._finish_loop(prepared))
         finisher.add_done_callback(self._finisher_done)
+        collector = LoadCollector(self.settings.gc_backlog_threshold)
         try:
             while True:
                 events = await self._batcher.get()
                 self.health.taken()
+                collector.follow(self._batcher.backlog)
                 await prepared.put(await self.prepare(events))
                 if finisher.done():
                     finisher.result()  # re-raise what stopped the finishing stage
         finally:
+            collector.follow(False)
             finisher.cancel()
 
     async def _finish_loop(self, prepared: asyncio.Queue[Prepared]) -> None:
@@ -1081,6 +1084,31 @@ class _Partitions(dict[int, TP]):
     def __missing__(self, partition: int) -> TP:
         tp = self[partition] = TP(self.topic, partition)
         return tp
+
+
+class LoadCollector:
+    """Python's young-generation threshold by load: ``backlog_threshold`` while the worker
+    is behind, the interpreter's own (700) otherwise.
+
+    Why: in a drain the worker holds tens of thousands of fetched records, each young
+    collection walks the ones that arrived since the last, and every tenth promotes them to
+    be walked again by the older generations: collections took ~9% of the event loop's
+    time (docs/results.md, session 25). A higher threshold collects those generations far
+    less often, but each collection is longer (2-3 ms young, ~15 ms middle at 7,000), which
+    cost the tail at a steady load (p99 31, 35 -> 40, 52 ms at 2,800/s): so only in a
+    backlog, where answers wait behind records anyway. 0 leaves the threshold alone."""
+
+    def __init__(self, backlog_threshold: int) -> None:
+        self.backlog_threshold = backlog_threshold
+        self.steady = gc.get_threshold()
+        self.backlog = False
+
+    def follow(self, backlog: bool) -> None:
+        if not self.backlog_threshold or backlog == self.backlog:
+            return
+        self.backlog = backlog
+        young = self.backlog_threshold if backlog else self.steady[0]
+        gc.set_threshold(young, *self.steady[1:])
 
 
 def _freeze_heap() -> None:

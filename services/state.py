@@ -451,6 +451,11 @@ class MicroBatcher(Generic[T]):
     def full(self) -> bool:
         return len(self._items) >= self.max_pending
 
+    @property
+    def backlog(self) -> bool:
+        """The last batch `get` returned was full: records wait for the worker."""
+        return self._backlog
+
     def put(self, item: T) -> None:
         if not self._items:
             self._first_at = time.monotonic()

@@ -500,6 +500,59 @@ async def test_the_model_runs_in_the_thread_only_while_input_is_waiting() -> Non
     assert metric(svc, "liverank_model_runs_total", on="thread") == 1
 
 
+async def test_a_backlog_collects_the_young_generation_less_often_and_steady_load_does_not(
+        ) -> None:
+    """A full micro-batch (a backlog) is prepared under `gc_backlog_threshold`, a partial
+    one under the interpreter's own threshold, and the worker leaves the threshold as it
+    found it when it stops (`LoadCollector`)."""
+    import gc
+
+    steady = gc.get_threshold()
+    stream, users = split_timeline(tl.build_timeline(tiny()))
+    svc, pub = service(batch_size=4, gc_backlog_threshold=12_345)
+    for e in stream:
+        svc.live.apply(e, 0)  # type: ignore[union-attr, arg-type]
+    seen: list[tuple[int, int]] = []
+    real_prepare = svc.prepare
+
+    async def noting(events: Sequence[Any]) -> Any:
+        seen.append((len(events), gc.get_threshold()[0]))
+        return await real_prepare(events)
+
+    svc.prepare = noting  # type: ignore[method-assign]
+    try:
+        async with svc.agent.test_context() as agent:
+            await put_all(agent, users)  # queued at once: full batches, then the tail
+            n_req = sum(isinstance(e, ev.RecRequest) for e in users)
+            await wait_for(lambda: len(pub.sent.get(RECS, [])) >= n_req)
+            assert {size for size, _ in seen} > {4}  # full batches and a partial one
+            assert all((young == 12_345) == (size == 4) for size, young in seen), seen
+        await wait_for(lambda: gc.get_threshold() == steady)
+    finally:
+        gc.set_threshold(*steady)
+
+
+def test_the_load_collector_switches_only_the_young_threshold_and_0_leaves_it() -> None:
+    import gc
+
+    from liverank.services.app import LoadCollector
+
+    steady = gc.get_threshold()
+    try:
+        collector = LoadCollector(9_000)
+        collector.follow(True)
+        assert gc.get_threshold() == (9_000, *steady[1:])
+        collector.follow(True)
+        assert gc.get_threshold() == (9_000, *steady[1:])
+        collector.follow(False)
+        assert gc.get_threshold() == steady
+        off = LoadCollector(0)
+        off.follow(True)
+        assert gc.get_threshold() == steady
+    finally:
+        gc.set_threshold(*steady)
+
+
 class FailingScorer(FakeScorer):
     """Ranks ``good`` batches, then raises (a model gone wrong: non-finite scores)."""
 

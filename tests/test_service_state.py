@@ -340,6 +340,7 @@ async def test_after_a_full_batch_the_wait_counts_from_the_take_not_from_the_old
     for i in range(6):
         b.put(i)
     assert await b.get() == [0, 1, 2, 3]  # full: a backlog
+    assert b.backlog
     await asyncio.sleep(0.15)  # the two left over are older than max_wait_s now
     getter = asyncio.ensure_future(b.get())
     await asyncio.sleep(0.03)
@@ -355,6 +356,7 @@ async def test_after_a_full_batch_the_wait_counts_from_the_take_not_from_the_old
     await asyncio.sleep(0.15)
     t0 = time.monotonic()
     assert await b.get() == [9]  # a partial batch ended the backlog
+    assert not b.backlog
     assert time.monotonic() - t0 < 0.05
 
 
