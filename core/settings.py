@@ -102,10 +102,11 @@ class Settings(BaseSettings):
         "the next one to fill, counted from when it is asked for."
     )
     gc_backlog_threshold: int = Field(
-        10000, ge=0, description="In a backlog (the last micro-batch was full), collect "
+        10000, ge=0, description="In a backlog (four full micro-batches in a row), collect "
         "Python's young generation every this many allocations instead of every 700: fewer, "
-        "longer collections, ~6% of a worker's CPU in a drain; at a steady load the default "
-        "keeps every pause short (docs/service.md, Garbage collection). 0: always 700."
+        "longer collections, less of a worker's CPU in a drain; at a steady load the default "
+        "keeps every pause short (docs/service.md, Garbage collection in a backlog). "
+        "0: always 700."
     )
     watermark_wait_ms: float = Field(
         2000.0, ge=0, description="Longest wait for stream watermarks before answering late."

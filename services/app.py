@@ -670,7 +670,8 @@ class Service:
             while True:
                 events = await self._batcher.get()
                 self.health.taken()
-                collector.follow(self._batcher.backlog)
+                if collector.follow(self._batcher.backlog):
+                    self.metrics.backlog_batches.inc()
                 await prepared.put(await self.prepare(events))
                 if finisher.done():
                     finisher.result()  # re-raise what stopped the finishing stage
@@ -1095,20 +1096,28 @@ class LoadCollector:
     be walked again by the older generations: collections took ~9% of the event loop's
     time (docs/results.md, session 25). A higher threshold collects those generations far
     less often, but each collection is longer (2-3 ms young, ~15 ms middle at 7,000), which
-    cost the tail at a steady load (p99 31, 35 -> 40, 52 ms at 2,800/s): so only in a
-    backlog, where answers wait behind records anyway. 0 leaves the threshold alone."""
+    cost the tail at a steady load (p99 31, 35 -> 40, 52 ms at 2,800/s). So only while the
+    worker is behind for a while: ``streak`` full micro-batches in a row turn it on (a paced
+    tick's burst fills one now and then), a partial batch (caught up) turns it off. 0 leaves
+    the threshold alone."""
 
-    def __init__(self, backlog_threshold: int) -> None:
+    def __init__(self, backlog_threshold: int, streak: int = 4) -> None:
         self.backlog_threshold = backlog_threshold
+        self.streak = streak
         self.steady = gc.get_threshold()
+        self.full = 0  # full batches in a row
         self.backlog = False
 
-    def follow(self, backlog: bool) -> None:
-        if not self.backlog_threshold or backlog == self.backlog:
-            return
-        self.backlog = backlog
-        young = self.backlog_threshold if backlog else self.steady[0]
-        gc.set_threshold(young, *self.steady[1:])
+    def follow(self, full: bool) -> bool:
+        """The batch just taken was ``full`` (or not); returns whether the backlog
+        threshold is in effect for it."""
+        self.full = self.full + 1 if full else 0
+        backlog = bool(self.backlog_threshold) and self.full >= self.streak
+        if backlog != self.backlog:
+            self.backlog = backlog
+            young = self.backlog_threshold if backlog else self.steady[0]
+            gc.set_threshold(young, *self.steady[1:])
+        return backlog
 
 
 def _freeze_heap() -> None:

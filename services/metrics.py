@@ -55,6 +55,9 @@ class Metrics:
         self.model_runs = Counter("liverank_model_runs", "Model runs (one per scored batch) "
                                   "by where they ran: the event loop when no input was "
                                   "waiting, else the scoring thread.", ["on"], registry=r)
+        self.backlog_batches = Counter("liverank_backlog_batches", "Micro-batches prepared "
+                                       "in a backlog, under the backlog GC threshold "
+                                       "(gc_backlog_threshold).", registry=r)
         self.watermark_wait = Histogram("liverank_watermark_wait_seconds", "Time a batch "
                                         "waited for stream watermarks.",
                                         buckets=LATENCY_BUCKETS, registry=r)

@@ -502,9 +502,10 @@ async def test_the_model_runs_in_the_thread_only_while_input_is_waiting() -> Non
 
 async def test_a_backlog_collects_the_young_generation_less_often_and_steady_load_does_not(
         ) -> None:
-    """A full micro-batch (a backlog) is prepared under `gc_backlog_threshold`, a partial
-    one under the interpreter's own threshold, and the worker leaves the threshold as it
-    found it when it stops (`LoadCollector`)."""
+    """Batches taken while the worker is behind (full ones in a row) are prepared under
+    `gc_backlog_threshold` (and counted), a partial one under the interpreter's own
+    threshold, and the worker leaves the threshold as it found it when it stops
+    (`LoadCollector`)."""
     import gc
 
     steady = gc.get_threshold()
@@ -526,7 +527,9 @@ async def test_a_backlog_collects_the_young_generation_less_often_and_steady_loa
             n_req = sum(isinstance(e, ev.RecRequest) for e in users)
             await wait_for(lambda: len(pub.sent.get(RECS, [])) >= n_req)
             assert {size for size, _ in seen} > {4}  # full batches and a partial one
-            assert all((young == 12_345) == (size == 4) for size, young in seen), seen
+            assert all(young == steady[0] for size, young in seen if size < 4), seen
+            backlog = sum(young == 12_345 for _, young in seen)
+            assert backlog and metric(svc, "liverank_backlog_batches_total") == backlog
         await wait_for(lambda: gc.get_threshold() == steady)
     finally:
         gc.set_threshold(*steady)
@@ -539,15 +542,17 @@ def test_the_load_collector_switches_only_the_young_threshold_and_0_leaves_it() 
 
     steady = gc.get_threshold()
     try:
-        collector = LoadCollector(9_000)
-        collector.follow(True)
+        collector = LoadCollector(9_000, streak=3)
+        assert not collector.follow(True) and not collector.follow(True)
+        assert gc.get_threshold() == steady  # two full batches: a burst, maybe
+        assert collector.follow(True)  # the third in a row: behind
         assert gc.get_threshold() == (9_000, *steady[1:])
-        collector.follow(True)
-        assert gc.get_threshold() == (9_000, *steady[1:])
-        collector.follow(False)
+        assert collector.follow(True)
+        assert not collector.follow(False)  # a partial batch: caught up
         assert gc.get_threshold() == steady
-        off = LoadCollector(0)
-        off.follow(True)
+        assert not collector.follow(True)  # the count starts again
+        off = LoadCollector(0, streak=1)
+        assert not off.follow(True)
         assert gc.get_threshold() == steady
     finally:
         gc.set_threshold(*steady)
