@@ -331,8 +331,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 # `top_k_rows` bounds each row's k-th best score from below by the k-th best of the maxima of
-# ROW_BLOCKS strided blocks (block j: columns j, j + n, j + 2n, ...): the maxima are k
-# distinct entries, so at least k scores reach the bound and only those few are sorted.
+# ROW_BLOCKS strided blocks (block j: columns j, j + n, j + 2n, ...): each block's maximum is
+# a different entry, so the k best maxima are k scores at or above the bound, and only the
+# few scores that reach it are sorted.
 ROW_BLOCKS = 8
 
 
