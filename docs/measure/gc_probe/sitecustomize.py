@@ -5,6 +5,16 @@ tracked objects by type and their referents by type (what a collection walks).
 
     python docs/measure/latency_ticks.py 1920 OUT \\
         '{"env": {"PYTHONPATH": "docs/measure/gc_probe", "GC_PROBE_OUT": "OUT/gc.log"}}'
+
+With ``GC_SUM_OUT=PATH`` it appends to ``PATH.<pid>`` every second a tally instead: the wall
+time, then per generation ``g<gen>:<collections>:<ms>`` since the start (docs/results.md,
+session 25: collections took ~9% of the event loop's time in a drain). ``GC_THRESHOLD=a,b,c``
+starts the process with that threshold (`gc.set_threshold`) instead of the interpreter's.
+
+    REPEAT=2 python docs/measure/drain_variants.py OUT \\
+        '{"env": {"PYTHONPATH": "docs/measure/gc_probe", "GC_SUM_OUT": "OUT/gc-on"}}' \\
+        '{"env": {"PYTHONPATH": "docs/measure/gc_probe", "GC_SUM_OUT": "OUT/gc-off",
+                  "LIVERANK_GC_BACKLOG_THRESHOLD": "0"}}'
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import collections
 import gc
 import os
+import threading
 import time
 from typing import Any
 
@@ -50,5 +61,32 @@ def _install(out: str) -> None:
     gc.callbacks.append(callback)
 
 
+def _tally(out: str) -> None:
+    if os.environ.get("GC_THRESHOLD"):
+        gc.set_threshold(*map(int, os.environ["GC_THRESHOLD"].split(",")))
+    started = [0.0]
+    totals = {g: [0, 0.0] for g in range(3)}  # generation -> [collections, seconds]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        total = totals[info["generation"]]
+        total[0] += 1
+        total[1] += time.perf_counter() - started[0]
+
+    def write() -> None:
+        while True:
+            time.sleep(1)
+            line = " ".join(f"g{g}:{n}:{s * 1000:.1f}" for g, (n, s) in totals.items())
+            with open(f"{out}.{os.getpid()}", "a") as f:
+                f.write(f"{time.time():.1f} {line}\n")
+
+    gc.callbacks.append(callback)
+    threading.Thread(target=write, name="gc-tally", daemon=True).start()
+
+
 if os.environ.get("GC_PROBE_OUT"):
     _install(os.environ["GC_PROBE_OUT"])
+if os.environ.get("GC_SUM_OUT"):
+    _tally(os.environ["GC_SUM_OUT"])
