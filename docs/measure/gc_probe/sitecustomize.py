@@ -24,16 +24,29 @@ import gc
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
 
 
 def _type_name(o: object) -> str:
     return f"{type(o).__module__}.{type(o).__qualname__}"
 
 
+def _on_each(done: Callable[[dict[str, int], float], None]) -> None:
+    """Call ``done(info, seconds)`` after every collection, with how long it took."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            done(info, time.perf_counter() - started[0])
+
+    gc.callbacks.append(callback)
+
+
 def _install(out: str) -> None:
     log = open(f"{out}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115 - open for the process
-    state: dict[str, Any] = {"full": 0, "start": 0.0}
+    full = [0]
 
     def walked() -> None:
         objs = gc.get_objects()
@@ -45,35 +58,28 @@ def _install(out: str) -> None:
                   f"{kinds.most_common(12)}\n")
         log.write(f"# referents {sum(refs.values())}: {refs.most_common(12)}\n")
 
-    def callback(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            state["start"] = time.perf_counter()
-            return
-        ms = (time.perf_counter() - state["start"]) * 1000
+    def done(info: dict[str, int], seconds: float) -> None:
+        ms = seconds * 1000
         if ms >= 2:
             log.write(f"{time.time() * 1000:.0f} {info['generation']} {ms:.1f} "
                       f"{info['collected']}\n")
         if info["generation"] == 2:
-            state["full"] += 1
-            if state["full"] in (30, 50):
+            full[0] += 1
+            if full[0] in (30, 50):
                 walked()
 
-    gc.callbacks.append(callback)
+    _on_each(done)
 
 
 def _tally(out: str) -> None:
     if os.environ.get("GC_THRESHOLD"):
         gc.set_threshold(*map(int, os.environ["GC_THRESHOLD"].split(",")))
-    started = [0.0]
     totals = {g: [0, 0.0] for g in range(3)}  # generation -> [collections, seconds]
 
-    def callback(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-            return
+    def done(info: dict[str, int], seconds: float) -> None:
         total = totals[info["generation"]]
         total[0] += 1
-        total[1] += time.perf_counter() - started[0]
+        total[1] += seconds
 
     def write() -> None:
         while True:
@@ -82,7 +88,7 @@ def _tally(out: str) -> None:
             with open(f"{out}.{os.getpid()}", "a") as f:
                 f.write(f"{time.time():.1f} {line}\n")
 
-    gc.callbacks.append(callback)
+    _on_each(done)
     threading.Thread(target=write, name="gc-tally", daemon=True).start()
 
 
