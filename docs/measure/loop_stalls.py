@@ -34,7 +34,8 @@ def _probe(path: Path) -> tuple[list[tuple[float, float, str]], list[tuple[float
 
 
 def report(out: Path) -> None:
-    logs = sorted(out.glob("loop.log.*"), key=lambda p: p.stat().st_mtime)
+    logs = sorted((p for p in out.glob("loop.log.*") if p.suffix != ".agg"),  # not the tallies
+                  key=lambda p: p.stat().st_mtime)
     runs = sorted(out.glob("answers-*.npy"), key=lambda p: p.stat().st_mtime)
     for answers, log in zip(runs, logs[-len(runs):], strict=False):
         a = np.load(answers)
@@ -57,7 +58,7 @@ def report(out: Path) -> None:
         for what, n in kinds.most_common(12):
             print(f"  {n:5d} long callbacks, {ms[what]:7.0f} ms: {what}")
         tail = a[lat > p99]
-        hit = sum(any(s < e_pub and e > prod for s, e, _ in calls) for prod, e_pub in tail)
+        hit = sum(any(s < e_pub and e > prod for s, e, _ in calls) for prod, e_pub, *_ in tail)
         print(f"  answers above p99: {len(tail)}, {hit} waited through a long callback")
         inner = collections.Counter(";".join(s.split(";")[-3:]) for _, s in stacks)
         for frames, n in inner.most_common(15):
