@@ -141,7 +141,11 @@ class Settings(BaseSettings):
         "store): a cache of the changelog, rebuilt from it when missing or inconsistent."
     )
     web_port: int = Field(6066, ge=0, description="Port of /health and /metrics.")
-    scorer_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
+    scorer_threads: int = Field(
+        1, ge=1, description="onnxruntime intra-op threads. 2 on a 2-core machine, the broker "
+        "beside the worker, made the tail worse: p99 172 and 191 ms against 72 and 60 at "
+        "3,000 requests/s (docs/results.md, session 26)."
+    )
     worker_id: str = Field("liverank-service", description="Faust app id / consumer group.")
     fetch_wait_ms: float = Field(
         20.0, ge=0, description="Longest a worker's fetch (user-events, stream-events) waits "
