@@ -48,7 +48,8 @@ def report(out: Path, count: int | None = None) -> None:
     delta = {k: tuple(v[j] - a.get(k, (0, 0.0, 0.0))[j] for j in range(3)) for k, v in b.items()}
     cpu = sum(v[1] for v in delta.values())
     print(
-        f"{(t1 - t0) / 1000:.1f} s, {n} answers; loop CPU {cpu:.0f} ms = "
+        f"{(t1 - t0) / 1000:.1f} s, {n} answers ({runs[first]} `Service._answer` callbacks "
+        f"before it: with ANSWERS, few); loop CPU {cpu:.0f} ms = "
         f"{cpu * 1000 / max(n, 1):.0f} us an answer, {cpu / (t1 - t0) * 100:.0f}% of a core"
     )
     print("   us an answer: CPU   wall  callbacks  kind")
