@@ -29,9 +29,10 @@ CANDIDATES = (500, 3000)
 
 
 def _random_checkpoint(directory: Path, items: int, names: tuple[str, ...] | None = None,
-                       counts: np.ndarray | None = None) -> Path:
-    """A freshly initialised liverank model (2 blocks, d 64, L 16) saved as a checkpoint;
-    ``names``/``counts`` give it a real item index (default: ``items`` made-up streamers)."""
+                       counts: np.ndarray | None = None, blocks: int = 2) -> Path:
+    """A freshly initialised liverank model (``blocks`` attention blocks, d 64, L 16) saved as
+    a checkpoint; ``names``/``counts`` give it a real item index (default: ``items`` made-up
+    streamers)."""
     import torch
 
     from liverank.model.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
@@ -43,7 +44,7 @@ def _random_checkpoint(directory: Path, items: int, names: tuple[str, ...] | Non
         names = tuple(f"s{i}" for i in range(items))
         counts = np.arange(items, 0, -1, dtype=np.int64)
     assert counts is not None
-    cfg = ModelConfig(n_items=len(names))
+    cfg = ModelConfig(n_items=len(names), blocks=blocks)
     index = ItemIndex(names, np.asarray(counts, dtype=np.int64))
     meta = {"format": CHECKPOINT_FORMAT, "version": "bench-random", "model": cfg.to_json(),
             "train": {}, "time_encoding": TimeEncoding().to_json(),
@@ -53,7 +54,8 @@ def _random_checkpoint(directory: Path, items: int, names: tuple[str, ...] | Non
     return directory
 
 
-def export_random_model(names: tuple[str, ...], counts: np.ndarray, out: Path) -> Path:
+def export_random_model(names: tuple[str, ...], counts: np.ndarray, out: Path,
+                        blocks: int = 2) -> Path:
     """A randomly initialised liverank model over ``names``, exported to ONNX at ``out``.
 
     For serving benchmarks: scoring cost depends on the model's shapes, not its training.
@@ -62,7 +64,7 @@ def export_random_model(names: tuple[str, ...], counts: np.ndarray, out: Path) -
     from liverank.model.export import export
 
     with tempfile.TemporaryDirectory() as tmp:
-        export(_random_checkpoint(Path(tmp) / "ckpt", len(names), names, counts), out)
+        export(_random_checkpoint(Path(tmp) / "ckpt", len(names), names, counts, blocks), out)
     return out
 
 

@@ -3,9 +3,10 @@
     python docs/measure/ort_threads.py [MODEL_DIR]
 
 ``MODEL_DIR`` defaults to ``out/bench-work/random-model`` (`liverank bench service`'s work
-folder). Batches of 24, 64 and 128 requests with random 40-entry windows, sharing one row of
-1,310 random streamers, as `OnnxScorer.scoring` builds them; per thread count and round the
-mean wall ms of 30 runs of `Scoring.forward` (docs/results.md, session 26).
+folder). Batches of 24, 64 and 128 requests over one set of 1,310 random live streamers
+(`liverank bench scorer`'s requests: windows of 1 to L entries, half of them live), as
+`OnnxScorer.scoring` builds them; per thread count and round the mean wall ms of 30 runs of
+`Scoring.forward` (docs/results.md, session 26).
 """
 
 from __future__ import annotations
@@ -17,18 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from liverank.model.scorer import RankRequest, load_scorer
+from liverank.cli.bench_scorer import _requests
+from liverank.model.scorer import load_scorer
 
 
 def main(model_dir: Path) -> None:
     items = json.loads((model_dir / "model.json").read_text())["items"]
     rng = np.random.default_rng(0)
-    cands = tuple(rng.choice(items, 1310, replace=False).tolist())
     scorers = {t: load_scorer(model_dir, threads=t) for t in (1, 2)}
     for batch in (24, 64, 128):
-        requests = [RankRequest(window=[(items[int(j)], 100 + t) for t, j in
-                                        enumerate(rng.integers(0, len(items), 40))],
-                                step=200, candidates=cands) for _ in range(batch)]
+        requests = _requests(items, batch, 1310, scorers[1].window_len, rng)
         ms: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(3):
             for threads, scorer in scorers.items():

@@ -12,32 +12,19 @@ untrained, like the bench's.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from liverank.cli import bench_scorer
-from liverank.model import sasrec
+from liverank.cli.bench_scorer import export_random_model
 
 
-def main(out: Path, n_blocks: int) -> None:
+def main(out: Path, blocks: int) -> None:
     meta = json.loads(Path("out/bench-work/random-model/model.json").read_text())
-    names = tuple(meta["items"])
     counts = np.asarray(meta["popularity"], dtype=np.int64)
-    config = sasrec.ModelConfig
-
-    @dataclasses.dataclass(frozen=True)
-    class Smaller(config):  # type: ignore[valid-type,misc]
-        blocks: int = n_blocks
-
-    sasrec.ModelConfig = Smaller  # type: ignore[misc]  # what `_random_checkpoint` makes
-    try:
-        bench_scorer.export_random_model(names, counts, out)
-    finally:
-        sasrec.ModelConfig = config  # type: ignore[misc]
+    export_random_model(tuple(meta["items"]), counts, out, blocks=blocks)
     print(json.loads((out / "model.json").read_text())["config"])
 
 
