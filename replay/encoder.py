@@ -33,6 +33,12 @@ from liverank.model.data.timeline import REQUEST, START, STOP, WATCH, WATERMARK,
 logger = logging.getLogger(__name__)
 
 BLOCK_EVENTS = 16_384  # timeline entries encoded and produced together at --speed max
+# At a paced rate (`EvenRateSink`) a block is encoded between two hand-overs, so it holds the
+# pacing up for as long as it takes: 8-12 ms for 16,384 entries on an idle core, ~23 ms on a
+# busy one, which sent a partition's share of a tick late, onto the next (docs/results.md,
+# session 28). 1,024 entries encode in ~0.6 ms (1.7 at most): well under a partition's slot
+# of a spread tick (25 ms with the embedded broker's 2 partitions, 6 ms with 8).
+RATE_BLOCK_EVENTS = 1_024
 PARALLEL_MIN_EVENTS = 200_000  # below this a child process costs more than it saves
 # With 2 cores the broker, librdkafka's threads and the produce loop already use both: a
 # child then only adds pickling (measured: no gain, often a loss). It pays with spare cores.

@@ -49,6 +49,7 @@ from liverank.core.timebase import STEP_MS
 from liverank.model.data.timeline import REQUEST, WATERMARK, Timeline
 from liverank.replay.encoder import (
     BLOCK_EVENTS,
+    RATE_BLOCK_EVENTS,
     Batch,
     EncodeError,
     Encoder,
@@ -552,6 +553,12 @@ def paced_sink(producer: Any, per_s: float, settings: Settings,
                         spread=(settings.topic(kf.USER_EVENTS), partitions))
 
 
+def block_events(at_rate: bool) -> int:
+    """Timeline entries to encode at a time: `RATE_BLOCK_EVENTS` for a replay paced at a rate
+    (`EvenRateSink`), whose hand-overs an encoding holds up; `BLOCK_EVENTS` otherwise."""
+    return RATE_BLOCK_EVENTS if at_rate else BLOCK_EVENTS
+
+
 def message_rate(tl: Timeline, partitions: int, requests_per_s: float) -> float:
     """Messages/s that send ``tl``'s requests at ``requests_per_s`` on average (a watermark
     is one message per partition); `ValueError` when ``tl`` holds no request."""
@@ -581,7 +588,7 @@ def replay(
     wall_ms: Callable[[], int] | None = None,
     on_block: Callable[[int, int, ReplayReport], None] | None = None,
     flush_timeout: float | None = None,
-    block_size: int = BLOCK_EVENTS,
+    block_size: int | None = None,
     batches: Iterable[Batch] | None = None,
     broker: str = "the broker",
     outage_timeout_s: float = 300.0,
@@ -596,11 +603,14 @@ def replay(
     outage limit and `FLUSH_MARGIN_S`, so librdkafka's own message timeout comes first).
     ``sleep`` defaults to polling the sink, so delivery callbacks run while pacing waits.
     ``on_block(events_done, step, report)`` drives a progress bar. ``batches``: the encoded
-    timeline (`encode_blocks`), by default encoded here in-process. ``end=False`` sends no
-    `End` records: another replay continues these topics (and sends them).
+    timeline (`encode_blocks`), by default encoded here in-process, in blocks of
+    ``block_size`` entries (default `block_events`). ``end=False`` sends no `End` records:
+    another replay continues these topics (and sends them).
     """
     report = ReplayReport({stream_topic: TopicCounts(), user_topic: TopicCounts()})
     if batches is None:
+        if block_size is None:
+            block_size = block_events(isinstance(sink, EvenRateSink))
         batches = encode_blocks(Encoder(tl, partitions, stream_topic, user_topic),
                                 paced=speed is not None, block_size=block_size, parallel=False)
     callbacks = np.array([_delivery_callback(report.topics[stream_topic], report),
@@ -826,8 +836,11 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
     # The encoder (maybe a forked child) starts before any Kafka client thread exists here.
     # ensure_topics refuses topics whose partition count differs from settings.partitions.
     encoder = Encoder(tl, settings.partitions, stream_topic, user_topic)
+    block_size = kwargs.pop("block_size", None)
+    if block_size is None:
+        block_size = block_events(per_s is not None)
     batches = encode_blocks(encoder, paced=speed is not None, parallel=parallel,
-                            block_size=kwargs.pop("block_size", BLOCK_EVENTS))
+                            block_size=block_size)
     try:
         kf.ensure_topics(settings)
         # At max speed (no pace, no rate) the whole timeline is a backlog: full batches.

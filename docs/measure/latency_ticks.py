@@ -8,7 +8,8 @@ Each JSON argument is one variant: ``env`` goes to the worker's environment, ``m
 model directory of its own (``MODEL`` by default; with ``"fake": true`` a fake model's
 directory, served by the fake scorer's worker as `bench service`'s (a)), ``flush_ticks``
 and ``spread_ticks`` set `EvenRateSink`'s attributes of those names in the replay,
-``tick_s`` the paced tick (`liverank.broker.tansu.PACED_TICK_S`), ``pin``
+``tick_s`` the paced tick (`liverank.broker.tansu.PACED_TICK_S`), ``rate_block`` the
+entries the replay encodes at a time (`liverank.replay.producer.RATE_BLOCK_EVENTS`), ``pin``
 (``[worker_cpus, other_cpus]``) the worker's threads to ``worker_cpus`` and the driver's
 and the broker's to ``other_cpus`` for that run (`worker_env.pinned`), ``nice``
 (``{"worker": n, "driver": n, "broker": n}``) their nice values (`worker_env.niced`).
@@ -34,6 +35,7 @@ import numpy as np
 from worker_env import latency_slice, niced, pinned, rounds, worker_env
 
 import liverank.cli.bench_service as bs
+import liverank.replay.producer as rp
 from liverank.broker import tansu
 from liverank.replay.producer import EvenRateSink
 
@@ -100,12 +102,13 @@ def main(rate: float, out: Path, variants: list[dict[str, Any]]) -> None:
 
     bs._BenchWorker.stop, bs._answers = stop_saving_metrics, answers_saved
     bs._BenchWorker.__init__ = init_fake_or_not  # type: ignore[method-assign]
-    tick_s = tansu.PACED_TICK_S
+    tick_s, rate_block = tansu.PACED_TICK_S, rp.RATE_BLOCK_EVENTS
     with latency_slice(out) as (base, part, model, work):
         for rnd, i, variant in rounds(env, variants):
             EvenRateSink.flush_ticks = variant.get("flush_ticks", True)
             EvenRateSink.spread_ticks = variant.get("spread_ticks", True)
             tansu.PACED_TICK_S = variant.get("tick_s", tick_s)
+            rp.RATE_BLOCK_EVENTS = variant.get("rate_block", rate_block)
             tag[0] = f"{rnd}-{i}"
             fake[0] = bool(variant.get("fake", False))
             with pinned(variant.get("pin")), niced(variant.get("nice")):
