@@ -354,6 +354,34 @@ def test_a_replay_at_a_rate_hands_every_share_over_on_time_while_encoding(  # ty
     assert max(late) < 0.005, f"a message went {max(late) * 1000:.1f} ms after its slot"
 
 
+@pytest.mark.parametrize(("rate", "blocks"), [(50.0, "RATE_BLOCK_EVENTS"), (None, "BLOCK_EVENTS")])
+def test_replay_to_kafka_encodes_in_small_blocks_only_at_a_rate(  # type: ignore[no-untyped-def]
+        tiny, monkeypatch, rate: float | None, blocks: str) -> None:
+    """`liverank replay --rate` (and the demo's test window) encodes in the small blocks
+    that keep its pacing on time; --speed max keeps the big ones. The encoder starts before
+    the broker is asked anything: a broker that is not there stops the replay right after."""
+    import liverank.broker.kafka as kf
+    import liverank.replay.producer as rp
+    from liverank.core.settings import Settings
+
+    sizes: list[int] = []
+
+    def encode_blocks(*args: Any, block_size: int, **kwargs: Any) -> list[Any]:
+        sizes.append(block_size)
+        return []
+
+    def no_broker(*args: Any, **kwargs: Any) -> dict[str, int]:
+        raise kf.KafkaSetupError("no broker in this test")
+
+    monkeypatch.setattr(rp, "encode_blocks", encode_blocks)
+    monkeypatch.setattr(kf, "ensure_topics", no_broker)
+    tl = build_timeline(tiny, requests_from=300)
+    with pytest.raises(kf.KafkaSetupError, match="no broker in this test"):
+        rp.replay_to_kafka(tl, Settings(), rate=rate)
+    assert sizes == [getattr(rp, blocks)]
+    assert rp.RATE_BLOCK_EVENTS < rp.BLOCK_EVENTS
+
+
 def test_even_rate_sink_refuses_a_negative_tick() -> None:
     with pytest.raises(ValueError, match="tick"):
         EvenRateSink(MemorySink(), per_s=10.0, tick_s=-0.1)
