@@ -323,7 +323,7 @@ def test_a_replay_at_a_rate_hands_every_share_over_on_time_while_encoding(  # ty
 
     ds = generate("small", seed=0)
     tl = build_timeline(ds, requests_from=2600, from_step=2550, to_step=4600)
-    assert len(tl) > 3 * 16_384  # several blocks of the --speed max size
+    assert len(tl) > 3 * rp.BLOCK_EVENTS  # several blocks of the --speed max size
     clock = _Clock()
     produced: list[tuple[str, bytes, Any, int]] = []  # encoded order: the replay's order
     real = rp.encode_blocks

@@ -49,6 +49,7 @@ def summary(rows: list[tuple[float, float]]) -> dict[str, float | str]:
     ms = sorted(d for _, d in rows)
     n = len(ms)
     med = ms[n // 2]
+    drawn = phases(rows)
     return {"units": n, "median_ms": round(med, 3),
             **{f"p{q}_ms": round(ms[min(n - 1, int(n * q / 100))], 3)
                for q in (90, 99, 99.9)},
@@ -56,8 +57,8 @@ def summary(rows: list[tuple[float, float]]) -> dict[str, float | str]:
             "share_over_2x": round(sum(d > 2 * med for d in ms) / n, 5),
             "share_over_5x": round(sum(d > 5 * med for d in ms) / n, 5),
             "fast_decile_ms": round(ms[n // 10], 3),
-            "windows_mostly_slow": round(phases(rows).count("#") / len(phases(rows)), 3),
-            "phases": phases(rows)}
+            "windows_mostly_slow": round(drawn.count("#") / len(drawn), 3),
+            "phases": drawn}
 
 
 def main(seconds: float = 60.0, procs: int = 2) -> None:
