@@ -1,0 +1,46 @@
+"""An experiment, never a setting: on ``PYTHONPATH`` with ``ALTERNATE_OUT=PATH``, a worker
+switches where its model runs every ``ALTERNATE_S`` seconds (default 2, aligned to the
+clock): in even phases as `liverank.services.app.Service._rank` decides (on the loop unless
+a batch waits), in odd phases always in the scoring thread, as
+[`thread_run`](../thread_run/sitecustomize.py) does. At the first model run of each phase
+it appends ``phase policy loop_cpu_s process_cpu_s`` to ``PATH.<pid>``.
+
+Why: this machine's cores change speed by up to 1.8x for seconds at a time
+(`cpu_steadiness.py`), which moves the loop's CPU per answer by ~20% from one run to the
+next; two variants alternating within one run, a phase of each every few seconds, meet
+the same spells. `alternate_phases.py` reads the log beside the answers.
+
+    REPEAT=4 python docs/measure/latency_ticks.py 3200 OUT \\
+        '{"env": {"PYTHONPATH": "docs/measure/alternate_run", "ALTERNATE_OUT": "OUT/phases"}}'
+    python docs/measure/alternate_phases.py OUT
+"""
+
+import asyncio
+import os
+import threading
+import time
+
+if os.environ.get("ALTERNATE_OUT"):
+    from liverank.model.scorer import BaseScorer
+    from liverank.services import app
+
+    rank = app.Service._rank
+    period = float(os.environ.get("ALTERNATE_S", "2"))
+    log = open(f"{os.environ['ALTERNATE_OUT']}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115
+    seen = [-1]
+
+    async def _rank(self, scorer, requests, k):  # type: ignore[no-untyped-def]
+        phase = int(time.time() / period)
+        thread = phase % 2 == 1
+        if phase != seen[0] and threading.current_thread() is threading.main_thread():
+            seen[0] = phase
+            log.write(f"{phase} {'thread' if thread else 'as-is'} {time.thread_time():.6f} "
+                      f"{time.process_time():.6f}\n")
+        if not thread or not isinstance(scorer, BaseScorer):
+            return await rank(self, scorer, requests, k)
+        job = scorer.scoring(requests, k)
+        self.metrics.model_runs.labels("thread").inc()
+        await asyncio.get_running_loop().run_in_executor(self._pool, job.forward)
+        return job.ranked()
+
+    app.Service._rank = _rank  # type: ignore[method-assign]
