@@ -74,6 +74,10 @@ def _service_rows(r: dict[str, Any]) -> list[Row]:
     rows.append(("service", f"produce-to-publish p50 ms at {lat['rate']:.0f} req/s "
                  f"(half capacity{'' if lat_fb is None else f', fallback {lat_fb:.1%}'})",
                  lat["p50_ms"], "p99 ms", lat["p99_ms"]))
+    paced = lat.get("paced_load")
+    if paced:  # how busy the one event loop was: what the tail follows at half capacity
+        rows.append(("service", "event loop's share of a core while paced at half capacity",
+                     paced["loop_share"], "whole worker's share", paced["worker_share"]))
     windows = lat.get("p99_ms_windows")
     if windows:  # a steady tail or one stall: the spread of p99 over the run's windows
         rows.append(("service", f"p99 ms, best {lat['window_s']:.0f}-s window of "

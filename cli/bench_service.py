@@ -146,6 +146,11 @@ def bench_table(r: dict[str, Any]) -> str:
     rows.append(f"latency at {lat['rate']:,.0f} requests/s offered{half} ({lat['answers']} "
                 f"answers{steady}, fallback share {_share(lat.get('fallback_share'))}): p50 "
                 f"{lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
+    if "paced_load" in lat:
+        pl = lat["paced_load"]
+        rows.append(f"while paced: the worker's event loop {pl['loop_share']:.0%} of a core "
+                    f"({pl['loop_us_per_answer']:.0f} us of its CPU an answer), the whole "
+                    f"worker {pl['worker_share']:.0%}")
     if lat.get("p99_ms_windows"):
         w = lat["p99_ms_windows"]
         rows.append(f"p99 per {lat['window_s']:.0f}-s window ({len(w)} windows): "
@@ -487,6 +492,23 @@ def _drain(base: Settings, part: Part, model: Path, work: Path, name: str,
     return (len(published) - 1) / seconds, share, cpu_ms
 
 
+def _loop_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running worker's main thread, its event loop (the
+    thread whose id is the process id)."""
+    import os
+
+    from liverank.cli.bench_soak import parse_cpu_ticks
+
+    try:
+        ticks = parse_cpu_ticks(Path(f"/proc/{pid}/task/{pid}/stat").read_text())
+    except OSError:
+        ticks = None
+    if ticks is None:
+        raise RuntimeError(f"cannot read the CPU time of the bench worker's event loop "
+                           f"(pid {pid})")
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a running worker (`bench_soak.read_cpu_s`)."""
     from liverank.cli.bench_soak import read_cpu_s
@@ -645,12 +667,16 @@ def _latency(base: Settings, part: Part, model: Path, work: Path, rate: float
         # first ~0.5 s of records wait in librdkafka and count as service latency.
         producer.list_topics(timeout=30)
         sink = paced_sink(producer, per_s, settings, parts)
+        pid, started = worker.proc.pid, time.monotonic()
+        loop_before, cpu_before = _loop_cpu_s(pid), _cpu_s(pid)
         report = replay(tl, sink, partitions=parts,
                         stream_topic=settings.topic(kafka.STREAM_EVENTS),
                         user_topic=settings.topic(kafka.USER_EVENTS))
         if not report.ok:
             raise RuntimeError(f"bench latency replay failed: {report.first_error}")
         worker.wait_answers(n, timeout=600)
+        paced = paced_load(_loop_cpu_s(pid) - loop_before, _cpu_s(pid) - cpu_before,
+                           time.monotonic() - started, n)
         lookups = _lookups(worker.port, _request_users(tl))
     finally:
         worker.stop()
@@ -661,8 +687,22 @@ def _latency(base: Settings, part: Part, model: Path, work: Path, rate: float
     published = np.array([r.published_ms for r in recs], dtype=np.int64)
     return {"rate": rate, "messages_per_s": per_s, "answers": len(recs),
             "fallback_share": sum(r.fallback for r in answers) / max(len(answers), 1),
-            "late": sum(r.late for r in answers),
+            "late": sum(r.late for r in answers), "paced_load": paced,
             **latency_figures(produced, published), **lookups}
+
+
+def paced_load(loop_s: float, worker_s: float, wall_s: float, answers: int
+               ) -> dict[str, float]:
+    """The worker's CPU while paced: its event loop's share of a core, the whole worker's,
+    and the loop's CPU an answer. Why next to p99: at half capacity the tail follows how
+    busy the one event loop is (~62-67% in the runs that met 50 ms, ~80% in one that did
+    not, the same code: docs/results.md, session 29), and the cores of a shared VM move
+    that by a fifth from one run to the next."""
+    if wall_s <= 0 or answers <= 0:
+        raise ValueError(f"paced load over {wall_s:.3f} s and {answers} answers: nothing "
+                         "was measured")
+    return {"loop_share": loop_s / wall_s, "worker_share": worker_s / wall_s,
+            "loop_us_per_answer": loop_s * 1e6 / answers, "wall_s": wall_s}
 
 
 LATENCY_WARM_MS = 2_000  # first fetches, first onnxruntime calls: not the steady state

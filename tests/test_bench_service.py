@@ -15,9 +15,11 @@ from liverank.cli.bench_service import (
     SCORE_ONLY,
     SERVICE,
     _broker_floor,
+    _loop_cpu_s,
     _part,
     bench_table,
     latency_figures,
+    paced_load,
 )
 from liverank.core.settings import Settings
 from liverank.model.data.synth import generate
@@ -236,3 +238,56 @@ def test_the_consume_only_reference_alternates_with_the_drains_and_the_best_is_t
     assert r["consume_ratio"] == pytest.approx(120.0 / 250.0)
     assert r["cpu_ms_per_answer"][CONSUME_ONLY] == pytest.approx(0.2)  # the least, per answer
     assert r["drains"]["consume"] == [150.0, 250.0]
+
+
+def test_the_paced_load_says_how_busy_the_event_loop_was() -> None:
+    got = paced_load(loop_s=6.3, worker_s=7.5, wall_s=10.0, answers=32_000)
+    assert got["loop_share"] == pytest.approx(0.63)
+    assert got["worker_share"] == pytest.approx(0.75)
+    assert got["loop_us_per_answer"] == pytest.approx(196.875)
+    r = _result()
+    r["latency"] |= {"paced_load": got}
+    assert ("while paced: the worker's event loop 63% of a core (197 us of its CPU an "
+            "answer), the whole worker 75%") in bench_table(r)
+    rows = [row for row in _service_rows(r) if "event loop" in row[1]]
+    assert rows == [("service", "event loop's share of a core while paced at half capacity",
+                     pytest.approx(0.63), "whole worker's share", pytest.approx(0.75))]
+
+
+@pytest.mark.parametrize(("wall_s", "answers"), [(0.0, 100), (10.0, 0)])
+def test_a_paced_load_over_nothing_is_an_error(wall_s: float, answers: int) -> None:
+    with pytest.raises(ValueError, match="nothing was measured"):
+        paced_load(1.0, 1.0, wall_s, answers)
+
+
+def test_the_event_loop_cpu_is_the_main_thread_alone() -> None:
+    """A busy second thread does not count; the main thread's own work does."""
+    import os
+    import threading
+
+    pid = os.getpid()
+
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    before = _loop_cpu_s(pid)
+    other = threading.Thread(target=spin, args=(0.3,))
+    other.start()
+    other.join()
+    after_other = _loop_cpu_s(pid)
+    spin(0.3)
+    after_own = _loop_cpu_s(pid)
+    assert after_other - before < 0.1
+    assert after_own - after_other >= 0.25
+
+
+def test_the_event_loop_cpu_of_a_gone_worker_is_an_error() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    with pytest.raises(RuntimeError, match=f"event loop .pid {proc.pid}"):
+        _loop_cpu_s(proc.pid)

@@ -7,7 +7,7 @@ Reads ``OUT/phases.*`` (`alternate_run`'s log) and ``OUT/answers-*.npy``
 answers are those published in it; its loop and process CPU run from its first model run
 to the next phase's. Prints each phase, then per policy the answers' pooled p50 / p99, the
 median loop and process CPU per answer, and over pairs of neighbouring phases (one of each
-policy, the same spell of the machine more often than not) the median ratio thread / as-is
+policy, the same spell of the machine more often than not) the median ratio variant / as-is
 of the loop's CPU per answer and of the phase's p99.
 """
 
@@ -47,7 +47,7 @@ def main(out: Path, period: float = 2.0) -> None:
                       np.percentile(lat, 99)))
         print(f"{ph} {pol:6s} answers {len(lat):5d} loop {loop_us:4.0f} us/answer "
               f"process {proc_us:4.0f}  p50 {table[-1][5]:4.0f} p99 {table[-1][6]:4.0f} ms")
-    for pol in ("as-is", "thread"):
+    for pol in ["as-is", *sorted({r[1] for r in table} - {"as-is"})]:
         rows = [r for r in table if r[1] == pol]
         if not rows:
             continue
@@ -61,7 +61,7 @@ def main(out: Path, period: float = 2.0) -> None:
     if pairs:
         loop = np.median([t[3] / a[3] for a, t in pairs])
         p99 = np.median([t[6] / a[6] for a, t in pairs])
-        print(f"{len(pairs)} neighbouring pairs: thread / as-is loop CPU an answer {loop:.2f}, "
+        print(f"{len(pairs)} neighbouring pairs: variant / as-is loop CPU an answer {loop:.2f}, "
               f"p99 {p99:.2f} (median ratios)")
 
 

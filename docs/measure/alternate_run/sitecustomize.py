@@ -1,9 +1,11 @@
 """An experiment, never a setting: on ``PYTHONPATH`` with ``ALTERNATE_OUT=PATH``, a worker
-switches where its model runs every ``ALTERNATE_S`` seconds (default 2, aligned to the
-clock): in even phases as `liverank.services.app.Service._rank` decides (on the loop unless
-a batch waits), in odd phases always in the scoring thread, as
-[`thread_run`](../thread_run/sitecustomize.py) does. At the first model run of each phase
-it appends ``phase policy loop_cpu_s process_cpu_s`` to ``PATH.<pid>``.
+runs as is in even phases of ``ALTERNATE_S`` seconds (default 2, aligned to the clock) and
+with a variant in odd ones. ``ALTERNATE_WHAT`` picks the variant: ``thread`` (the default)
+runs every model run in the scoring thread, as [`thread_run`](../thread_run/sitecustomize.py)
+does, where `liverank.services.app.Service._rank` runs it on the loop unless a batch waits;
+``switch:S`` sets the GIL switch interval to S seconds (`sys.setswitchinterval`, 5 ms by
+default). At the first model run of each phase it appends ``phase policy loop_cpu_s
+process_cpu_s`` to ``PATH.<pid>``.
 
 Why: this machine's cores change speed by up to 1.8x for seconds at a time
 (`cpu_steadiness.py`), which moves the loop's CPU per answer by ~20% from one run to the
@@ -17,6 +19,7 @@ the same spells. `alternate_phases.py` reads the log beside the answers.
 
 import asyncio
 import os
+import sys
 import threading
 import time
 
@@ -27,16 +30,21 @@ if os.environ.get("ALTERNATE_OUT"):
     rank = app.Service._rank
     period = float(os.environ.get("ALTERNATE_S", "2"))
     log = open(f"{os.environ['ALTERNATE_OUT']}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115
+    what = os.environ.get("ALTERNATE_WHAT", "thread")
+    switch = float(what.split(":", 1)[1]) if what.startswith("switch:") else None
+    default_switch = sys.getswitchinterval()
     seen = [-1]
 
     async def _rank(self, scorer, requests, k):  # type: ignore[no-untyped-def]
         phase = int(time.time() / period)
-        thread = phase % 2 == 1
+        variant = phase % 2 == 1
         if phase != seen[0] and threading.current_thread() is threading.main_thread():
             seen[0] = phase
-            log.write(f"{phase} {'thread' if thread else 'as-is'} {time.thread_time():.6f} "
+            if switch is not None:
+                sys.setswitchinterval(switch if variant else default_switch)
+            log.write(f"{phase} {what if variant else 'as-is'} {time.thread_time():.6f} "
                       f"{time.process_time():.6f}\n")
-        if not thread or not isinstance(scorer, BaseScorer):
+        if not variant or switch is not None or not isinstance(scorer, BaseScorer):
             return await rank(self, scorer, requests, k)
         job = scorer.scoring(requests, k)
         self.metrics.model_runs.labels("thread").inc()
