@@ -78,6 +78,11 @@ def test_test_window_is_paced_at_half_the_calibrated_capacity(
     # the calibration backlog was answered but not scored
     assert report["requests_not_scored"] == pacing["calibration_requests"] > 0
     assert pacing["rate"] == pytest.approx(0.5 * pacing["calibration_answers_per_s"])
+    # whether the service held that rate is judged on the test window's answers and said
+    held = pacing["held"]
+    assert held["offered_per_s"] == pacing["rate"] and isinstance(held["held"], bool)
+    summary = (out / "summary.md").read_text()
+    assert ("its own latency, not a backlog's" in summary) == held["held"]
     # the replay sent the test window at that rate: it took (requests / rate) seconds, not
     # the fraction of a second a --speed max replay takes
     replay = json.loads((out / "replay.json").read_text())

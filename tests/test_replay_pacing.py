@@ -4,6 +4,7 @@ and the demo's calibration arithmetic; no broker."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from liverank.cli.demo import DemoError, calibration_start, drain_rate
+from liverank.cli import demo
+from liverank.cli.demo import DemoError, calibration_start, drain_rate, held_load
 from liverank.cli.main import app
 from liverank.core import events as ev
 from liverank.core.partitioner import partition_for
@@ -445,3 +447,72 @@ def test_drain_rate_is_answers_after_the_first_over_the_span() -> None:
     assert drain_rate([1_000, 1_500, 2_000]) == pytest.approx(2.0)
     with pytest.raises(DemoError, match="too few"):
         drain_rate([1_000])
+
+
+def test_drain_rate_leaves_out_the_first_tenth_of_the_answers() -> None:
+    # ten answers at once (batches prepared while the drain waited), then one every 10 ms
+    published = [0] * 10 + list(range(1_000, 1_900, 10))
+    assert drain_rate(published) == pytest.approx(100.0)
+    assert drain_rate(published, skip=0.0) == pytest.approx(99 / 1.89)
+
+
+def _paced(rate: float, seconds: float, latency_ms: Callable[[np.ndarray], np.ndarray]
+           ) -> tuple[list[int], list[int]]:
+    produced = np.arange(0, seconds * 1000, 1000 / rate).astype(np.int64)
+    return produced.tolist(), (produced + latency_ms(produced)).astype(np.int64).tolist()
+
+
+def test_a_paced_window_answered_at_its_rate_within_a_tick_is_held() -> None:
+    got = held_load(*_paced(1_000, 3, lambda t: 15 + (t % 50) // 5), 1_000)
+    assert got["held"] and got["why"] == ""
+    assert got["answered_per_s"] == pytest.approx(1_000, rel=0.02)
+
+
+@pytest.mark.parametrize(("latency", "why"), [
+    # nothing answered for the first second, then that queue drained (session 29's demo
+    # answered 5,684/s against 3,021/s offered)
+    (lambda t: np.maximum(1_020 - t, 20), "a queue draining"),
+    # answered slower than offered: the queue grows through the window
+    (lambda t: 20 + t // 2, "a queue growing"),
+    # at the offered rate but every request already 2 s behind (a --rate demo that did not
+    # wait for the fill)
+    (lambda t: 2_000 + 0 * t, "median latency 2000 ms"),
+    # the median doubles from the first half to the second
+    (lambda t: np.where(t < 1_500, 20, 45), "grew from 20 to 45 ms"),
+])
+def test_a_paced_window_with_a_queue_is_not_held(latency: Any, why: str) -> None:
+    got = held_load(*_paced(1_000, 3, latency), 1_000)
+    assert not got["held"]
+    assert why in got["why"] and "not only the service's own time" in got["why"]
+
+
+def test_a_demo_paced_with_rate_still_waits_for_the_calibration_backlog(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--rate sets the test window's rate, and the demo still waits for every answer of the
+    backlog before it, so the window starts on a service that has read the whole fill."""
+    waited: list[int] = []
+
+    def answers(settings: Any, n: int, lo: int, hi: int, timeout_s: float) -> list[int]:
+        waited.append(n)
+        return list(range(0, 2_000, 2))  # 1,000 answers over 2 s
+
+    monkeypatch.setattr(demo, "_calibration_answers", answers)
+    got = demo._pacing(None, demo.DemoOptions(rate=250.0), 1_000, 40, 60)  # type: ignore[arg-type]
+    assert waited == [1_000]
+    assert got["source"] == "--rate" and got["rate"] == 250.0
+    assert got["calibration_answers_per_s"] == pytest.approx(500.0, rel=0.01)
+    assert got["calibration_steps"] == [40, 59]
+    assert "(--rate, 50% of that)" in got["line"]
+
+
+def test_the_demo_summary_claims_the_services_own_latency_only_when_held() -> None:
+    pacing = {"rate": 1_000.0, "source": "calibrated", "rate_share": 0.5,
+              "calibration_answers_per_s": 2_000.0, "calibration_requests": 3_000,
+              "calibration_steps": [10, 20]}
+    report = {"answers_per_s": 1_000.0, "latency_ms": {"p50": 15.0, "p99": 25.0},
+              "pacing": {**pacing, "held": {"held": True, "why": ""}}}
+    assert "its own latency, not a backlog's" in demo._pacing_text(report)
+    report["pacing"]["held"] = {"held": False, "why": "the service did not hold it (x)."}
+    text = demo._pacing_text(report)
+    assert "its own latency" not in text
+    assert "**Not the service's own latency:** the service did not hold it (x)." in text
