@@ -366,6 +366,9 @@ def _pacing(settings: Settings, opts: DemoOptions, calibration: int, cal_from: i
             pivot: int) -> dict[str, Any]:
     """The test window's request rate: ``opts.rate``, else `RATE_SHARE` of the answers/s the
     service reached draining the calibration backlog (waits for all its answers)."""
+    if opts.rate and calibration < 2:  # a log with nothing before the test window to wait for
+        return {"rate": opts.rate, "source": "--rate", "calibration_requests": calibration,
+                "line": f"test window paced at {opts.rate:,.1f} requests/s (--rate)"}
     published = _calibration_answers(settings, calibration, cal_from, pivot,
                                      timeout_s=opts.timeout_s)
     measured = drain_rate(published)
@@ -459,10 +462,12 @@ def _pacing_text(report: dict[str, Any]) -> str:
                  f"{p['calibration_requests']} requests just before the test window (steps "
                  f"{p['calibration_steps'][0]}..{p['calibration_steps'][1]}; answered, not "
                  "scored)")
-    else:
+    elif "calibration_answers_per_s" in p:
         head += (f" (--rate; the service drained a backlog of {p['calibration_requests']} "
                  f"requests just before the test window at "
                  f"{p['calibration_answers_per_s']:,.0f} answers/s)")
+    else:
+        head += " (--rate)"
     text = (head + f". At that load the service answered {report['answers_per_s']:,.1f}/s "
             f"with produce-to-publish p50 {lat.get('p50', float('nan')):.1f} ms and p99 "
             f"{lat.get('p99', float('nan')):.1f} ms")

@@ -516,3 +516,16 @@ def test_the_demo_summary_claims_the_services_own_latency_only_when_held() -> No
     text = demo._pacing_text(report)
     assert "its own latency" not in text
     assert "**Not the service's own latency:** the service did not hold it (x)." in text
+
+
+def test_a_rate_demo_with_no_backlog_before_its_window_paces_without_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def answers(*a: Any, **kw: Any) -> list[int]:
+        raise AssertionError("nothing to wait for")
+
+    monkeypatch.setattr(demo, "_calibration_answers", answers)
+    got = demo._pacing(None, demo.DemoOptions(rate=250.0), 0, 0, 0)  # type: ignore[arg-type]
+    assert got["rate"] == 250.0 and got["calibration_requests"] == 0
+    report = {"answers_per_s": 250.0, "latency_ms": {"p50": 15.0, "p99": 25.0},
+              "pacing": {**got, "held": {"held": True, "why": ""}}}
+    assert "(--rate). At that load" in demo._pacing_text(report)
