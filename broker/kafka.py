@@ -15,6 +15,7 @@ This module imports neither faust nor torch (the Faust app's options are built i
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -263,6 +264,45 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "queue.buffering.max.messages": 1_000_000,
         "message.timeout.ms": int(settings.outage_timeout_s * 1000),
     }
+
+
+# librdkafka's statistics come this often to a producer that waits for its producer id.
+PRODUCER_ID_STATS_MS = 50
+
+
+class ProducerIdWatch:
+    """An idempotent producer's id, from librdkafka's statistics (its ``stats_cb``): give
+    `config` to the producer, then `wait` before the first record that carries a clock.
+
+    Why: ``list_topics`` can return before the producer holds its id (in ~1 ms, answered on
+    the bootstrap connection), and a record produced then waited ~500 ms in librdkafka (2 of
+    8 fresh producers on the embedded broker). A paced replay stamps ``produced_ms`` when it
+    produces: a demo's whole test window, under a second at 3,000 requests/s, read as a
+    queue (docs/results.md, session 29). With the wait: 8-60 ms for the id, then ~6 ms to
+    the first delivery."""
+
+    ASSIGNED = "Assigned"
+
+    def __init__(self) -> None:
+        self.state: str | None = None
+
+    def __call__(self, stats: str) -> None:
+        if self.state != self.ASSIGNED:
+            self.state = json.loads(stats).get("eos", {}).get("idemp_state")
+
+    def config(self) -> dict[str, Any]:
+        return {"statistics.interval.ms": PRODUCER_ID_STATS_MS, "stats_cb": self}
+
+    def wait(self, producer: Any, timeout_s: float) -> None:
+        """Poll ``producer`` until its id is assigned; `KafkaSetupError` after
+        ``timeout_s``, naming the state it was left in."""
+        deadline = time.monotonic() + timeout_s
+        while self.state != self.ASSIGNED:
+            if time.monotonic() > deadline:
+                raise KafkaSetupError(
+                    f"the producer holds no idempotent producer id after {timeout_s:.0f} s "
+                    f"(librdkafka's state: {self.state or 'no statistics yet'})")
+            producer.poll(0.005)
 
 
 # A backlog's producer waits this long for a batch to fill (librdkafka's default is 5 ms).

@@ -662,10 +662,12 @@ def _latency(base: Settings, part: Part, model: Path, work: Path, rate: float
                 raise RuntimeError(f"bench latency worker not ready; see {worker.log}")
             time.sleep(0.5)
         _warm_up(settings, part, worker)
-        producer = Producer(kafka.producer_config(settings))
+        producer_id = kafka.ProducerIdWatch()
+        producer = Producer({**kafka.producer_config(settings), **producer_id.config()})
         # Connected, with its idempotent producer id, before the clock starts: otherwise the
         # first ~0.5 s of records wait in librdkafka and count as service latency.
         producer.list_topics(timeout=30)
+        producer_id.wait(producer, 30)
         sink = paced_sink(producer, per_s, settings, parts)
         pid, started = worker.proc.pid, time.monotonic()
         loop_before, cpu_before = _loop_cpu_s(pid), _cpu_s(pid)

@@ -845,12 +845,14 @@ def replay_to_kafka(tl: Timeline, settings: Settings, *, speed: float | None = N
         kf.ensure_topics(settings)
         # At max speed (no pace, no rate) the whole timeline is a backlog: full batches.
         backlog = speed is None and per_s is None
-        producer = Producer(kf.backlog_producer_config(settings) if backlog
-                            else kf.producer_config(settings))
-        # Connected (and holding its idempotent producer id) before the first record is
-        # stamped with produced_ms: otherwise ~0.5 s of connecting counts as service
-        # latency.
+        producer_id = kf.ProducerIdWatch()
+        producer = Producer({**(kf.backlog_producer_config(settings) if backlog
+                                else kf.producer_config(settings)), **producer_id.config()})
+        # Connected, and holding its idempotent producer id, before the first record is
+        # stamped with produced_ms: otherwise the wait counts as service latency (~0.5 s
+        # when a record goes before the id, `ProducerIdWatch`).
         _connect(producer, settings)
+        producer_id.wait(producer, settings.kafka_timeout_s)
     except BaseException:
         close = getattr(batches, "close", None)
         if close is not None:

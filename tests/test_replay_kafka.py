@@ -154,3 +154,62 @@ def test_a_max_speed_replay_fills_its_batches_and_a_paced_one_does_not_linger(
     assert replay_to_kafka(tl, paced, rate=50_000.0).ok
     assert configs[-1]["linger.ms"] == kf.producer_config(paced)["linger.ms"]
     assert "batch.num.messages" not in configs[-1]
+
+
+def test_the_producer_id_watch_reads_librdkafkas_statistics() -> None:
+    watch = kf.ProducerIdWatch()
+    watch('{"name": "p", "eos": {"idemp_state": "WaitPID", "producer_id": -1}}')
+    assert watch.state == "WaitPID"
+    watch('{"eos": {"idemp_state": "Assigned", "producer_id": 7}}')
+    assert watch.state == "Assigned"
+    watch("not json: read no more once assigned")
+    assert watch.state == "Assigned"
+    assert watch.config()["stats_cb"] is watch
+
+
+def test_a_producer_that_never_gets_its_id_is_a_setup_error() -> None:
+    class Silent:  # a producer whose statistics never come
+        polls = 0
+
+        def poll(self, timeout: float) -> int:
+            Silent.polls += 1
+            return 0
+
+    watch = kf.ProducerIdWatch()
+    with pytest.raises(kf.KafkaSetupError, match="no idempotent producer id after 0 s "
+                       r"\(librdkafka's state: no statistics yet\)"):
+        watch.wait(Silent(), timeout_s=0.05)
+    assert Silent.polls > 0
+
+
+def test_a_fresh_producer_holds_its_id_after_the_wait(kafka_settings: Settings) -> None:
+    from confluent_kafka import Producer
+
+    watch = kf.ProducerIdWatch()
+    producer = Producer({**kf.producer_config(kafka_settings), **watch.config()})
+    producer.list_topics(timeout=30)
+    watch.wait(producer, timeout_s=30)
+    assert watch.state == "Assigned"
+    producer.flush(5)
+
+
+def test_the_replay_waits_for_its_producer_id_before_the_first_record(
+        kafka_settings: Settings, tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Every record's produced_ms is stamped after the producer got its id, so no record's
+    latency holds librdkafka's wait for it."""
+    waited: list[float] = []
+    wait = kf.ProducerIdWatch.wait
+
+    def timed_wait(self: kf.ProducerIdWatch, producer: object, timeout_s: float) -> None:
+        wait(self, producer, timeout_s)
+        assert self.state == "Assigned"
+        waited.append(time.time_ns() // 1_000_000)
+
+    monkeypatch.setattr(kf.ProducerIdWatch, "wait", timed_wait)
+    tl = build_timeline(tiny)
+    report = replay_to_kafka(tl, kafka_settings, rate=2_000.0)
+    assert report.ok, report
+    assert len(waited) == 1
+    msgs = kf.read_topic(kafka_settings, kafka_settings.topic(kf.USER_EVENTS), timeout_s=30)
+    stamps = [int(v) for m in msgs for k, v in (m.headers() or []) if k == PRODUCED_MS_HEADER]
+    assert stamps and min(stamps) >= waited[0]
