@@ -17,17 +17,18 @@ the same spells. `alternate_phases.py` reads the log beside the answers.
     python docs/measure/alternate_phases.py OUT
 """
 
-import asyncio
 import os
+import runpy
 import sys
 import threading
 import time
 
 if os.environ.get("ALTERNATE_OUT"):
-    from liverank.model.scorer import BaseScorer
     from liverank.services import app
 
     rank = app.Service._rank
+    thread_rank = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "thread_run",
+                                              "sitecustomize.py"))["thread_rank"]
     period = float(os.environ.get("ALTERNATE_S", "2"))
     log = open(f"{os.environ['ALTERNATE_OUT']}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115
     what = os.environ.get("ALTERNATE_WHAT", "thread")
@@ -44,11 +45,8 @@ if os.environ.get("ALTERNATE_OUT"):
                 sys.setswitchinterval(switch if variant else default_switch)
             log.write(f"{phase} {what if variant else 'as-is'} {time.thread_time():.6f} "
                       f"{time.process_time():.6f}\n")
-        if not variant or switch is not None or not isinstance(scorer, BaseScorer):
+        if not variant or switch is not None:
             return await rank(self, scorer, requests, k)
-        job = scorer.scoring(requests, k)
-        self.metrics.model_runs.labels("thread").inc()
-        await asyncio.get_running_loop().run_in_executor(self._pool, job.forward)
-        return job.ranked()
+        return await thread_rank(self, scorer, requests, k)
 
     app.Service._rank = _rank  # type: ignore[method-assign]
