@@ -494,19 +494,14 @@ def _drain(base: Settings, part: Part, model: Path, work: Path, name: str,
 
 def _loop_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a running worker's main thread, its event loop (the
-    thread whose id is the process id)."""
-    import os
+    thread whose id is the process id; `bench_soak.read_cpu_s`)."""
+    from liverank.cli.bench_soak import read_cpu_s
 
-    from liverank.cli.bench_soak import parse_cpu_ticks
-
-    try:
-        ticks = parse_cpu_ticks(Path(f"/proc/{pid}/task/{pid}/stat").read_text())
-    except OSError:
-        ticks = None
-    if ticks is None:
+    got = read_cpu_s(pid, thread=pid)
+    if got is None:
         raise RuntimeError(f"cannot read the CPU time of the bench worker's event loop "
                            f"(pid {pid})")
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return got
 
 
 def _cpu_s(pid: int) -> float:

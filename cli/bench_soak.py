@@ -181,14 +181,16 @@ def parse_cpu_ticks(stat: str) -> int | None:
     return int(parts[11]) + int(parts[12])  # fields 14 and 15 of the whole line
 
 
-def read_cpu_s(pid: int | None) -> float | None:
-    """CPU seconds (user + system) ``pid`` has used so far."""
+def read_cpu_s(pid: int | None, thread: int | None = None) -> float | None:
+    """CPU seconds (user + system) ``pid`` has used so far; with ``thread``, that thread of
+    it alone (its main thread's id is ``pid``)."""
     import os
 
     if pid is None:
         return None
+    stat = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        ticks = parse_cpu_ticks(Path(f"/proc/{pid}/stat").read_text())
+        ticks = parse_cpu_ticks(Path(stat).read_text())
     except OSError:
         return None
     return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
