@@ -324,9 +324,11 @@ def drain_rate(published_ms: list[int], skip: float = CALIBRATION_SKIP) -> float
     after it over the span from it to the last."""
     if len(published_ms) < 2:
         raise DemoError(f"calibration: {len(published_ms)} answer(s), too few to time")
+    from liverank.client.monitor import answer_rate
+
     ordered = sorted(published_ms)
     timed = ordered[min(int(len(ordered) * skip), len(ordered) - 2):]
-    return (len(timed) - 1) / max((timed[-1] - timed[0]) / 1000, 1e-3)
+    return answer_rate(timed, min_span_ms=1.0)
 
 
 def held_load(produced_ms: list[int], published_ms: list[int], offered_per_s: float
@@ -339,10 +341,11 @@ def held_load(produced_ms: list[int], published_ms: list[int], offered_per_s: fl
         return {"held": False, "why": f"{len(produced_ms)} answer(s): nothing to judge"}
     produced = np.asarray(produced_ms, dtype=np.int64)
     published = np.asarray(published_ms, dtype=np.int64)
+    from liverank.client.monitor import answer_rate
+
     lat = (published - produced)[np.argsort(produced, kind="stable")]
     half = len(lat) // 2
-    span_s = max(int(published.max() - published.min()), 1) / 1000
-    answered = (len(lat) - 1) / span_s
+    answered = answer_rate(published, min_span_ms=1.0)
     p50, first, second = (float(np.percentile(v, 50)) for v in (lat, lat[:half], lat[half:]))
     out: dict[str, Any] = {"answered_per_s": answered, "offered_per_s": offered_per_s,
                            "p50_ms": p50, "p50_ms_halves": [first, second]}

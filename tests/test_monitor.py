@@ -10,6 +10,7 @@ import pytest
 
 from liverank.client.monitor import (
     OnlineEvaluator,
+    answer_rate,
     day_labels,
     format_histogram,
     format_summary,
@@ -132,6 +133,18 @@ def test_requests_before_from_step_are_not_scored_nor_timed() -> None:
     scored = [e for e in events if isinstance(e, ev.RecRequest) and e.step >= 3]
     assert report["latency_ms"]["max"] == max(10 * e.seq for e in scored)
     assert sum(n for _, n in report["latency_histogram"]) == 3
+    # three answers span two gaps: (3 - 1) over the span of their publish times
+    span_s = 10 * (max(e.seq for e in scored) - min(e.seq for e in scored)) / 1000
+    assert report["answers_per_s"] == pytest.approx(2 / span_s)
+
+
+def test_answer_rate_counts_gaps_not_answers() -> None:
+    assert answer_rate([0, 500, 1000]) == pytest.approx(2.0)
+    assert answer_rate([1000, 0, 500, 250]) == pytest.approx(3.0)  # any order
+    assert math.isnan(answer_rate([5]))  # one answer: no rate
+    assert math.isnan(answer_rate([]))
+    assert math.isnan(answer_rate([7, 7]))  # no span
+    assert answer_rate([7, 7], min_span_ms=1.0) == pytest.approx(1000.0)
 
 
 def test_latency_histogram_bins_and_day_labels() -> None:
