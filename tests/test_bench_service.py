@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from liverank.cli.bench import _service_rows
+from liverank.cli.bench import _service_rows, format_table
 from liverank.cli.bench_service import (
     CONSUME_ONLY,
     FAKE,
@@ -85,6 +85,10 @@ def test_cpu_per_answer_is_reported_against_the_consume_only_app() -> None:
     cpu = [row for row in _service_rows(r) if "CPU" in row[1]]
     assert cpu == [("service", "worker CPU ms per answer, onnxruntime model", 0.32,
                     "Faust consume-only CPU ms per two events", 0.16)]
+    # `make bench`'s table keeps the small figures readable (0.225 was printed as 0.2)
+    line = format_table([("service", "CPU", 0.225, "reference", 0.143)])
+    assert "| 0.225 | reference | 0.143 | 1.57 |" in line
+    assert "| 6,617.4 |" in format_table([("service", "answers/s", 6617.4, "ref", 14.56)])
 
 
 def test_the_latency_row_stands_next_to_the_broker_floor() -> None:

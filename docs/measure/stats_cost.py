@@ -38,8 +38,8 @@ def part(producer: Producer, seconds: float, topics: list[str], rate: int, parts
 def main(seconds: float = 10.0) -> None:
     with contextlib.ExitStack() as stack:
         settings, _ = configured_or_embedded(stack)
-        topics = [settings.topic("stream-events"), settings.topic("user-events")]
-        parts = min(kafka.ensure_topics(settings, topics).values())
+        made = kafka.ensure_topics(settings, ["stream-events", "user-events"])
+        topics, parts = list(made), min(made.values())
         calls = [0, 0]
 
         def on_stats(stats: str) -> None:
