@@ -484,12 +484,14 @@ def _drain(base: Settings, part: Part, model: Path, work: Path, name: str,
         worker.stop()
     answers = _answers(settings)
     _release(settings)
-    published = sorted(r.published_ms for r in answers)
-    seconds = max(published[-1] - published[0], 1) / 1000
+    from liverank.client.monitor import answer_rate
+
+    published = [r.published_ms for r in answers]
+    rate = answer_rate(published, min_span_ms=1.0)
     share = sum(r.fallback for r in answers) / len(answers)
-    logger.info("bench run=%s answers=%d seconds=%.2f fallback_share=%.3f", name,
-                len(published), seconds, share)
-    return (len(published) - 1) / seconds, share, cpu_ms
+    logger.info("bench run=%s answers=%d answers_per_s=%.1f fallback_share=%.3f", name,
+                len(published), rate, share)
+    return rate, share, cpu_ms
 
 
 def _loop_cpu_s(pid: int) -> float:

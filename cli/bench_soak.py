@@ -725,6 +725,7 @@ def measure_max(base: Settings, ds: Any, model: Path, work: Path, min_requests: 
     import numpy as np
 
     from liverank.cli.bench_service import _answers, _fresh, _preload, _release, _slice
+    from liverank.client.monitor import answer_rate
 
     lo, hi = _slice_for_max(ds, min_requests)
     tl = _slice(ds, lo, hi, base)
@@ -739,10 +740,9 @@ def measure_max(base: Settings, ds: Any, model: Path, work: Path, min_requests: 
     finally:
         worker.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    published = sorted(r.published_ms for r in _answers(settings))
+    published = [r.published_ms for r in _answers(settings)]
     _release(settings)  # tansu holds a finished part's records in memory until then
-    seconds = max(published[-1] - published[0], 1) / 1000
-    return (len(published) - 1) / seconds, n
+    return answer_rate(published, min_span_ms=1.0), n
 
 
 @dataclass
